@@ -1,0 +1,465 @@
+//! Changes and their metadata, how to build them, and how to check them.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bytes::Bytes;
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::{self, MAX_DEPS};
+use crate::error::{Error, IntegrityError, Result};
+use crate::ids::{AuthorId, ChangeId, Digest, DocId, KeyId};
+
+/// What a change does to its document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// The first change of a document.
+    Create,
+    /// An edit.
+    Change,
+    /// A full snapshot of the document as of its deps; loading can start here.
+    Snapshot,
+    /// Marks the document deleted.
+    Delete,
+}
+
+impl ChangeKind {
+    /// The byte used in the canonical header.
+    pub const fn code(self) -> u8 {
+        match self {
+            ChangeKind::Create => 1,
+            ChangeKind::Change => 2,
+            ChangeKind::Snapshot => 3,
+            ChangeKind::Delete => 4,
+        }
+    }
+
+    /// The kind for a header byte, if known.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => ChangeKind::Create,
+            2 => ChangeKind::Change,
+            3 => ChangeKind::Snapshot,
+            4 => ChangeKind::Delete,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChangeKind::Create => "create",
+            ChangeKind::Change => "change",
+            ChangeKind::Snapshot => "snapshot",
+            ChangeKind::Delete => "delete",
+        })
+    }
+}
+
+/// Everything about a change except its payload (MindooDB's "hashes" record).
+///
+/// Fields are public so that records can be moved between stores and over the
+/// wire; [`Change::check_integrity`] tells whether they are consistent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeMeta {
+    /// blake3 of the canonical header; see [`crate::encoding`].
+    pub id: ChangeId,
+    /// What the change does.
+    pub kind: ChangeKind,
+    /// The document it belongs to.
+    pub doc_id: DocId,
+    /// Ids of the changes it depends on.
+    pub deps: Vec<ChangeId>,
+    /// The author's clock, milliseconds since the Unix epoch.
+    pub created_at: u64,
+    /// The author's Ed25519 public key.
+    pub author: AuthorId,
+    /// Which key encrypts the payload (`default` is the tenant key).
+    pub key_id: KeyId,
+    /// blake3 of the payload.
+    pub payload_hash: Digest,
+    /// Payload length in bytes.
+    pub payload_len: u64,
+    /// Ed25519 signature by `author` over the 32 id bytes, if signed.
+    pub signature: Option<ed25519_dalek::Signature>,
+}
+
+impl fmt::Debug for ChangeMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeMeta")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("doc_id", &self.doc_id)
+            .field("deps", &self.deps)
+            .field("created_at", &self.created_at)
+            .field("author", &self.author)
+            .field("key_id", &self.key_id)
+            .field("payload_len", &self.payload_len)
+            .field("signed", &self.signature.is_some())
+            .finish()
+    }
+}
+
+impl ChangeMeta {
+    /// Check that `id` is the hash of the header and that the fields are in
+    /// bounds. Does not look at the payload or the signature.
+    pub fn check_header(&self) -> Result<(), IntegrityError> {
+        if self.deps.len() > MAX_DEPS {
+            return Err(IntegrityError::FieldTooLong {
+                field: "deps",
+                len: self.deps.len(),
+                limit: MAX_DEPS,
+            });
+        }
+        let computed = encoding::compute_id(self);
+        if computed != self.id {
+            return Err(IntegrityError::IdMismatch { computed });
+        }
+        if self.deps.contains(&self.id) {
+            return Err(IntegrityError::BadDeps("a change cannot depend on itself"));
+        }
+        if self.deps.len() > 1 {
+            let mut seen = HashSet::with_capacity(self.deps.len());
+            if !self.deps.iter().all(|d| seen.insert(*d)) {
+                return Err(IntegrityError::BadDeps("a dependency is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the signature is present and valid for `author` over `id`.
+    pub fn signature_valid(&self) -> bool {
+        let (Some(sig), Some(key)) = (&self.signature, self.author.verifying_key()) else {
+            return false;
+        };
+        key.verify_strict(self.id.as_bytes(), sig).is_ok()
+    }
+}
+
+/// A change: metadata plus the opaque payload (usually an encrypted
+/// Automerge change).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The metadata.
+    pub meta: ChangeMeta,
+    /// The payload bytes.
+    pub payload: Bytes,
+}
+
+impl fmt::Debug for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Change")
+            .field("meta", &self.meta)
+            .field("payload", &format_args!("{} bytes", self.payload.len()))
+            .finish()
+    }
+}
+
+impl Change {
+    /// The change's id.
+    pub fn id(&self) -> ChangeId {
+        self.meta.id
+    }
+
+    /// Recompute the payload hash, the payload length and the id, and check
+    /// field bounds. Any mismatch is an [`Error::Integrity`].
+    ///
+    /// ```
+    /// use cairn::{Change, ChangeBuilder, ChangeKind, DocId};
+    /// let mut c = ChangeBuilder::new(ChangeKind::Create, DocId::new("d")?)
+    ///     .payload(b"hello".to_vec())
+    ///     .build()?;
+    /// assert!(c.check_integrity().is_ok());
+    /// c.payload = bytes::Bytes::from_static(b"jello");
+    /// assert!(c.check_integrity().is_err());
+    /// # Ok::<(), cairn::Error>(())
+    /// ```
+    pub fn check_integrity(&self) -> Result<()> {
+        let fail = |reason| Error::Integrity {
+            id: self.meta.id,
+            reason,
+        };
+        let actual = self.payload.len() as u64;
+        if actual != self.meta.payload_len {
+            return Err(fail(IntegrityError::PayloadLenMismatch {
+                declared: self.meta.payload_len,
+                actual,
+            }));
+        }
+        if Digest::of(&self.payload) != self.meta.payload_hash {
+            return Err(fail(IntegrityError::PayloadHashMismatch));
+        }
+        self.meta.check_header().map_err(fail)
+    }
+
+    /// Bytes this change takes on the wire or disk, roughly (payload plus header).
+    pub fn size_hint(&self) -> usize {
+        self.payload.len() + 160 + 32 * self.meta.deps.len()
+    }
+}
+
+/// An Ed25519 key pair: signs changes; its public half is the [`AuthorId`].
+#[derive(Clone)]
+pub struct Keypair(SigningKey);
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({})", self.author())
+    }
+}
+
+impl Keypair {
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> Self {
+        Keypair(SigningKey::from_bytes(&crate::random_bytes::<32>()))
+    }
+
+    /// The key pair for a 32-byte secret seed.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Keypair(SigningKey::from_bytes(&seed))
+    }
+
+    /// The secret seed (keep it secret).
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The public key as an author id.
+    pub fn author(&self) -> AuthorId {
+        AuthorId::from(&self.0.verifying_key())
+    }
+
+    /// Sign arbitrary bytes.
+    pub fn sign(&self, msg: &[u8]) -> ed25519_dalek::Signature {
+        self.0.sign(msg)
+    }
+
+    /// The underlying `ed25519-dalek` key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
+}
+
+/// Builds correct changes: computes the payload hash, the length and the id,
+/// and signs.
+///
+/// ```
+/// use cairn::{ChangeBuilder, ChangeKind, DocId, Keypair};
+/// let me = Keypair::generate();
+/// let first = ChangeBuilder::new(ChangeKind::Create, DocId::new("todo")?)
+///     .payload(b"{}".to_vec())
+///     .sign(&me)?;
+/// let second = ChangeBuilder::new(ChangeKind::Change, DocId::new("todo")?)
+///     .deps([first.id()])
+///     .payload(b"{\"done\":true}".to_vec())
+///     .sign(&me)?;
+/// assert!(second.meta.signature_valid());
+/// assert_eq!(second.meta.deps, vec![first.id()]);
+/// # Ok::<(), cairn::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChangeBuilder {
+    kind: ChangeKind,
+    doc_id: DocId,
+    deps: Vec<ChangeId>,
+    created_at: Option<u64>,
+    author: AuthorId,
+    key_id: KeyId,
+    payload: Bytes,
+}
+
+impl ChangeBuilder {
+    /// Start a change of `kind` to `doc_id`.
+    pub fn new(kind: ChangeKind, doc_id: DocId) -> Self {
+        ChangeBuilder {
+            kind,
+            doc_id,
+            deps: Vec::new(),
+            created_at: None,
+            author: AuthorId::default(),
+            key_id: KeyId::default(),
+            payload: Bytes::new(),
+        }
+    }
+
+    /// The changes this one depends on. Duplicates are removed; order is kept.
+    pub fn deps(mut self, deps: impl IntoIterator<Item = ChangeId>) -> Self {
+        let mut seen = HashSet::new();
+        self.deps = deps.into_iter().filter(|d| seen.insert(*d)).collect();
+        self
+    }
+
+    /// The author's clock in milliseconds (defaults to now).
+    pub fn created_at(mut self, millis: u64) -> Self {
+        self.created_at = Some(millis);
+        self
+    }
+
+    /// The author key for an unsigned change (signing sets it from the key pair).
+    pub fn author(mut self, author: AuthorId) -> Self {
+        self.author = author;
+        self
+    }
+
+    /// The key that encrypts the payload (defaults to `default`).
+    pub fn key_id(mut self, key_id: KeyId) -> Self {
+        self.key_id = key_id;
+        self
+    }
+
+    /// The payload.
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    fn meta(self) -> Result<(ChangeMeta, Bytes)> {
+        if self.deps.len() > MAX_DEPS {
+            return Err(Error::TooLarge {
+                what: "dependency list",
+                limit: MAX_DEPS as u64,
+                actual: self.deps.len() as u64,
+            });
+        }
+        let created_at = self.created_at.unwrap_or_else(now_millis);
+        let mut meta = ChangeMeta {
+            id: ChangeId::MIN,
+            kind: self.kind,
+            doc_id: self.doc_id,
+            deps: self.deps,
+            created_at,
+            author: self.author,
+            key_id: self.key_id,
+            payload_hash: Digest::of(&self.payload),
+            payload_len: self.payload.len() as u64,
+            signature: None,
+        };
+        meta.id = encoding::compute_id(&meta);
+        Ok((meta, self.payload))
+    }
+
+    /// Build an unsigned change.
+    pub fn build(self) -> Result<Change> {
+        let (meta, payload) = self.meta()?;
+        Ok(Change { meta, payload })
+    }
+
+    /// Build a change authored and signed by `keypair`.
+    pub fn sign(mut self, keypair: &Keypair) -> Result<Change> {
+        self.author = keypair.author();
+        let (mut meta, payload) = self.meta()?;
+        meta.signature = Some(keypair.sign(meta.id.as_bytes()));
+        Ok(Change { meta, payload })
+    }
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if the clock is
+/// before 1970).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> DocId {
+        DocId::new("doc").unwrap()
+    }
+
+    #[test]
+    fn builder_makes_changes_that_pass_integrity() {
+        let kp = Keypair::from_seed([1; 32]);
+        let c = ChangeBuilder::new(ChangeKind::Create, doc())
+            .payload(vec![0u8; 100])
+            .sign(&kp)
+            .unwrap();
+        c.check_integrity().unwrap();
+        assert!(c.meta.signature_valid());
+        assert_eq!(c.meta.author, kp.author());
+        assert_eq!(c.meta.payload_len, 100);
+    }
+
+    #[test]
+    fn every_header_field_changes_the_id() {
+        let base = ChangeBuilder::new(ChangeKind::Change, doc())
+            .created_at(1)
+            .payload(b"p".to_vec());
+        let id = base.clone().build().unwrap().id();
+        let variants = [
+            base.clone().deps([ChangeId::MAX]),
+            base.clone().created_at(2),
+            base.clone().author(AuthorId::from_bytes([1; 32])),
+            base.clone().key_id(KeyId::new("k2").unwrap()),
+            base.clone().payload(b"q".to_vec()),
+            ChangeBuilder::new(ChangeKind::Snapshot, doc())
+                .created_at(1)
+                .payload(b"p".to_vec()),
+            ChangeBuilder::new(ChangeKind::Change, DocId::new("other").unwrap())
+                .created_at(1)
+                .payload(b"p".to_vec()),
+        ];
+        for v in variants {
+            assert_ne!(v.build().unwrap().id(), id);
+        }
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let c = ChangeBuilder::new(ChangeKind::Create, doc())
+            .payload(b"abc".to_vec())
+            .build()
+            .unwrap();
+        let mut t = c.clone();
+        t.payload = Bytes::from_static(b"abd");
+        assert!(matches!(
+            t.check_integrity(),
+            Err(Error::Integrity {
+                reason: IntegrityError::PayloadHashMismatch,
+                ..
+            })
+        ));
+        let mut t = c.clone();
+        t.payload = Bytes::from_static(b"abcd");
+        assert!(matches!(
+            t.check_integrity(),
+            Err(Error::Integrity {
+                reason: IntegrityError::PayloadLenMismatch { .. },
+                ..
+            })
+        ));
+        let mut t = c.clone();
+        t.meta.deps.push(ChangeId::MAX);
+        assert!(matches!(
+            t.check_integrity(),
+            Err(Error::Integrity {
+                reason: IntegrityError::IdMismatch { .. },
+                ..
+            })
+        ));
+        let mut t = c;
+        t.meta.id = ChangeId::MAX;
+        assert!(t.check_integrity().is_err());
+    }
+
+    #[test]
+    fn forged_signature_is_invalid() {
+        let kp = Keypair::from_seed([1; 32]);
+        let other = Keypair::from_seed([2; 32]);
+        let mut c = ChangeBuilder::new(ChangeKind::Create, doc())
+            .sign(&kp)
+            .unwrap();
+        assert!(c.meta.signature_valid());
+        c.meta.signature = Some(other.sign(c.meta.id.as_bytes()));
+        assert!(!c.meta.signature_valid());
+        c.meta.signature = None;
+        assert!(!c.meta.signature_valid());
+    }
+}

@@ -1,0 +1,475 @@
+//! The sync engine: pull, push and sync between any two stores.
+//!
+//! A transfer walks the source's arrival order ([`AppendOnlyStore::scan`]) a
+//! page at a time from a saved cursor, asks the target which of the page's
+//! ids it lacks, fetches those in batches bounded by count and bytes,
+//! checks integrity and the [`Verifier`], and appends in dependency order.
+//! Memory is bounded by the batch size, never by the store size. The cursor
+//! only advances after a batch is appended, so an interrupted sync is
+//! completed by running it again: appends are idempotent, nothing is lost
+//! and nothing is duplicated.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # use cairn::*;
+//! # #[derive(Debug)] struct Dummy;
+//! // `pull(local, remote, opts)` copies what `remote` has and `local` lacks.
+//! // See the quickstart example for a full run over two memory stores.
+//! let opts = SyncOptions::default();
+//! assert_eq!(opts.batch_changes, 1000);
+//! # });
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::graph;
+use crate::ids::ChangeId;
+use crate::record::{Change, ChangeMeta};
+use crate::store::{AppendOnlyStore, Head};
+use crate::verify::{AcceptAll, RejectReason, Verifier};
+
+/// Which way changes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// From the remote store into the local one.
+    Pull,
+    /// From the local store into the remote one.
+    Push,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Pull => "pull",
+            Direction::Push => "push",
+        })
+    }
+}
+
+/// Where previous syncs between two stores got to. Save it (it is serde)
+/// and pass it back in [`SyncOptions::state`] to resume incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The remote's position up to which everything was pulled.
+    pub pulled: Option<Head>,
+    /// The local store's position up to which everything was pushed.
+    pub pushed: Option<Head>,
+}
+
+/// Something that happened during a sync, for progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// A transfer started; `total` changes of the source are to be examined.
+    Started {
+        /// Which way.
+        direction: Direction,
+        /// Source changes to examine (from the cursor to the source's head).
+        total: u64,
+    },
+    /// A page of the source was examined and its missing changes appended.
+    Progress {
+        /// Which way.
+        direction: Direction,
+        /// Source changes examined so far.
+        examined: u64,
+        /// Of how many.
+        total: u64,
+        /// Changes appended to the target so far.
+        transferred: u64,
+        /// Payload bytes appended so far.
+        bytes: u64,
+    },
+    /// A transfer finished.
+    Finished {
+        /// Which way.
+        direction: Direction,
+        /// Changes appended.
+        transferred: u64,
+    },
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(&SyncEvent) + Send + Sync>;
+
+/// How to sync.
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// Most changes examined and fetched per round (default 1000).
+    pub batch_changes: usize,
+    /// Most payload bytes fetched per `get_changes` call (default 8 MiB;
+    /// a single larger change is still fetched, alone).
+    pub batch_bytes: u64,
+    /// Policy for accepting changes (default [`AcceptAll`]).
+    pub verifier: Arc<dyn Verifier>,
+    /// Called with progress events.
+    pub progress: Option<ProgressFn>,
+    /// Cancels the sync between rounds with [`Error::Cancelled`].
+    pub cancel: CancellationToken,
+    /// Where earlier syncs got to; `Default` starts from the beginning.
+    pub state: SyncState,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            batch_changes: 1000,
+            batch_bytes: 8 << 20,
+            verifier: Arc::new(AcceptAll),
+            progress: None,
+            cancel: CancellationToken::new(),
+            state: SyncState::default(),
+        }
+    }
+}
+
+impl fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("batch_changes", &self.batch_changes)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("verifier", &self.verifier)
+            .field("progress", &self.progress.is_some())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl SyncOptions {
+    /// Use `verifier` to accept or reject changes.
+    pub fn verifier(mut self, verifier: impl Verifier + 'static) -> Self {
+        self.verifier = Arc::new(verifier);
+        self
+    }
+
+    /// Call `f` with progress events.
+    pub fn on_progress(mut self, f: impl Fn(&SyncEvent) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Resume from a saved state.
+    pub fn resume(mut self, state: SyncState) -> Self {
+        self.state = state;
+        self
+    }
+}
+
+/// A change that was not appended, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The change.
+    pub id: ChangeId,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// What one direction of a sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TransferReport {
+    /// Source changes examined.
+    pub examined: u64,
+    /// Changes appended to the target.
+    pub changes: u64,
+    /// Payload bytes appended to the target.
+    pub bytes: u64,
+    /// Changes refused, with reasons.
+    pub rejected: Vec<Rejected>,
+    /// Rounds (pages of the source).
+    pub rounds: u64,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Remote to local.
+    pub pulled: TransferReport,
+    /// Local to remote.
+    pub pushed: TransferReport,
+    /// Time taken.
+    pub elapsed: Duration,
+    /// Where this sync got to; pass it to the next one.
+    pub state: SyncState,
+}
+
+impl SyncReport {
+    /// Total rounds in both directions.
+    pub fn rounds(&self) -> u64 {
+        self.pulled.rounds + self.pushed.rounds
+    }
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pulled {} changes ({} bytes), pushed {} changes ({} bytes), {} rejected, {} rounds, {:.1?}",
+            self.pulled.changes,
+            self.pulled.bytes,
+            self.pushed.changes,
+            self.pushed.bytes,
+            self.pulled.rejected.len() + self.pushed.rejected.len(),
+            self.rounds(),
+            self.elapsed
+        )
+    }
+}
+
+fn check_ids(local: &dyn AppendOnlyStore, remote: &dyn AppendOnlyStore) -> Result<()> {
+    if local.store_id() != remote.store_id() {
+        return Err(Error::StoreMismatch {
+            expected: local.store_id().clone(),
+            found: remote.store_id().clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Copy into `local` every change `remote` holds that `local` lacks.
+pub async fn pull(
+    local: &dyn AppendOnlyStore,
+    remote: &dyn AppendOnlyStore,
+    opts: &SyncOptions,
+) -> Result<SyncReport> {
+    check_ids(local, remote)?;
+    let start = Instant::now();
+    let mut report = SyncReport {
+        state: opts.state,
+        ..SyncReport::default()
+    };
+    let (t, cursor) = transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?;
+    report.pulled = t;
+    report.state.pulled = Some(cursor);
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Copy into `remote` every change `local` holds that `remote` lacks.
+pub async fn push(
+    local: &dyn AppendOnlyStore,
+    remote: &dyn AppendOnlyStore,
+    opts: &SyncOptions,
+) -> Result<SyncReport> {
+    check_ids(local, remote)?;
+    let start = Instant::now();
+    let mut report = SyncReport {
+        state: opts.state,
+        ..SyncReport::default()
+    };
+    let (t, cursor) = transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?;
+    report.pushed = t;
+    report.state.pushed = Some(cursor);
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Pull, then push: afterwards both stores hold the union of what they held
+/// (less rejected changes).
+///
+/// ```
+/// # async fn demo(a: &dyn cairn::AppendOnlyStore, b: &dyn cairn::AppendOnlyStore) -> cairn::Result<()> {
+/// let report = cairn::sync::sync(a, b, &cairn::SyncOptions::default()).await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub async fn sync(
+    local: &dyn AppendOnlyStore,
+    remote: &dyn AppendOnlyStore,
+    opts: &SyncOptions,
+) -> Result<SyncReport> {
+    check_ids(local, remote)?;
+    let start = Instant::now();
+    let mut report = SyncReport {
+        state: opts.state,
+        ..SyncReport::default()
+    };
+    let (pulled, pull_cursor) =
+        transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?;
+    report.pulled = pulled;
+    report.state.pulled = Some(pull_cursor);
+    let (pushed, push_cursor) =
+        transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?;
+    report.pushed = pushed;
+    report.state.pushed = Some(push_cursor);
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+fn emit(opts: &SyncOptions, ev: SyncEvent) {
+    if let Some(p) = &opts.progress {
+        p(&ev);
+    }
+}
+
+async fn transfer(
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    direction: Direction,
+    cursor: Option<Head>,
+    opts: &SyncOptions,
+) -> Result<(TransferReport, Head)> {
+    if opts.batch_changes == 0 {
+        return Err(Error::invalid("batch_changes must be at least 1"));
+    }
+    let head = source.head().await?;
+    // A cursor from another epoch (the source was reset) or from the future
+    // is useless: start over. Appends are idempotent, so this is safe.
+    let mut after = match cursor {
+        Some(c) if c.epoch == head.epoch && c.seq <= head.seq => c.seq,
+        _ => 0,
+    };
+    let total = head.seq - after;
+    let mut rep = TransferReport::default();
+    emit(opts, SyncEvent::Started { direction, total });
+    tracing::debug!(%direction, from = after, to = head.seq, "transfer start");
+    // Bounded: every round advances `after` by at least one, up to head.seq.
+    while after < head.seq {
+        if opts.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let page = source.scan(after, opts.batch_changes).await?;
+        let Some(last) = page.last() else { break };
+        if last.seq <= after {
+            return Err(Error::Protocol {
+                reason: format!("scan after {after} returned sequence {}", last.seq),
+            });
+        }
+        let page_end = last.seq.min(head.seq);
+        let metas: Vec<ChangeMeta> = page
+            .into_iter()
+            .filter(|i| i.seq > after && i.seq <= head.seq)
+            .map(|i| i.meta)
+            .collect();
+        rep.examined += metas.len() as u64;
+        rep.rounds += 1;
+        let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
+        let held = target.has_changes(&ids).await?;
+        if held.len() != ids.len() {
+            return Err(Error::Protocol {
+                reason: format!("has_changes answered {} of {} ids", held.len(), ids.len()),
+            });
+        }
+        let missing: Vec<ChangeMeta> = metas
+            .into_iter()
+            .zip(held)
+            .filter_map(|(m, h)| (!h).then_some(m))
+            .collect();
+        let missing = graph::topo_sort(missing, |m| m.id, |m| &m.deps);
+        for group in byte_groups(&missing, opts.batch_bytes) {
+            let ids: Vec<ChangeId> = group.iter().map(|m| m.id).collect();
+            let fetched = source.get_changes(&ids).await?;
+            let mut accept: Vec<Change> = Vec::with_capacity(fetched.len());
+            let mut got = std::collections::HashSet::with_capacity(fetched.len());
+            for c in fetched {
+                if !got.insert(c.id()) {
+                    continue;
+                }
+                if let Err(e) = c.check_integrity() {
+                    rep.rejected.push(Rejected {
+                        id: c.id(),
+                        reason: RejectReason::Integrity(e.to_string()),
+                    });
+                    continue;
+                }
+                if let Err(reason) = opts.verifier.verify(&c.meta) {
+                    tracing::warn!(id = %c.id(), %reason, "change rejected");
+                    rep.rejected.push(Rejected { id: c.id(), reason });
+                    continue;
+                }
+                accept.push(c);
+            }
+            for id in ids.iter().filter(|id| !got.contains(*id)) {
+                return Err(Error::Protocol {
+                    reason: format!("source listed {id} in scan but did not return it"),
+                });
+            }
+            if accept.is_empty() {
+                continue;
+            }
+            let bytes: u64 = accept.iter().map(|c| c.payload.len() as u64).sum();
+            let out = target.append(accept).await?;
+            rep.changes += out.new.len() as u64;
+            rep.bytes += bytes;
+        }
+        after = page_end;
+        emit(
+            opts,
+            SyncEvent::Progress {
+                direction,
+                examined: rep.examined,
+                total,
+                transferred: rep.changes,
+                bytes: rep.bytes,
+            },
+        );
+    }
+    emit(
+        opts,
+        SyncEvent::Finished {
+            direction,
+            transferred: rep.changes,
+        },
+    );
+    Ok((
+        rep,
+        Head {
+            epoch: head.epoch,
+            seq: after,
+        },
+    ))
+}
+
+/// Split `metas` into consecutive groups whose payloads add up to at most
+/// `max_bytes` (a single larger change forms its own group).
+fn byte_groups(metas: &[ChangeMeta], max_bytes: u64) -> Vec<&[ChangeMeta]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, m) in metas.iter().enumerate() {
+        if i > start && bytes.saturating_add(m.payload_len) > max_bytes {
+            groups.push(&metas[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(m.payload_len);
+    }
+    if start < metas.len() {
+        groups.push(&metas[start..]);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChangeBuilder, ChangeKind, DocId};
+
+    #[test]
+    fn byte_groups_respect_limit_and_keep_everything() {
+        let metas: Vec<ChangeMeta> = (0..10u8)
+            .map(|i| {
+                ChangeBuilder::new(ChangeKind::Change, DocId::new("d").unwrap())
+                    .payload(vec![i; 40 * usize::from(i)])
+                    .build()
+                    .unwrap()
+                    .meta
+            })
+            .collect();
+        let groups = byte_groups(&metas, 100);
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 10);
+        for g in &groups {
+            let b: u64 = g.iter().map(|m| m.payload_len).sum();
+            assert!(
+                g.len() == 1 || b <= 100,
+                "group of {} with {b} bytes",
+                g.len()
+            );
+        }
+    }
+}
