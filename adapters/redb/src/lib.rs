@@ -1,0 +1,594 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod error;
+mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use cairn::tail::{SeqWatch, tail};
+use cairn::{
+    AppendOnlyStore, AppendOutcome, Bytes, Capabilities, Change, ChangeId, ChangeMeta,
+    ChangeStream, Digest, DocId, Error, Fingerprint, Head, IdRange, Limits, RangeSummary, Result,
+    ScanItem, StoreId,
+};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use tokio::sync::oneshot;
+
+use crate::error::{corrupt, from_panic, map};
+use crate::schema::{CHANGES, DOCS, PAYLOADS, SEQS};
+use crate::writer::{Counters, Job, WriterHandle};
+
+pub use crate::schema::ConsistencyReport;
+
+/// When an acknowledged append reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is flushed (fsync) before `append` returns: an
+    /// acknowledged change survives a process crash or power loss. The
+    /// default.
+    #[default]
+    Immediate,
+    /// Commits are not flushed; a crash may lose any number of recent
+    /// acknowledged appends (the file stays consistent and opens at an
+    /// earlier commit). Closing the store cleanly flushes. For tests and
+    /// caches only.
+    None,
+}
+
+/// How to open a [`RedbStore`].
+///
+/// ```
+/// use cairn_redb::{Durability, RedbOptions};
+/// let opts = RedbOptions::default().durability(Durability::None);
+/// assert_eq!(opts.durability, Durability::None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedbOptions {
+    /// When appends reach the disk. Default [`Durability::Immediate`].
+    pub durability: Durability,
+    /// Limits enforced on each append. Default [`Limits::DEFAULT`].
+    pub limits: Limits,
+    /// Verify the checksum of every page when opening (reads the whole
+    /// file). Off by default: a cleanly closed file is trusted, and redb
+    /// checks and repairs a file after a crash anyway. Turn it on for files
+    /// that may have been damaged outside redb.
+    pub verify_on_open: bool,
+    /// redb's page cache in bytes; `None` keeps redb's default (1 GiB, used
+    /// as needed).
+    pub cache_size: Option<usize>,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            durability: Durability::Immediate,
+            limits: Limits::DEFAULT,
+            verify_on_open: false,
+            cache_size: None,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// Set [`durability`](RedbOptions::durability).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Set [`limits`](RedbOptions::limits).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Set [`verify_on_open`](RedbOptions::verify_on_open).
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.verify_on_open = verify;
+        self
+    }
+
+    /// Set [`cache_size`](RedbOptions::cache_size).
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = Some(bytes);
+        self
+    }
+}
+
+/// Counters of a [`RedbStore`] since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RedbStats {
+    /// Write transactions committed (one per group of appends that stored
+    /// something).
+    pub commits: u64,
+    /// Append batches that reached the writer (non-empty after checks).
+    pub batches: u64,
+    /// New changes stored.
+    pub changes: u64,
+    /// Most batches merged into one commit.
+    pub largest_group: u64,
+    /// Commits that failed (every caller in the group got the error).
+    pub failed_commits: u64,
+}
+
+/// A durable [`AppendOnlyStore`] on one redb file; cheap to clone (clones
+/// share the file).
+///
+/// Appends go to a dedicated writer thread that merges concurrent appends
+/// into one transaction (group commit); reads run on tokio's blocking pool.
+/// Dropping the last clone stops the writer thread and closes the file, so
+/// the same path can be opened again right after.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store_id: StoreId,
+    path: PathBuf,
+    epoch: u64,
+    limits: Limits,
+    durability: Durability,
+    /// Joined on drop, before `db` is released.
+    writer: WriterHandle,
+    db: Arc<Database>,
+    watch: Arc<SeqWatch>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("store_id", &self.inner.store_id)
+            .field("path", &self.inner.path)
+            .field("epoch", &self.inner.epoch)
+            .field("seq", &self.inner.watch.current())
+            .field("durability", &self.inner.durability)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Open the store at `path`, creating it if the file does not exist (or
+    /// is empty), with durable appends.
+    ///
+    /// Fails with [`Error::StoreMismatch`] if the file holds another store,
+    /// and [`Error::Corrupt`] if it is not a Cairn store, is damaged, or has
+    /// another schema version.
+    pub async fn open(path: impl AsRef<Path>, store_id: StoreId) -> Result<Self> {
+        Self::open_with(path, store_id, RedbOptions::default()).await
+    }
+
+    /// Like [`open`](RedbStore::open), with appends that are not flushed to
+    /// disk ([`Durability::None`]): for tests and caches.
+    pub async fn open_non_durable(path: impl AsRef<Path>, store_id: StoreId) -> Result<Self> {
+        Self::open_with(
+            path,
+            store_id,
+            RedbOptions::default().durability(Durability::None),
+        )
+        .await
+    }
+
+    /// Open with explicit [`RedbOptions`].
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        store_id: StoreId,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        run_blocking(move || Self::open_blocking(path, store_id, options)).await
+    }
+
+    /// Open synchronously (blocks the calling thread on file I/O). Prefer
+    /// [`open_with`](RedbStore::open_with) inside an async runtime.
+    pub fn open_blocking(
+        path: impl AsRef<Path>,
+        store_id: StoreId,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        // redb may panic on a file damaged outside redb (unless
+        // `verify_on_open`); report that as corrupt data.
+        catch_unwind(AssertUnwindSafe(|| {
+            Self::open_inner(path.clone(), store_id, options)
+        }))
+        .unwrap_or_else(|p| Err(from_panic(p)))
+    }
+
+    fn open_inner(path: PathBuf, store_id: StoreId, options: RedbOptions) -> Result<Self> {
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(options.verify_on_open);
+        if let Some(bytes) = options.cache_size {
+            builder.set_cache_size(bytes);
+        }
+        let db = Arc::new(builder.create(&path).map_err(map)?);
+        let opened = schema::open_or_init(&db, &store_id)?;
+        let watch = Arc::new(SeqWatch::new(opened.head));
+        let counters = Arc::new(Counters::default());
+        let writer = WriterHandle::spawn(
+            db.clone(),
+            match options.durability {
+                Durability::Immediate => redb::Durability::Immediate,
+                Durability::None => redb::Durability::None,
+            },
+            opened.head,
+            watch.clone(),
+            counters.clone(),
+        )?;
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                store_id,
+                path,
+                epoch: opened.epoch,
+                limits: options.limits,
+                durability: options.durability,
+                writer,
+                db,
+                watch,
+                counters,
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> RedbStats {
+        let c = &self.inner.counters;
+        RedbStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            changes: c.changes.load(Ordering::Relaxed),
+            largest_group: c.largest_group.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Check every invariant of the file in one read transaction: each
+    /// sequence number `1..=head` points to a stored change that records the
+    /// same sequence number, every change's id matches its header and its
+    /// payload matches its hash, the doc index holds exactly one entry per
+    /// change, and every table's length equals the head sequence. Reads the
+    /// whole store. Returns [`Error::Corrupt`] describing the first problem.
+    pub async fn check_consistency(&self) -> Result<ConsistencyReport> {
+        self.read(|inner| schema::check(&inner.read_txn()?)).await
+    }
+
+    /// Run `f` against the shared state on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || f(&inner)).await
+    }
+}
+
+/// Run blocking work on tokio's blocking pool when inside a runtime, inline
+/// otherwise. A panic (redb on a damaged file) becomes [`Error::Corrupt`].
+async fn run_blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => match handle.spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) => match e.try_into_panic() {
+                Ok(p) => Err(from_panic(p)),
+                Err(_) => Err(Error::Cancelled),
+            },
+        },
+        Err(_) => catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(from_panic(p))),
+    }
+}
+
+/// A read-only table keyed by change id.
+type IdTable = ReadOnlyTable<&'static [u8; 32], &'static [u8]>;
+
+impl Inner {
+    fn read_txn(&self) -> Result<ReadTransaction> {
+        self.db.begin_read().map_err(map)
+    }
+
+    fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rtx = self.read_txn()?;
+        let seqs = rtx.open_table(SEQS).map_err(map)?;
+        let changes = rtx.open_table(CHANGES).map_err(map)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in seqs.range(after.saturating_add(1)..).map_err(map)? {
+            let (k, v) = entry.map_err(map)?;
+            let meta = get_meta(&changes, v.value())?
+                .ok_or_else(|| corrupt(format!("seq {} points to a missing change", k.value())))?;
+            out.push(ScanItem {
+                seq: k.value(),
+                meta,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The metadata stored under `id`, if any.
+fn get_meta(changes: &IdTable, id: &[u8; 32]) -> Result<Option<ChangeMeta>> {
+    match changes.get(id).map_err(map)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(schema::decode_change_value(id, v.value())?.1)),
+    }
+}
+
+/// The full change stored under `id`, if any, with its payload verified.
+fn get_change(changes: &IdTable, payloads: &IdTable, id: &[u8; 32]) -> Result<Option<Change>> {
+    let Some(meta) = get_meta(changes, id)? else {
+        return Ok(None);
+    };
+    let payload = payloads
+        .get(id)
+        .map_err(map)?
+        .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
+    let payload = payload.value();
+    if payload.len() as u64 != meta.payload_len || Digest::of(payload) != meta.payload_hash {
+        return Err(corrupt(format!(
+            "payload of {} does not match its hash",
+            meta.id
+        )));
+    }
+    Ok(Some(Change {
+        payload: Bytes::copy_from_slice(payload),
+        meta,
+    }))
+}
+
+/// Batches above this many payload bytes are checked on the blocking pool,
+/// so hashing them does not stall the executor.
+const INLINE_CHECK_BYTES: usize = 256 << 10;
+
+#[async_trait]
+impl AppendOnlyStore for RedbStore {
+    fn store_id(&self) -> &StoreId {
+        &self.inner.store_id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            native_find_new: true,
+            native_doc_index: true,
+            native_reconciliation: true,
+            durable: self.inner.durability == Durability::Immediate,
+            remote: false,
+        }
+    }
+
+    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        let limits = self.inner.limits;
+        let size: usize = changes.iter().map(|c| c.payload.len()).sum();
+        let (batch, repeats) = if size > INLINE_CHECK_BYTES {
+            run_blocking(move || cairn::prepare_batch(changes, &limits)).await?
+        } else {
+            cairn::prepare_batch(changes, &limits)?
+        };
+        if batch.is_empty() {
+            return Ok(AppendOutcome {
+                new: Vec::new(),
+                duplicates: repeats,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner.writer.send(Job {
+            batch,
+            repeats,
+            reply,
+        })?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        let ids = ids.to_vec();
+        self.read(move |inner| {
+            let rtx = inner.read_txn()?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            let payloads = rtx.open_table(PAYLOADS).map_err(map)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(c) = get_change(&changes, &payloads, id.as_bytes())? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        let ids = ids.to_vec();
+        self.read(move |inner| {
+            let rtx = inner.read_txn()?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(m) = get_meta(&changes, id.as_bytes())? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
+        let ids = ids.to_vec();
+        self.read(move |inner| {
+            let rtx = inner.read_txn()?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            ids.iter()
+                .map(|id| Ok(changes.get(id.as_bytes()).map_err(map)?.is_some()))
+                .collect()
+        })
+        .await
+    }
+
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |inner| inner.scan(after, limit)).await
+    }
+
+    async fn head(&self) -> Result<Head> {
+        Ok(Head {
+            epoch: self.inner.epoch,
+            seq: self.inner.watch.current(),
+        })
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        // Register first, then read the position from the receiver itself,
+        // so no append slips between "now" and the subscription.
+        let rx = self.inner.watch.receiver();
+        let after = *rx.borrow();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Ok(tail(rx, after, 256, move |after, limit| {
+            let inner = weak.upgrade();
+            async move {
+                match inner {
+                    None => Ok(None),
+                    Some(inner) => run_blocking(move || inner.scan(after, limit))
+                        .await
+                        .map(Some),
+                }
+            }
+        }))
+    }
+
+    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        let have: HashSet<ChangeId> = have.iter().copied().collect();
+        self.read(move |inner| {
+            let rtx = inner.read_txn()?;
+            let seqs = rtx.open_table(SEQS).map_err(map)?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            let mut out = Vec::new();
+            for entry in seqs.range(1u64..).map_err(map)? {
+                let (k, v) = entry.map_err(map)?;
+                let id = v.value();
+                if have.contains(&ChangeId::from_bytes(*id)) {
+                    continue;
+                }
+                let meta = get_meta(&changes, id)?.ok_or_else(|| {
+                    corrupt(format!("seq {} points to a missing change", k.value()))
+                })?;
+                out.push(meta);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
+        self.read(|inner| {
+            let rtx = inner.read_txn()?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            changes
+                .iter()
+                .map_err(map)?
+                .map(|e| Ok(ChangeId::from_bytes(*e.map_err(map)?.0.value())))
+                .collect()
+        })
+        .await
+    }
+
+    async fn changes_for_doc(
+        &self,
+        doc: &DocId,
+        from_last_snapshot: bool,
+    ) -> Result<Vec<ChangeMeta>> {
+        let doc = doc.clone();
+        let metas = self
+            .read(move |inner| {
+                let rtx = inner.read_txn()?;
+                let docs = rtx.open_table(DOCS).map_err(map)?;
+                let changes = rtx.open_table(CHANGES).map_err(map)?;
+                let mut metas = Vec::new();
+                let d = doc.as_str();
+                for entry in docs.range((d, 0u64)..=(d, u64::MAX)).map_err(map)? {
+                    let (_, v) = entry.map_err(map)?;
+                    let meta = get_meta(&changes, v.value())?.ok_or_else(|| {
+                        corrupt(format!("doc index of {d} points to a missing change"))
+                    })?;
+                    metas.push(meta);
+                }
+                Ok(metas)
+            })
+            .await?;
+        Ok(cairn::graph::plan_doc_load(metas, from_last_snapshot))
+    }
+
+    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
+        let range = *range;
+        self.read(move |inner| {
+            let mut fp = Fingerprint::default();
+            for_ids_in_range(inner, &range, usize::MAX, |id| fp.add(&id))?;
+            Ok(fp.summary())
+        })
+        .await
+    }
+
+    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
+        let range = *range;
+        self.read(move |inner| {
+            let mut out = Vec::new();
+            for_ids_in_range(inner, &range, limit, |id| out.push(id))?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Visit up to `limit` held ids in `range`, ascending, straight from the
+/// id-ordered `changes` table.
+fn for_ids_in_range(
+    inner: &Inner,
+    range: &IdRange,
+    limit: usize,
+    mut visit: impl FnMut(ChangeId),
+) -> Result<()> {
+    if limit == 0 || range.end.is_some_and(|end| end <= range.start) {
+        return Ok(());
+    }
+    let rtx = inner.read_txn()?;
+    let changes = rtx.open_table(CHANGES).map_err(map)?;
+    let start: &[u8; 32] = range.start.as_bytes();
+    let iter = match &range.end {
+        Some(end) => changes
+            .range::<&[u8; 32]>(start..end.as_bytes())
+            .map_err(map)?,
+        None => changes.range::<&[u8; 32]>(start..).map_err(map)?,
+    };
+    for (n, entry) in iter.enumerate() {
+        if n >= limit {
+            break;
+        }
+        visit(ChangeId::from_bytes(*entry.map_err(map)?.0.value()));
+    }
+    Ok(())
+}
