@@ -1,0 +1,533 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! Round trips for every message type, chunking, limits and robustness.
+
+use bytes::Bytes;
+use cairn::{
+    AppendOutcome, Capabilities, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeMeta, Digest,
+    DocId, Error, Head, IdRange, KeyId, Keypair, RangeSummary, ScanItem, StoreId,
+};
+use cairn_protocol::*;
+use proptest::prelude::*;
+
+fn arb_id() -> impl Strategy<Value = ChangeId> {
+    any::<[u8; 32]>().prop_map(ChangeId::from_bytes)
+}
+
+fn arb_ids() -> impl Strategy<Value = Vec<ChangeId>> {
+    prop::collection::vec(arb_id(), 0..20)
+}
+
+fn arb_doc() -> impl Strategy<Value = DocId> {
+    "[a-z0-9/é-]{1,40}".prop_map(|s| DocId::new(s).unwrap())
+}
+
+fn arb_change() -> impl Strategy<Value = Change> {
+    (
+        0u8..4,
+        arb_doc(),
+        prop::collection::vec(arb_id(), 0..4),
+        any::<u64>(),
+        prop::collection::vec(any::<u8>(), 0..200),
+        any::<bool>(),
+        "[a-z]{1,10}",
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(k, doc, deps, at, payload, sign, key, seed)| {
+            let kind = ChangeKind::from_code(k + 1).unwrap();
+            let b = ChangeBuilder::new(kind, doc)
+                .deps(deps)
+                .created_at(at)
+                .key_id(KeyId::new(key).unwrap())
+                .payload(payload);
+            if sign {
+                b.sign(&Keypair::from_seed(seed)).unwrap()
+            } else {
+                b.build().unwrap()
+            }
+        })
+}
+
+fn arb_changes() -> impl Strategy<Value = Vec<Change>> {
+    prop::collection::vec(arb_change(), 0..6)
+}
+
+fn arb_metas() -> impl Strategy<Value = Vec<ChangeMeta>> {
+    arb_changes().prop_map(|v| v.into_iter().map(|c| c.meta).collect())
+}
+
+fn arb_range() -> impl Strategy<Value = IdRange> {
+    (arb_id(), prop::option::of(arb_id())).prop_map(|(start, end)| IdRange { start, end })
+}
+
+fn arb_text() -> impl Strategy<Value = String> {
+    "[ -~é]{0,30}"
+}
+
+fn arb_error() -> impl Strategy<Value = WireError> {
+    prop_oneof![
+        (arb_id(), arb_id()).prop_map(|(id, computed)| WireError::Integrity {
+            id,
+            reason: WireIntegrity::IdMismatch { computed }
+        }),
+        arb_id().prop_map(|id| WireError::Integrity {
+            id,
+            reason: WireIntegrity::PayloadHashMismatch
+        }),
+        (arb_id(), any::<u64>(), any::<u64>()).prop_map(|(id, declared, actual)| {
+            WireError::Integrity {
+                id,
+                reason: WireIntegrity::PayloadLenMismatch { declared, actual },
+            }
+        }),
+        (arb_id(), arb_text()).prop_map(|(id, reason)| WireError::Integrity {
+            id,
+            reason: WireIntegrity::BadDeps { reason }
+        }),
+        (arb_id(), arb_text(), any::<u64>(), any::<u64>()).prop_map(|(id, field, len, limit)| {
+            WireError::Integrity {
+                id,
+                reason: WireIntegrity::FieldTooLong { field, len, limit },
+            }
+        }),
+        arb_id().prop_map(|id| WireError::Integrity {
+            id,
+            reason: WireIntegrity::Other
+        }),
+        arb_text().prop_map(|what| WireError::NotFound { what }),
+        ("[a-z/]{1,20}", "[a-z/]{1,20}")
+            .prop_map(|(expected, found)| WireError::StoreMismatch { expected, found }),
+        arb_text().prop_map(|reason| WireError::Unauthorized { reason }),
+        arb_text().prop_map(|reason| WireError::InvalidInput { reason }),
+        (arb_text(), any::<u64>(), any::<u64>()).prop_map(|(what, limit, actual)| {
+            WireError::TooLarge {
+                what,
+                limit,
+                actual,
+            }
+        }),
+        (arb_text(), arb_text()).prop_map(|(store, what)| WireError::Unsupported { store, what }),
+        arb_text().prop_map(|reason| WireError::Protocol { reason }),
+        (arb_text(), arb_text()).prop_map(|(store, reason)| WireError::Corrupt { store, reason }),
+        (any::<u8>(), arb_text()).prop_map(|(kind, message)| WireError::Io { kind, message }),
+        Just(WireError::Closed),
+        Just(WireError::Cancelled),
+        (arb_text(), any::<bool>(), arb_text()).prop_map(|(store, retryable, message)| {
+            WireError::Backend {
+                store,
+                retryable,
+                message,
+            }
+        }),
+        arb_text().prop_map(|reason| WireError::Busy { reason }),
+        (1000u16.., any::<bool>(), arb_text()).prop_map(|(code, retryable, message)| {
+            WireError::Other {
+                code,
+                retryable,
+                message,
+            }
+        }),
+    ]
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        arb_changes().prop_map(Request::Append),
+        arb_ids().prop_map(Request::GetChanges),
+        arb_ids().prop_map(Request::GetMetas),
+        arb_ids().prop_map(Request::HasChanges),
+        (any::<u64>(), any::<u64>()).prop_map(|(after, limit)| Request::Scan { after, limit }),
+        Just(Request::Head),
+        arb_ids().prop_map(Request::FindNewChanges),
+        (arb_doc(), arb_ids()).prop_map(|(doc, have)| Request::FindNewChangesForDoc { doc, have }),
+        Just(Request::AllChangeIds),
+        (arb_doc(), any::<bool>()).prop_map(|(doc, from_last_snapshot)| {
+            Request::ChangesForDoc {
+                doc,
+                from_last_snapshot,
+            }
+        }),
+        arb_range().prop_map(Request::RangeSummary),
+        (arb_range(), any::<u64>()).prop_map(|(range, limit)| Request::IdsInRange { range, limit }),
+        Just(Request::Subscribe),
+        any::<u32>().prop_map(|subscription| Request::Unsubscribe { subscription }),
+    ]
+}
+
+fn arb_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (arb_ids(), 0usize..1000)
+            .prop_map(|(new, duplicates)| Response::Appended(AppendOutcome { new, duplicates })),
+        arb_changes().prop_map(Response::Changes),
+        arb_metas().prop_map(Response::Metas),
+        prop::collection::vec(any::<bool>(), 0..50).prop_map(Response::Bools),
+        (arb_metas(), any::<u64>()).prop_map(|(m, base)| Response::ScanItems(
+            m.into_iter()
+                .enumerate()
+                .map(|(i, meta)| ScanItem {
+                    seq: base.wrapping_add(i as u64),
+                    meta
+                })
+                .collect()
+        )),
+        (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| Response::Head(Head { epoch, seq })),
+        arb_ids().prop_map(Response::Ids),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(count, fp)| Response::Summary(RangeSummary {
+            count,
+            fingerprint: Digest::from_bytes(fp)
+        })),
+        Just(Response::Done),
+        arb_error().prop_map(Response::Error),
+    ]
+}
+
+fn arb_caps() -> impl Strategy<Value = Capabilities> {
+    any::<[bool; 5]>().prop_map(|b| Capabilities {
+        native_find_new: b[0],
+        native_doc_index: b[1],
+        native_reconciliation: b[2],
+        durable: b[3],
+        remote: b[4],
+    })
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            "[a-z/]{1,30}",
+            arb_caps(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(s, capabilities, epoch, seq, max_frame)| Message::Hello(Hello {
+                    version: VERSION,
+                    store_id: StoreId::new(s).unwrap(),
+                    capabilities,
+                    head: Head { epoch, seq },
+                    max_frame,
+                })
+            ),
+        (any::<u32>(), arb_request()).prop_map(|(id, body)| Message::Request { id, body }),
+        (any::<u32>(), arb_response()).prop_map(|(id, body)| Message::Response { id, body }),
+        (any::<u32>(), arb_metas()).prop_map(|(subscription, metas)| Message::Notify {
+            subscription,
+            metas
+        }),
+    ]
+}
+
+fn decode_all(bytes: &[u8], max_frame: u32, step: usize) -> Vec<Message> {
+    let mut dec = FrameDecoder::new(max_frame);
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(step.max(1)) {
+        dec.push(chunk);
+        while let Some(m) = dec.pop().unwrap() {
+            out.push(m);
+        }
+    }
+    assert!(dec.is_idle());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_message_round_trips(msg in arb_message(), step in 1usize..64) {
+        let bytes = encode(&msg, DEFAULT_MAX_FRAME).unwrap();
+        let back = decode_all(&bytes, DEFAULT_MAX_FRAME, step);
+        prop_assert_eq!(back, vec![msg]);
+    }
+
+    #[test]
+    fn small_frames_split_and_reassemble(msg in arb_message(), max in 4096u32..6000) {
+        // Every generated item fits 4 KiB, so any list is split, never refused.
+        let bytes = encode(&msg, max).unwrap();
+        for f in encode_frames(&msg, max).unwrap() {
+            prop_assert!(f.len() - LEN_PREFIX <= max as usize);
+        }
+        prop_assert_eq!(decode_all(&bytes, max, 997), vec![msg]);
+    }
+
+    #[test]
+    fn errors_map_to_cairn_and_back(e in arb_error()) {
+        let retryable = e.is_retryable();
+        let core: Error = e.clone().into_error();
+        prop_assert_eq!(core.is_retryable(), retryable);
+        let again = WireError::from(&core);
+        prop_assert_eq!(again.code(), if matches!(e, WireError::Busy{..} | WireError::Other{..}) { code::BACKEND } else { e.code() });
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let mut dec = FrameDecoder::new(MIN_MAX_FRAME);
+        dec.push(&bytes);
+        for _ in 0..100 {
+            match dec.pop() {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => break,
+            }
+        }
+        let _ = decode_body(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_frames_never_panics(msg in arb_message(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let mut bytes = encode(&msg, DEFAULT_MAX_FRAME).unwrap();
+        for (pos, b) in flips {
+            let n = bytes.len();
+            bytes[pos % n] ^= b;
+        }
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.push(&bytes);
+        for _ in 0..100 {
+            match dec.pop() {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => break,
+            }
+        }
+    }
+}
+
+fn change(i: u32, payload: usize) -> Change {
+    ChangeBuilder::new(
+        ChangeKind::Change,
+        DocId::new(format!("doc-{}", i % 10)).unwrap(),
+    )
+    .created_at(u64::from(i))
+    .payload(Bytes::from(vec![(i % 251) as u8; payload]))
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn large_results_are_split_never_truncated() {
+    // 1M ids (32 MB) under a 16 MiB frame limit.
+    let ids: Vec<ChangeId> = (0..1_000_000u32)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            ChangeId::from_bytes(b)
+        })
+        .collect();
+    let msg = Message::Response {
+        id: 9,
+        body: Response::Ids(ids),
+    };
+    let frames = encode_frames(&msg, DEFAULT_MAX_FRAME).unwrap();
+    assert!(frames.len() >= 2, "{} frames", frames.len());
+    let bytes = encode(&msg, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(decode_all(&bytes, DEFAULT_MAX_FRAME, 1 << 20), vec![msg]);
+
+    // 20k changes of 1 KiB under a 1 MiB limit.
+    let changes: Vec<Change> = (0..20_000).map(|i| change(i, 1024)).collect();
+    let msg = Message::Response {
+        id: 3,
+        body: Response::Changes(changes),
+    };
+    let frames = encode_frames(&msg, 1 << 20).unwrap();
+    assert!(frames.len() > 20);
+    assert!(frames[..frames.len() - 1].iter().all(|f| f[5] == FLAG_MORE));
+    assert_eq!(frames.last().unwrap()[5], 0);
+    let bytes = encode(&msg, 1 << 20).unwrap();
+    assert_eq!(decode_all(&bytes, 1 << 20, 65536), vec![msg]);
+}
+
+#[test]
+fn interleaved_split_messages_reassemble_by_id() {
+    let a = Message::Response {
+        id: 1,
+        body: Response::Changes((0..30).map(|i| change(i, 1000)).collect()),
+    };
+    let b = Message::Response {
+        id: 2,
+        body: Response::Changes((30..60).map(|i| change(i, 1000)).collect()),
+    };
+    let fa = encode_frames(&a, 8192).unwrap();
+    let fb = encode_frames(&b, 8192).unwrap();
+    let mut dec = FrameDecoder::new(8192);
+    let mut got = Vec::new();
+    for i in 0..fa.len().max(fb.len()) {
+        for f in [fa.get(i), fb.get(i)].into_iter().flatten() {
+            dec.push(f);
+            while let Some(m) = dec.pop().unwrap() {
+                got.push(m);
+            }
+        }
+    }
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&a) && got.contains(&b));
+}
+
+#[test]
+fn a_change_larger_than_a_frame_is_a_typed_error() {
+    let msg = Message::Response {
+        id: 1,
+        body: Response::Changes(vec![change(1, 10_000)]),
+    };
+    match encode(&msg, 4096) {
+        Err(Error::TooLarge {
+            what: "change",
+            limit: 4096,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The server helper answers with the error instead.
+    let bytes = reply(1, Response::Changes(vec![change(1, 10_000)]), 4096);
+    let got = decode_all(&bytes, 4096, 100);
+    match &got[..] {
+        [
+            Message::Response {
+                id: 1,
+                body: Response::Error(WireError::TooLarge { what, .. }),
+            },
+        ] => {
+            assert_eq!(what, "change")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_buffering() {
+    let mut dec = FrameDecoder::new(1 << 20);
+    dec.push(&u32::MAX.to_be_bytes());
+    match dec.pop() {
+        Err(Error::TooLarge {
+            what: "frame",
+            limit,
+            actual,
+        }) => {
+            assert_eq!(limit, 1 << 20);
+            assert_eq!(actual, u64::from(u32::MAX));
+        }
+        other => panic!("{other:?}"),
+    }
+    // It stays failed: the stream cannot be resynchronised.
+    dec.push(&[0; 10]);
+    assert!(dec.pop().is_err());
+}
+
+#[test]
+fn split_messages_are_bounded() {
+    let msg = Message::Response {
+        id: 1,
+        body: Response::Changes((0..40).map(|i| change(i, 1000)).collect()),
+    };
+    let bytes = encode(&msg, 4096).unwrap();
+    let mut dec = FrameDecoder::new(4096).with_max_message(10_000);
+    dec.push(&bytes);
+    // pop() works through every pushed frame in one call.
+    let saw = dec.pop().err();
+    assert!(
+        matches!(
+            saw,
+            Some(Error::TooLarge {
+                what: "message",
+                ..
+            })
+        ),
+        "{saw:?}"
+    );
+}
+
+#[test]
+fn bad_hello_is_a_protocol_error() {
+    let hello = Message::Hello(client_hello(StoreId::new("s").unwrap(), DEFAULT_MAX_FRAME));
+    let mut bytes = encode(&hello, DEFAULT_MAX_FRAME).unwrap();
+    bytes[10] = b'X'; // magic
+    assert!(matches!(
+        decode_body(&bytes[4..]),
+        Err(Error::Protocol { .. })
+    ));
+    let mut bytes = encode(&hello, DEFAULT_MAX_FRAME).unwrap();
+    bytes[14] = 9; // version
+    let err = decode_body(&bytes[4..]).unwrap_err();
+    assert!(err.to_string().contains("version"), "{err}");
+}
+
+#[test]
+fn head_request_bytes_match_the_spec() {
+    // docs/protocol.md, example 1.
+    let bytes = encode(
+        &Message::Request {
+            id: 1,
+            body: Request::Head,
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(bytes, [0, 0, 0, 6, 0x15, 0, 0, 0, 0, 1]);
+    let bytes = encode(
+        &Message::Response {
+            id: 1,
+            body: Response::Head(Head {
+                epoch: 0x0102030405060708,
+                seq: 3,
+            }),
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(
+        bytes,
+        [
+            0, 0, 0, 22, 0x25, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 3
+        ]
+    );
+    let bytes = encode(
+        &Message::Response {
+            id: 2,
+            body: Response::Error(WireError::Unauthorized {
+                reason: "read-only".into(),
+            }),
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let mut want = vec![0, 0, 0, 20, 0x2F, 0, 0, 0, 0, 2, 0, 4, 0, 0, 9];
+    want.extend_from_slice(b"read-only");
+    assert_eq!(bytes, want);
+}
+
+#[test]
+fn correlator_checks_response_types() {
+    let mut c = Correlator::new();
+    let m = c.request(Request::Head, ());
+    let id = m.id();
+    match c.handle(Message::Response {
+        id,
+        body: Response::Done,
+    }) {
+        Incoming::Response {
+            result: Err(Error::Protocol { .. }),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.handle(Message::Response {
+            id,
+            body: Response::Done
+        }),
+        Incoming::Unsolicited(_)
+    ));
+    let m = c.request(Request::AllChangeIds, ());
+    let e = WireError::Unauthorized {
+        reason: "no".into(),
+    };
+    match c.handle(Message::Response {
+        id: m.id(),
+        body: Response::Error(e),
+    }) {
+        Incoming::Response {
+            result: Err(Error::Unauthorized { .. }),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let _ = c.request(Request::Head, ());
+    assert_eq!(c.fail_all().len(), 1);
+}
