@@ -138,7 +138,10 @@ impl AppendOnlyStore for MemoryStore {
                 let seq = st.log.len() as u64 + 1;
                 st.by_id.insert(c.id(), seq);
                 st.sorted.insert(c.id());
-                st.by_doc.entry(c.meta.doc_id.clone()).or_default().push(seq);
+                st.by_doc
+                    .entry(c.meta.doc_id.clone())
+                    .or_default()
+                    .push(seq);
                 out.new.push(c.id());
                 st.log.push(c);
             }

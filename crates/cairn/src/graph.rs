@@ -31,13 +31,14 @@ pub fn topo_sort<T>(
     for (i, t) in items.iter().enumerate() {
         let mut seen = HashSet::new();
         for d in deps_of(t) {
-            if let Some(&j) = index.get(d) {
-                if j != i && seen.insert(j) {
-                    indegree[i] += 1;
-                    children[j].push(i);
-                    if j > i {
-                        already_sorted = false;
-                    }
+            if let Some(&j) = index.get(d)
+                && j != i
+                && seen.insert(j)
+            {
+                indegree[i] += 1;
+                children[j].push(i);
+                if j > i {
+                    already_sorted = false;
                 }
             }
         }
@@ -77,7 +78,7 @@ pub fn topo_sort<T>(
 /// branch) are not covered and so are always included. Without any snapshot
 /// it is the same as `false`.
 pub fn plan_doc_load(mut metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Vec<ChangeMeta> {
-    metas.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    metas.sort_by_key(|m| (m.created_at, m.id));
     metas.dedup_by_key(|m| m.id);
     let metas = topo_sort(metas, |m| m.id, |m| &m.deps);
     if !from_last_snapshot {
@@ -85,7 +86,9 @@ pub fn plan_doc_load(mut metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Ve
     }
     let index: HashMap<ChangeId, usize> =
         metas.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
-    let mut best: Option<(usize, Vec<bool>, (usize, u64, ChangeId))> = None;
+    // (snapshot index, what it covers, ranking key)
+    type Best = (usize, Vec<bool>, (usize, u64, ChangeId));
+    let mut best: Option<Best> = None;
     for (s, m) in metas.iter().enumerate() {
         if m.kind != ChangeKind::Snapshot {
             continue;

@@ -384,7 +384,7 @@ async fn transfer(
                 }
                 accept.push(c);
             }
-            for id in ids.iter().filter(|id| !got.contains(*id)) {
+            if let Some(id) = ids.iter().find(|id| !got.contains(*id)) {
                 return Err(Error::Protocol {
                     reason: format!("source listed {id} in scan but did not return it"),
                 });
