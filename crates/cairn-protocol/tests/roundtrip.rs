@@ -531,3 +531,20 @@ fn correlator_checks_response_types() {
     let _ = c.request(Request::Head, ());
     assert_eq!(c.fail_all().len(), 1);
 }
+
+#[test]
+fn hello_bytes_match_the_spec() {
+    let hello = Message::Hello(client_hello(
+        StoreId::new("t/db").unwrap(),
+        DEFAULT_MAX_FRAME,
+    ));
+    let bytes = encode(&hello, DEFAULT_MAX_FRAME).unwrap();
+    let mut want = vec![0, 0, 0, 0x27, 1, 0, 0, 0, 0, 0];
+    want.extend_from_slice(b"CAIR");
+    want.extend_from_slice(&[0, 1, 0, 4]);
+    want.extend_from_slice(b"t/db");
+    want.push(0);
+    want.extend_from_slice(&[0; 16]);
+    want.extend_from_slice(&[1, 0, 0, 0]);
+    assert_eq!(bytes, want);
+}

@@ -1,0 +1,3 @@
+//! Benchmarks (placeholder).
+
+fn main() {}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod client;
+mod identity;
+mod link;
+mod server;
+mod store;
+
+pub use client::QuicClient;
+pub use identity::{ALPN, PeerId, certificate, key_of_certificate, peer_id};
+pub use server::{AccessPolicy, Acl, Permission, QuicServer, ServerOptions, StoreProvider, Stores};
+pub use store::{ConnectionState, QuicStore, QuicStoreOptions};
+
+/// quinn configurations with Cairn's pinned-key TLS, for custom endpoints
+/// (benchmarks, tools).
+pub mod config {
+    pub use crate::identity::{client_config, server_config};
+}

@@ -1,0 +1,188 @@
+//! Moving protocol messages over quinn streams: one bidirectional stream per
+//! request; a long-lived one per subscription.
+
+use cairn::{Error, Result, StoreId};
+use cairn_protocol::{
+    FrameDecoder, Hello, MIN_MAX_FRAME, Message, Request, Response, check_hello, client_hello,
+    encode,
+};
+
+/// Map a quinn connection error. TLS and application refusals are permanent;
+/// losing the path is retryable.
+pub(crate) fn conn_err(e: quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    match &e {
+        C::LocallyClosed => Error::Closed,
+        C::TransportError(_) | C::VersionMismatch => Error::backend("quic", false, e),
+        _ => Error::backend("quic", true, e),
+    }
+}
+
+pub(crate) fn io<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+    Error::backend("quic", true, e)
+}
+
+/// Read the next whole message from `recv` through `dec`.
+pub(crate) async fn read_message(
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder,
+) -> Result<Message> {
+    loop {
+        if let Some(m) = dec.pop()? {
+            return Ok(m);
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => dec.push(&chunk.bytes),
+            Ok(None) => {
+                return Err(Error::Protocol {
+                    reason: "stream ended before a whole message arrived".into(),
+                });
+            }
+            Err(quinn::ReadError::ConnectionLost(e)) => return Err(conn_err(e)),
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+pub(crate) async fn write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<()> {
+    match send.write_all(bytes).await {
+        Ok(()) => Ok(()),
+        Err(quinn::WriteError::ConnectionLost(e)) => Err(conn_err(e)),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// An established, greeted connection to a server for one store.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) hello: Hello,
+    /// Our own frame limit (what we accept).
+    pub(crate) max_frame: u32,
+}
+
+impl Link {
+    /// Connect, exchange hellos.
+    pub(crate) async fn open(
+        endpoint: &quinn::Endpoint,
+        addr: std::net::SocketAddr,
+        config: quinn::ClientConfig,
+        store_id: &StoreId,
+        max_frame: u32,
+    ) -> Result<Link> {
+        let connecting = endpoint
+            .connect_with(config, addr, crate::identity::SERVER_NAME)
+            .map_err(|e| Error::backend("quic", false, e))?;
+        let conn = connecting.await.map_err(conn_err)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+        let hello = Message::Hello(client_hello(store_id.clone(), max_frame));
+        write(&mut send, &encode(&hello, MIN_MAX_FRAME)?).await?;
+        let _ = send.finish();
+        let mut dec = FrameDecoder::new(max_frame);
+        let answer = read_message(&mut recv, &mut dec).await;
+        match answer.and_then(|m| check_hello(m, Some(store_id))) {
+            Ok(hello) => Ok(Link {
+                conn,
+                hello,
+                max_frame,
+            }),
+            Err(e) => {
+                conn.close(quinn::VarInt::from_u32(1), b"refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// The frame limit to send with: the server's.
+    pub(crate) fn send_limit(&self) -> u32 {
+        self.hello.max_frame.max(MIN_MAX_FRAME)
+    }
+
+    /// Send one request on its own stream; wait for the whole response.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
+        let want = request.expected_response();
+        let bytes = encode(
+            &Message::Request {
+                id: 1,
+                body: request,
+            },
+            self.send_limit(),
+        )?;
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        write(&mut send, &bytes).await?;
+        let _ = send.finish();
+        let mut dec = FrameDecoder::new(self.max_frame);
+        match read_message(&mut recv, &mut dec).await? {
+            Message::Response { body, .. } => match body {
+                Response::Error(e) => Err(e.into_error()),
+                body if body.type_byte() == want => Ok(body),
+                body => Err(Error::Protocol {
+                    reason: format!(
+                        "response type {:#04x} to a request expecting {want:#04x}",
+                        body.type_byte()
+                    ),
+                }),
+            },
+            other => Err(Error::Protocol {
+                reason: format!("expected a response, got type {:#04x}", other.type_byte()),
+            }),
+        }
+    }
+
+    /// Open a subscription stream; returns once the server confirmed it.
+    pub(crate) async fn subscribe(&self) -> Result<Subscription> {
+        let bytes = encode(
+            &Message::Request {
+                id: 1,
+                body: Request::Subscribe,
+            },
+            self.send_limit(),
+        )?;
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        write(&mut send, &bytes).await?;
+        let _ = send.finish();
+        let mut dec = FrameDecoder::new(self.max_frame);
+        match read_message(&mut recv, &mut dec).await? {
+            Message::Response {
+                body: Response::Done,
+                ..
+            } => Ok(Subscription { recv, dec }),
+            Message::Response {
+                body: Response::Error(e),
+                ..
+            } => Err(e.into_error()),
+            other => Err(Error::Protocol {
+                reason: format!("expected DONE, got type {:#04x}", other.type_byte()),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_protocol::Call for Link {
+    async fn call(&self, request: Request) -> Result<Response> {
+        Link::call(self, request).await
+    }
+}
+
+/// The receiving end of a subscription.
+pub(crate) struct Subscription {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+}
+
+impl Subscription {
+    /// The next batch of notified metadata.
+    pub(crate) async fn next(&mut self) -> Result<Vec<cairn::ChangeMeta>> {
+        match read_message(&mut self.recv, &mut self.dec).await? {
+            Message::Notify { metas, .. } => Ok(metas),
+            Message::Response {
+                body: Response::Error(e),
+                ..
+            } => Err(e.into_error()),
+            other => Err(Error::Protocol {
+                reason: format!("expected NOTIFY, got type {:#04x}", other.type_byte()),
+            }),
+        }
+    }
+}
