@@ -24,11 +24,14 @@ use futures::StreamExt;
 fn changes(n: usize, size: usize, salt: u64) -> Vec<Change> {
     (0..n)
         .map(|i| {
-            ChangeBuilder::new(ChangeKind::Change, DocId::new(format!("doc-{}", i % 100)).unwrap())
-                .created_at(salt * 1_000_000_000 + i as u64)
-                .payload(vec![(i % 251) as u8; size])
-                .build()
-                .unwrap()
+            ChangeBuilder::new(
+                ChangeKind::Change,
+                DocId::new(format!("doc-{}", i % 100)).unwrap(),
+            )
+            .created_at(salt * 1_000_000_000 + i as u64)
+            .payload(vec![(i % 251) as u8; size])
+            .build()
+            .unwrap()
         })
         .collect()
 }
@@ -123,7 +126,10 @@ async fn main() {
         QuicStoreOptions::default(),
     )
     .unwrap();
-    store.wait_connected(Duration::from_secs(600)).await.unwrap();
+    store
+        .wait_connected(Duration::from_secs(600))
+        .await
+        .unwrap();
     let pull = t.elapsed();
     assert_eq!(store.head().await.unwrap().seq as usize, n);
     let t = Instant::now();

@@ -140,7 +140,7 @@ pub enum WireError {
     },
     /// [`code::IO`].
     Io {
-        /// An [`IoKind`] byte.
+        /// An [`io_kind`](crate::io_kind) byte.
         kind: u8,
         /// The error text.
         message: String,
