@@ -139,9 +139,12 @@ struct Inner {
     epoch: u64,
     limits: Limits,
     durability: Durability,
-    /// Joined on drop, before `db` is released.
-    writer: WriterHandle,
+    /// Declared before `writer`: fields drop in order, so this handle goes
+    /// first and the writer thread, joined next, drops the last one (and so
+    /// closes the file) under `catch_unwind`.
     db: Arc<Database>,
+    /// Joined on drop.
+    writer: WriterHandle,
     watch: Arc<SeqWatch>,
     counters: Arc<Counters>,
 }

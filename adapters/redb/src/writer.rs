@@ -140,6 +140,15 @@ impl Writer {
                 wtx.commit().map_err(map)
             }));
         }
+        // This is normally the last handle: close the file here, where a
+        // panic of redb on a damaged file cannot reach the caller.
+        let db = self.db;
+        let _ = catch_unwind(AssertUnwindSafe(move || match Arc::try_unwrap(db) {
+            Ok(db) => {
+                let _ = db.close();
+            }
+            Err(db) => drop(db),
+        }));
     }
 
     fn commit_group(&mut self, jobs: Vec<Job>) {
