@@ -295,7 +295,12 @@ async fn manage(inner: Arc<Inner>) {
                     r = session(&inner, &link) => r,
                 };
                 if let Err(e) = r {
-                    warn!(server = %inner.server, error = %e, "connection to the peer lost");
+                    if inner.cancel.is_cancelled() {
+                        // `close()` tore the connection down: not a loss.
+                        debug!(server = %inner.server, error = %e, "connection closed");
+                    } else {
+                        warn!(server = %inner.server, error = %e, "connection to the peer lost");
+                    }
                     attempt = 0;
                 }
                 inner.take_link();

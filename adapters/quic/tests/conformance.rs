@@ -55,3 +55,64 @@ impl StoreFactory for Factory {
 }
 
 cairn_conformance::conformance_tests!(Factory::new());
+
+/// The same suite with redb on both ends: the server serves a redb store
+/// and the client caches in redb.
+mod on_redb {
+    use super::*;
+
+    pub(super) struct RedbFactory {
+        dir: tempfile::TempDir,
+        n: std::sync::atomic::AtomicU64,
+        servers: Mutex<Vec<QuicServer>>,
+    }
+
+    impl RedbFactory {
+        pub(super) fn new() -> Self {
+            RedbFactory {
+                dir: tempfile::tempdir().unwrap(),
+                n: std::sync::atomic::AtomicU64::new(0),
+                servers: Mutex::new(Vec::new()),
+            }
+        }
+
+        async fn redb(&self, store_id: &StoreId) -> Result<Arc<DynAppendOnlyStore>> {
+            let n = self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = self.dir.path().join(format!("{n}.redb"));
+            Ok(Arc::new(
+                cairn_redb::RedbStore::open_non_durable(path, store_id.clone()).await?,
+            ))
+        }
+    }
+
+    #[async_trait]
+    impl StoreFactory for RedbFactory {
+        fn name(&self) -> String {
+            "quic+redb".into()
+        }
+
+        async fn create(&self, store_id: &StoreId) -> Result<Arc<DynAppendOnlyStore>> {
+            let server_key = Keypair::generate();
+            let client_key = Keypair::generate();
+            let server = QuicServer::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &server_key,
+                Arc::new(Stores::new().with(self.redb(store_id).await?)),
+                Arc::new(Acl::new().allow(store_id, client_key.author(), Permission::ReadWrite)),
+                ServerOptions::default(),
+            )?;
+            let store = QuicStore::new(
+                self.redb(store_id).await?,
+                server.local_addr(),
+                server.peer_id(),
+                &client_key,
+                QuicStoreOptions::default(),
+            )?;
+            store.wait_connected(Duration::from_secs(20)).await?;
+            self.servers.lock().unwrap().push(server);
+            Ok(Arc::new(store))
+        }
+    }
+
+    cairn_conformance::conformance_tests!(RedbFactory::new());
+}

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::graph;
 use crate::ids::ChangeId;
 use crate::record::{Change, ChangeMeta};
-use crate::store::{AppendOnlyStore, Head};
+use crate::store::{AppendOnlyStore, Head, ScanItem};
 use crate::verify::{AcceptAll, RejectReason, Verifier};
 
 /// Which way changes flow.
@@ -329,11 +329,15 @@ async fn transfer(
     emit(opts, SyncEvent::Started { direction, total });
     tracing::debug!(%direction, from = after, to = head.seq, "transfer start");
     // Bounded: every round advances `after` by at least one, up to head.seq.
+    let mut prefetched: Option<Vec<ScanItem>> = None;
     while after < head.seq {
         if opts.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let page = source.scan(after, opts.batch_changes).await?;
+        let page = match prefetched.take() {
+            Some(p) => p,
+            None => source.scan(after, opts.batch_changes).await?,
+        };
         let Some(last) = page.last() else { break };
         if last.seq <= after {
             return Err(Error::Protocol {
@@ -348,55 +352,19 @@ async fn transfer(
             .collect();
         rep.examined += metas.len() as u64;
         rep.rounds += 1;
-        let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
-        let held = target.has_changes(&ids).await?;
-        if held.len() != ids.len() {
-            return Err(Error::Protocol {
-                reason: format!("has_changes answered {} of {} ids", held.len(), ids.len()),
-            });
-        }
-        let missing: Vec<ChangeMeta> = metas
-            .into_iter()
-            .zip(held)
-            .filter_map(|(m, h)| (!h).then_some(m))
-            .collect();
-        let missing = graph::topo_sort(missing, |m| m.id, |m| &m.deps);
-        for group in byte_groups(&missing, opts.batch_bytes) {
-            let ids: Vec<ChangeId> = group.iter().map(|m| m.id).collect();
-            let fetched = source.get_changes(&ids).await?;
-            let mut accept: Vec<Change> = Vec::with_capacity(fetched.len());
-            let mut got = std::collections::HashSet::with_capacity(fetched.len());
-            for c in fetched {
-                if !got.insert(c.id()) {
-                    continue;
-                }
-                if let Err(e) = c.check_integrity() {
-                    rep.rejected.push(Rejected {
-                        id: c.id(),
-                        reason: RejectReason::Integrity(e.to_string()),
-                    });
-                    continue;
-                }
-                if let Err(reason) = opts.verifier.verify(&c.meta) {
-                    tracing::warn!(id = %c.id(), %reason, "change rejected");
-                    rep.rejected.push(Rejected { id: c.id(), reason });
-                    continue;
-                }
-                accept.push(c);
+        // Scan the next page while this one is fetched and appended.
+        let next_scan = async {
+            if page_end < head.seq {
+                source.scan(page_end, opts.batch_changes).await.map(Some)
+            } else {
+                Ok(None)
             }
-            if let Some(id) = ids.iter().find(|id| !got.contains(*id)) {
-                return Err(Error::Protocol {
-                    reason: format!("source listed {id} in scan but did not return it"),
-                });
-            }
-            if accept.is_empty() {
-                continue;
-            }
-            let bytes: u64 = accept.iter().map(|c| c.payload.len() as u64).sum();
-            let out = target.append(accept).await?;
-            rep.changes += out.new.len() as u64;
-            rep.bytes += bytes;
-        }
+        };
+        let (applied, next) =
+            futures::future::join(apply_page(source, target, metas, opts, &mut rep), next_scan)
+                .await;
+        applied?;
+        prefetched = next?;
         after = page_end;
         emit(
             opts,
@@ -423,6 +391,102 @@ async fn transfer(
             seq: after,
         },
     ))
+}
+
+type Fetch<'a> = futures::future::BoxFuture<'a, Result<(Vec<ChangeId>, Vec<Change>)>>;
+
+fn fetch(source: &dyn AppendOnlyStore, ids: Vec<ChangeId>) -> Fetch<'_> {
+    Box::pin(async move {
+        let got = source.get_changes(&ids).await?;
+        Ok((ids, got))
+    })
+}
+
+/// Copy the changes of one scanned page that `target` lacks: ask which are
+/// missing, fetch them in byte-bounded groups, screen them, append deps
+/// first. The next group is fetched while the current one is appended, so
+/// at most two groups are in memory.
+async fn apply_page(
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    metas: Vec<ChangeMeta>,
+    opts: &SyncOptions,
+    rep: &mut TransferReport,
+) -> Result<()> {
+    let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
+    let held = target.has_changes(&ids).await?;
+    if held.len() != ids.len() {
+        return Err(Error::Protocol {
+            reason: format!("has_changes answered {} of {} ids", held.len(), ids.len()),
+        });
+    }
+    let missing: Vec<ChangeMeta> = metas
+        .into_iter()
+        .zip(held)
+        .filter_map(|(m, h)| (!h).then_some(m))
+        .collect();
+    let missing = graph::topo_sort(missing, |m| m.id, |m| &m.deps);
+    let mut groups = byte_groups(&missing, opts.batch_bytes)
+        .into_iter()
+        .map(|g| g.iter().map(|m| m.id).collect::<Vec<_>>());
+    let mut in_flight = groups.next().map(|g| fetch(source, g));
+    while let Some(pending) = in_flight.take() {
+        let (ids, fetched) = pending.await?;
+        let accept = screen(&ids, fetched, opts, rep)?;
+        let next = groups.next().map(|g| fetch(source, g));
+        if accept.is_empty() {
+            in_flight = next;
+            continue;
+        }
+        let bytes: u64 = accept.iter().map(|c| c.payload.len() as u64).sum();
+        let out = match next {
+            Some(next) => {
+                let (out, prefetched) = futures::future::join(target.append(accept), next).await;
+                in_flight = Some(Box::pin(futures::future::ready(prefetched)));
+                out?
+            }
+            None => target.append(accept).await?,
+        };
+        rep.changes += out.new.len() as u64;
+        rep.bytes += bytes;
+    }
+    Ok(())
+}
+
+/// Check fetched changes: every id asked must be there; integrity and the
+/// verifier decide what is accepted; refusals are recorded.
+fn screen(
+    ids: &[ChangeId],
+    fetched: Vec<Change>,
+    opts: &SyncOptions,
+    rep: &mut TransferReport,
+) -> Result<Vec<Change>> {
+    let mut accept: Vec<Change> = Vec::with_capacity(fetched.len());
+    let mut got = std::collections::HashSet::with_capacity(fetched.len());
+    for c in fetched {
+        if !got.insert(c.id()) {
+            continue;
+        }
+        if let Err(e) = c.check_integrity() {
+            rep.rejected.push(Rejected {
+                id: c.id(),
+                reason: RejectReason::Integrity(e.to_string()),
+            });
+            continue;
+        }
+        if let Err(reason) = opts.verifier.verify(&c.meta) {
+            tracing::warn!(id = %c.id(), %reason, "change rejected");
+            rep.rejected.push(Rejected { id: c.id(), reason });
+            continue;
+        }
+        accept.push(c);
+    }
+    if let Some(id) = ids.iter().find(|id| !got.contains(*id)) {
+        return Err(Error::Protocol {
+            reason: format!("source listed {id} in scan but did not return it"),
+        });
+    }
+    Ok(accept)
 }
 
 /// Split `metas` into consecutive groups whose payloads add up to at most
