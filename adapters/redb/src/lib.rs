@@ -342,12 +342,17 @@ fn get_meta(changes: &IdTable, id: &[u8; 32]) -> Result<Option<ChangeMeta>> {
 }
 
 /// The full change stored under `id`, if any, with its payload verified.
-fn get_change(changes: &IdTable, payloads: &IdTable, id: &[u8; 32]) -> Result<Option<Change>> {
-    let Some(meta) = get_meta(changes, id)? else {
+fn get_change(
+    changes: &IdTable,
+    payloads: &ReadOnlyTable<u64, &'static [u8]>,
+    id: &[u8; 32],
+) -> Result<Option<Change>> {
+    let Some(value) = changes.get(id).map_err(map)? else {
         return Ok(None);
     };
+    let (seq, meta) = schema::decode_change_value(id, value.value())?;
     let payload = payloads
-        .get(id)
+        .get(seq)
         .map_err(map)?
         .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
     let payload = payload.value();

@@ -21,8 +21,9 @@ pub(crate) const FORMAT: &[u8] = b"cairn-redb";
 
 /// id → seq (u64 big-endian, 8 bytes) ++ `cairn::encoding::encode_meta` record.
 pub(crate) const CHANGES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("changes");
-/// id → payload bytes.
-pub(crate) const PAYLOADS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("payloads");
+/// seq → payload bytes. Keyed by sequence number, not id, so appends write
+/// payloads at the right edge of the tree instead of into random leaves.
+pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 /// seq → id: local arrival order, `1..=head` with no gaps.
 pub(crate) const SEQS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("seqs");
 /// (doc id, seq) → id: the per-document index, in arrival order per document.
@@ -262,7 +263,7 @@ pub(crate) fn check(rtx: &ReadTransaction) -> Result<ConsistencyReport> {
             )));
         }
         let payload = payloads
-            .get(&id)
+            .get(seq)
             .map_err(map)?
             .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
         let payload = payload.value();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cairn::tail::SeqWatch;
 use cairn::{AppendOutcome, Change, Error, Result};
@@ -27,6 +28,8 @@ use crate::schema::{self, CHANGES, DOCS, KEY_HEAD, META, PAYLOADS, SEQS};
 const GROUP_MAX_CHANGES: usize = 100_000;
 /// Most payload bytes merged into one group commit.
 const GROUP_MAX_BYTES: u64 = 256 << 20;
+/// Longest the writer waits for more appends before a commit.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// One queued append: a batch already checked by `prepare_batch`.
 pub(crate) struct Job {
@@ -114,21 +117,41 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        // Size and duration of the last group commit: the gather window.
+        let mut last_group = 1usize;
+        let mut last_commit = Duration::ZERO;
         while let Ok(first) = rx.recv() {
             let mut changes = first.batch.len();
             let mut bytes = payload_bytes(&first.batch);
             let mut jobs = vec![first];
+            // Take what is queued. If the last group was larger, its callers
+            // are likely about to append again: wait for them, at most a
+            // fraction of a commit's time (a sequential appender, whose
+            // groups are of one, never waits).
+            let deadline = Instant::now() + (last_commit / 2).min(MAX_GATHER);
             while changes < GROUP_MAX_CHANGES && bytes < GROUP_MAX_BYTES {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        changes += job.batch.len();
-                        bytes += payload_bytes(&job.batch);
-                        jobs.push(job);
+                let next = match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                    Err(mpsc::TryRecvError::Empty) if jobs.len() < last_group => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            None
+                        } else {
+                            rx.recv_timeout(deadline - now).ok()
+                        }
                     }
-                    Err(_) => break,
-                }
+                    Err(mpsc::TryRecvError::Empty) => None,
+                };
+                let Some(job) = next else { break };
+                changes += job.batch.len();
+                bytes += payload_bytes(&job.batch);
+                jobs.push(job);
             }
+            last_group = jobs.len();
+            let start = Instant::now();
             self.commit_group(jobs);
+            last_commit = start.elapsed();
         }
         // Closing: in non-durable mode, make everything committed so far
         // durable with one empty durable commit.
@@ -242,7 +265,7 @@ impl Writer {
                 }
                 head += 1;
                 changes.insert(key, schema::encode_change_value(head, &c.meta).as_slice())?;
-                payloads.insert(key, &c.payload[..])?;
+                payloads.insert(head, &c.payload[..])?;
                 seqs.insert(head, key)?;
                 docs.insert((c.meta.doc_id.as_str(), head), key)?;
                 out.new.push(id);
