@@ -23,6 +23,15 @@ use crate::link::{read_message, write};
 pub trait StoreProvider: Send + Sync + 'static {
     /// The store with this id, if served.
     fn get(&self, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>>;
+
+    /// The store `peer` reaches under `store_id`. Called only after the
+    /// access policy allowed the peer. Defaults to [`get`](Self::get):
+    /// every peer sees the same store. A provider can override it to give
+    /// each peer its own store (a test server, a per-user mailbox).
+    fn get_for(&self, peer: &PeerId, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>> {
+        let _ = peer;
+        self.get(store_id)
+    }
 }
 
 /// A fixed set of stores, keyed by their store ids.
@@ -311,12 +320,8 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
         Ok(h) => h,
         Err(e) => return refuse(&peer, &mut send, &conn, e).await,
     };
-    let Some(store) = s.stores.get(&hello.store_id) else {
-        let e = Error::NotFound {
-            what: format!("store {}", hello.store_id),
-        };
-        return refuse(&peer, &mut send, &conn, e).await;
-    };
+    // Authorise before looking the store up, so a peer without access
+    // cannot learn which store ids exist.
     let perm = s.policy.permission(&peer, &hello.store_id);
     if perm == Permission::None {
         let e = Error::Unauthorized {
@@ -324,6 +329,12 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
         };
         return refuse(&peer, &mut send, &conn, e).await;
     }
+    let Some(store) = s.stores.get_for(&peer, &hello.store_id) else {
+        let e = Error::NotFound {
+            what: format!("store {}", hello.store_id),
+        };
+        return refuse(&peer, &mut send, &conn, e).await;
+    };
     let out_limit = hello.max_frame.max(MIN_MAX_FRAME);
     let mine = server_hello(&*store, s.opts.max_frame).await?;
     write(&mut send, &encode(&Message::Hello(mine), out_limit)?).await?;

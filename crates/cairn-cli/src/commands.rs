@@ -34,8 +34,13 @@ pub struct Ctx {
 pub struct ServeArgs {
     /// A store to serve: `[STORE_ID=]redb:PATH` or `[STORE_ID=]memory:`
     /// (repeatable; without `STORE_ID=` the global --store-id is used).
-    #[arg(long = "store", required = true)]
+    #[arg(long = "store", required_unless_present = "ephemeral")]
     stores: Vec<String>,
+    /// Test server: every peer gets its own fresh in-memory store for any
+    /// store id it asks for (what `cairn conformance quic://…` needs).
+    /// Implies --open. Nothing is kept.
+    #[arg(long, conflicts_with = "stores")]
+    ephemeral: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
@@ -53,6 +58,29 @@ pub struct ServeArgs {
 /// `cairn serve`: serve stores until Ctrl-C, then shut down gracefully.
 pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let key = identity::load_or_create(&ctx.key_path)?;
+    if a.ephemeral {
+        let server = QuicServer::bind(
+            a.listen,
+            &key,
+            Arc::new(PerPeerMemory::default()),
+            Arc::new(Acl::open()),
+            ServerOptions::default(),
+        )?;
+        println!(
+            "serving fresh per-peer memory stores on {} as peer {}",
+            server.local_addr(),
+            server.peer_id()
+        );
+        println!(
+            "  quic://{}/any?peer={}",
+            server.local_addr(),
+            server.peer_id()
+        );
+        tokio::signal::ctrl_c().await?;
+        eprintln!("shutting down");
+        server.shutdown().await;
+        return Ok(());
+    }
     let provider = Stores::new();
     let mut acl = if a.open { Acl::open() } else { Acl::new() };
     let mut ids = Vec::new();
@@ -102,6 +130,37 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     eprintln!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Most stores an ephemeral server creates before refusing more.
+const EPHEMERAL_MAX_STORES: usize = 10_000;
+
+/// Every peer gets its own memory store per store id, made on first use.
+#[derive(Default)]
+struct PerPeerMemory {
+    stores:
+        std::sync::Mutex<std::collections::HashMap<(AuthorId, StoreId), Arc<DynAppendOnlyStore>>>,
+}
+
+impl cairn_quic::StoreProvider for PerPeerMemory {
+    fn get(&self, _store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>> {
+        None
+    }
+
+    fn get_for(&self, peer: &AuthorId, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>> {
+        let mut map = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (*peer, store_id.clone());
+        if let Some(s) = map.get(&key) {
+            return Some(s.clone());
+        }
+        if map.len() >= EPHEMERAL_MAX_STORES {
+            tracing::warn!("ephemeral server is full ({EPHEMERAL_MAX_STORES} stores); refusing");
+            return None;
+        }
+        let s: Arc<DynAppendOnlyStore> = Arc::new(cairn_memory::MemoryStore::new(store_id.clone()));
+        map.insert(key, s.clone());
+        Some(s)
+    }
 }
 
 /// `cairn sync`.
@@ -343,7 +402,9 @@ pub fn id(ctx: &Ctx, action: IdAction) -> Result<()> {
 /// `cairn conformance`.
 #[derive(Debug, Args)]
 pub struct ConformanceArgs {
-    /// `memory:` or `redb:DIR` (a directory for fresh test files).
+    /// `memory:`, `redb:DIR` (a directory for fresh test files), or
+    /// `quic://HOST:PORT/any?peer=PEER_ID` of a server started with
+    /// `cairn serve --ephemeral`.
     url: String,
     /// Only cases whose `group::name` contains this.
     #[arg(long)]
@@ -394,6 +455,33 @@ impl cairn_conformance::StoreFactory for RedbFactory {
     }
 }
 
+/// Stores on a live server started with `cairn serve --ephemeral`: each
+/// store is a fresh identity's view, so every store is independent.
+struct QuicFactory {
+    addr: SocketAddr,
+    peer: AuthorId,
+}
+
+#[async_trait::async_trait]
+impl cairn_conformance::StoreFactory for QuicFactory {
+    fn name(&self) -> String {
+        format!("quic://{} (memory cache)", self.addr)
+    }
+    async fn create(&self, id: &StoreId) -> cairn::Result<Arc<DynAppendOnlyStore>> {
+        let me = cairn::Keypair::generate();
+        let cache = Arc::new(cairn_memory::MemoryStore::new(id.clone()));
+        let q = cairn_quic::QuicStore::new(
+            cache,
+            self.addr,
+            self.peer,
+            &me,
+            cairn_quic::QuicStoreOptions::default(),
+        )?;
+        q.wait_connected(CONNECT_TIMEOUT).await?;
+        Ok(Arc::new(q))
+    }
+}
+
 /// `cairn conformance`: run the suite, print the table; exit 1 on failure.
 pub async fn conformance(_ctx: &Ctx, a: ConformanceArgs) -> Result<ExitCode> {
     let rows = match StoreUrl::parse(&a.url)? {
@@ -406,11 +494,9 @@ pub async fn conformance(_ctx: &Ctx, a: ConformanceArgs) -> Result<ExitCode> {
             };
             cairn_conformance::run_suite(&f, a.filter.as_deref()).await
         }
-        StoreUrl::Quic { .. } => {
-            return fail(
-                "the suite needs fresh, independent stores for every case, which a shared live \
-                 server cannot give; run `cargo test -p cairn-quic` for the suite over QUIC",
-            );
+        StoreUrl::Quic { addr, peer, .. } => {
+            let f = QuicFactory { addr, peer };
+            cairn_conformance::run_suite(&f, a.filter.as_deref()).await
         }
     };
     Ok(if rows.iter().any(|r| r.result.is_err()) {

@@ -217,6 +217,37 @@ fn conformance_command_runs_the_suite() {
     assert!(out.contains("3 passed, 0 failed"), "{out}");
 }
 
+/// Start `cairn serve` with `args`; returns the guard and the printed URL.
+fn start_server(dir: &std::path::Path, args: &[&str]) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("serve")
+        .args(args)
+        .env("CAIRN_KEY", dir.join("server-identity"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next().expect("server printed its URL").unwrap();
+        if let Some(u) = line.trim().strip_prefix("quic://") {
+            break format!("quic://{u}");
+        }
+    };
+    (server, url)
+}
+
+#[test]
+fn conformance_over_quic_against_an_ephemeral_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(dir.path(), &["--ephemeral", "--listen", "127.0.0.1:0"]);
+    let out = ok(&cairn(dir.path(), &["conformance", &url]));
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert!(out.contains("50 passed"), "{out}");
+}
+
 #[test]
 fn demo_runs_and_converges() {
     let dir = tempfile::tempdir().unwrap();
