@@ -1,0 +1,417 @@
+//! The Cairn protocol over one data channel, in both directions at once.
+//!
+//! On a single ordered channel every frame shares the channel and the
+//! message type tells the halves apart: requests (`0x10..=0x1D`) go to this
+//! side's server half, responses and `NOTIFY` to its client half (the
+//! [`Correlator`]). After the auth messages each side sends one `HELLO`
+//! (its store id, capabilities, head, frame limit) or an `ERROR` with id 0
+//! (refused) and closes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn::{ChangeMeta, DynAppendOnlyStore, Error, Keypair, Result, StoreId};
+use cairn_protocol::{
+    Call, Correlator, FrameDecoder, Hello, Incoming, MIN_MAX_FRAME, Message, Request, Response,
+    WireError, check_hello, dispatch, encode, error_reply, reply, server_hello,
+};
+use cairn_quic::{AccessPolicy, PeerId, Permission};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::auth::{auth_message, verify_auth};
+use crate::rtc::Channel;
+
+type Waiter = oneshot::Sender<Result<Response>>;
+
+/// Most requests from the peer served at once.
+const MAX_CONCURRENT: usize = 64;
+/// Most metadata records per notification.
+const NOTIFY_BATCH: usize = 1024;
+
+/// Settings of a connection.
+#[derive(Clone)]
+pub(crate) struct ConnConfig {
+    pub(crate) keypair: Keypair,
+    pub(crate) roles: u8,
+    pub(crate) store: Arc<DynAppendOnlyStore>,
+    pub(crate) policy: Arc<dyn AccessPolicy>,
+    pub(crate) max_frame: u32,
+    pub(crate) max_message: u64,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// One authenticated, greeted connection.
+pub(crate) struct Conn {
+    out: mpsc::Sender<Vec<u8>>,
+    corr: Mutex<Correlator<Waiter>>,
+    subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<ChangeMeta>>>>,
+    /// The peer's proven id.
+    pub(crate) peer: PeerId,
+    /// The peer's roles (auth message).
+    pub(crate) roles: u8,
+    /// What our policy lets the peer do.
+    pub(crate) perm: Permission,
+    /// The peer's hello.
+    pub(crate) hello: Hello,
+    /// Cancelled when the connection is gone.
+    pub(crate) closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("peer", &self.peer).finish()
+    }
+}
+
+fn closed() -> Error {
+    Error::Closed
+}
+
+async fn next_msg(
+    ch: &mut Channel,
+    dec: &mut FrameDecoder,
+    deadline: tokio::time::Instant,
+) -> Result<Message> {
+    loop {
+        if let Some(m) = dec.pop()? {
+            return Ok(m);
+        }
+        match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
+            Ok(Some(bytes)) => dec.push(&bytes),
+            Ok(None) => return Err(closed()),
+            Err(_) => {
+                return Err(Error::backend(
+                    "webrtc",
+                    true,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+                ));
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Authenticate both ways, check the policy, exchange hellos, then serve
+    /// and route in a background task.
+    pub(crate) async fn establish(mut ch: Channel, cfg: ConnConfig) -> Result<Arc<Conn>> {
+        let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+        let auth = auth_message(&cfg.keypair, cfg.roles, &ch.local_fp, &ch.remote_fp);
+        ch.tx.send(auth).await.map_err(|_| closed())?;
+        let first = match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(closed()),
+            Err(_) => {
+                return Err(Error::Unauthorized {
+                    reason: "the peer did not authenticate in time".into(),
+                });
+            }
+        };
+        let (peer, roles) = match verify_auth(&first, &ch.local_fp, &ch.remote_fp) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "peer failed authentication");
+                let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+                return Err(e);
+            }
+        };
+        let store_id: StoreId = cfg.store.store_id().clone();
+        let perm = cfg.policy.permission(&peer, &store_id);
+        if perm == Permission::None {
+            let e = Error::Unauthorized {
+                reason: format!("peer {peer} may not access store {store_id}"),
+            };
+            warn!(%peer, store = %store_id, "refusing a peer the policy does not allow");
+            let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+            return Err(e);
+        }
+        let mine = server_hello(&*cfg.store, cfg.max_frame).await?;
+        ch.tx
+            .send(encode(&Message::Hello(mine), MIN_MAX_FRAME)?)
+            .await
+            .map_err(|_| closed())?;
+        let mut dec = FrameDecoder::new(cfg.max_frame).with_max_message(cfg.max_message);
+        let hello = next_msg(&mut ch, &mut dec, deadline)
+            .await
+            .and_then(|m| check_hello(m, Some(&store_id)));
+        let hello = match hello {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(%peer, error = %e, "handshake refused");
+                if !matches!(e, Error::Unauthorized { .. } | Error::Closed) {
+                    let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+                }
+                return Err(e);
+            }
+        };
+        let conn = Arc::new(Conn {
+            out: ch.tx.clone(),
+            corr: Mutex::new(Correlator::new()),
+            subs: Mutex::new(HashMap::new()),
+            peer,
+            roles,
+            perm,
+            hello,
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(read_loop(conn.clone(), ch, dec, cfg));
+        Ok(conn)
+    }
+
+    /// The frame limit to send with: the peer's.
+    pub(crate) fn send_limit(&self) -> u32 {
+        self.hello.max_frame.max(MIN_MAX_FRAME)
+    }
+
+    /// Close the connection.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Subscribe to the peer's new changes.
+    pub(crate) async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<Vec<ChangeMeta>>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (wtx, wrx) = oneshot::channel();
+        let msg = {
+            let mut c = self.corr.lock().unwrap_or_else(|e| e.into_inner());
+            c.request(Request::Subscribe, wtx)
+        };
+        let id = msg.id();
+        self.subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        match self.send_and_wait(msg, wrx).await? {
+            Response::Done => Ok(rx),
+            other => Err(Error::Protocol {
+                reason: format!("expected DONE, got type {:#04x}", other.type_byte()),
+            }),
+        }
+    }
+
+    async fn send_and_wait(
+        &self,
+        msg: Message,
+        wrx: oneshot::Receiver<Result<Response>>,
+    ) -> Result<Response> {
+        let id = msg.id();
+        if self.closed.is_cancelled() {
+            self.corr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cancel(id);
+            return Err(closed());
+        }
+        let bytes = match encode(&msg, self.send_limit()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.corr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cancel(id);
+                return Err(e);
+            }
+        };
+        drop(msg);
+        if self.out.send(bytes).await.is_err() {
+            self.close();
+            return Err(closed());
+        }
+        tokio::select! {
+            r = wrx => r.unwrap_or_else(|_| Err(closed())),
+            _ = self.closed.cancelled() => Err(closed()),
+        }
+    }
+}
+
+#[async_trait]
+impl Call for Conn {
+    async fn call(&self, request: Request) -> Result<Response> {
+        let (wtx, wrx) = oneshot::channel();
+        let msg = self
+            .corr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .request(request, wtx);
+        self.send_and_wait(msg, wrx).await
+    }
+}
+
+async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg: ConnConfig) {
+    let serving = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let served_subs: Arc<Mutex<HashMap<u32, CancellationToken>>> = Arc::default();
+    let out_limit = conn.send_limit();
+    'outer: loop {
+        let bytes = tokio::select! {
+            _ = conn.closed.cancelled() => break,
+            b = ch.rx.recv() => b,
+        };
+        let Some(bytes) = bytes else { break };
+        dec.push(&bytes);
+        loop {
+            let msg = match dec.pop() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(peer = %conn.peer, error = %e, "protocol error; closing");
+                    let _ = conn.out.send(error_reply(0, &e, out_limit)).await;
+                    break 'outer;
+                }
+            };
+            match msg {
+                Message::Request { id, body } => {
+                    let Ok(permit) = serving.clone().acquire_owned().await else {
+                        break 'outer;
+                    };
+                    let conn2 = conn.clone();
+                    let store = cfg.store.clone();
+                    let subs = served_subs.clone();
+                    tokio::spawn(async move {
+                        serve(&conn2, &*store, &subs, id, body, out_limit).await;
+                        drop(permit);
+                    });
+                }
+                Message::Hello(_) => {
+                    let e = Error::Protocol {
+                        reason: "a second HELLO".into(),
+                    };
+                    let _ = conn.out.send(error_reply(0, &e, out_limit)).await;
+                    break 'outer;
+                }
+                other => {
+                    let routed = conn
+                        .corr
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .handle(other);
+                    match routed {
+                        Incoming::Response { waiter, result } => {
+                            let _ = waiter.send(result);
+                        }
+                        Incoming::Notify {
+                            subscription,
+                            metas,
+                        } => {
+                            let subs = conn.subs.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(tx) = subs.get(&subscription) {
+                                let _ = tx.send(metas);
+                            }
+                        }
+                        Incoming::ConnectionError(e) => {
+                            warn!(peer = %conn.peer, error = %e, "the peer closed the connection with an error");
+                            break 'outer;
+                        }
+                        Incoming::Unsolicited(id) => debug!(id, "late response dropped"),
+                        Incoming::Unexpected(m) => {
+                            debug!(kind = m.type_byte(), "unexpected message dropped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    conn.closed.cancel();
+    for sub in served_subs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+    {
+        sub.1.cancel();
+    }
+    let waiters = conn
+        .corr
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .fail_all();
+    for w in waiters {
+        let _ = w.send(Err(closed()));
+    }
+    conn.subs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    debug!(peer = %conn.peer, "connection closed");
+}
+
+async fn serve(
+    conn: &Arc<Conn>,
+    store: &DynAppendOnlyStore,
+    subs: &Arc<Mutex<HashMap<u32, CancellationToken>>>,
+    id: u32,
+    body: Request,
+    out_limit: u32,
+) {
+    if !conn.perm.allows(body.access()) {
+        warn!(peer = %conn.peer, request = body.name(), "unauthorized request refused");
+        let resp = Response::Error(WireError::unauthorized(format!(
+            "peer {} may not {} store {}",
+            conn.peer,
+            body.name(),
+            store.store_id()
+        )));
+        let _ = conn.out.send(reply(id, resp, out_limit)).await;
+        return;
+    }
+    match body {
+        Request::Subscribe => {
+            let mut stream = match store.subscribe().await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
+                    return;
+                }
+            };
+            let token = conn.closed.child_token();
+            subs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, token.clone());
+            if conn
+                .out
+                .send(reply(id, Response::Done, out_limit))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let first = tokio::select! {
+                    _ = token.cancelled() => break,
+                    item = stream.next() => item,
+                };
+                let Some(Ok(first)) = first else { break };
+                let mut metas = vec![first];
+                while metas.len() < NOTIFY_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(m))) => metas.push(m),
+                        _ => break,
+                    }
+                }
+                let msg = Message::Notify {
+                    subscription: id,
+                    metas,
+                };
+                let Ok(bytes) = encode(&msg, out_limit) else {
+                    break;
+                };
+                if conn.out.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Request::Unsubscribe { subscription } => {
+            if let Some(t) = subs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&subscription)
+            {
+                t.cancel();
+            }
+            let _ = conn.out.send(reply(id, Response::Done, out_limit)).await;
+        }
+        body => {
+            let resp = dispatch(store, body).await;
+            let _ = conn.out.send(reply(id, resp, out_limit)).await;
+        }
+    }
+}

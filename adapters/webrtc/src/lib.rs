@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod auth;
+mod conn;
+mod room;
+mod rtc;
+mod server;
+mod signal;
+mod store;
+
+pub use auth::{AUTH_CONTEXT, AUTH_LEN, AUTH_MAGIC, ROLE_CALLS, ROLE_SERVES};
+pub use cairn_quic::{
+    AccessPolicy, Acl, ConnectionState, PeerId, Permission, StoreProvider, Stores,
+};
+pub use rtc::{CHUNK, LABEL};
+pub use server::{SignalingOptions, SignalingServer};
+pub use signal::{
+    ROOM_ALPHABET, RoomCode, SignalEvent, SignalMessage, Signaling, WireSignal, WsSignaling,
+    password_verifier,
+};
+pub use store::{
+    MANUAL_PREFIX, ManualOffer, WebRtcStore, WebRtcStoreOptions, decode_sdp, encode_sdp,
+};

@@ -1,0 +1,230 @@
+//! Pairing with every peer of a signaling room, and re-pairing with capped
+//! backoff when a session is lost.
+//!
+//! Rules, so that each pair makes exactly one offer: a peer that (re)joins
+//! offers to everyone present it is not paired with; when a session is
+//! lost, the peer with the smaller id re-offers while the other is still
+//! present; if offers cross, the smaller id's offer wins.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::{Error, Result};
+use cairn_quic::{ConnectionState, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::rtc::{PendingOffer, Setup};
+use crate::signal::{SignalEvent, SignalMessage, Signaling};
+use crate::store::{Inner, start};
+
+struct Room<S> {
+    inner: Arc<Inner>,
+    sig: S,
+    me: PeerId,
+    present: HashSet<PeerId>,
+    pending: HashMap<PeerId, (PendingOffer, Instant)>,
+    due: HashMap<PeerId, Instant>,
+    attempts: HashMap<PeerId, u32>,
+    done_tx: mpsc::UnboundedSender<(PeerId, bool, Result<PeerId>)>,
+}
+
+pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
+    let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
+    *inner.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(lost_tx);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let cancel = inner.cancel.clone();
+    let mut room = Room {
+        me: inner.keypair.author(),
+        inner,
+        sig,
+        present: HashSet::new(),
+        pending: HashMap::new(),
+        due: HashMap::new(),
+        attempts: HashMap::new(),
+        done_tx,
+    };
+    loop {
+        let next = room
+            .due
+            .values()
+            .chain(room.pending.values().map(|(_, d)| d))
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = room.sig.recv() => {
+                let Some(ev) = ev else { break };
+                room.event(ev).await;
+            }
+            lost = lost_rx.recv() => {
+                let Some(peer) = lost else { break };
+                if room.present.contains(&peer) && room.me < peer {
+                    room.retry(peer);
+                }
+            }
+            done = done_rx.recv() => {
+                let Some((claimed, offered, r)) = done else { break };
+                match r {
+                    Ok(proven) => {
+                        if proven != claimed {
+                            warn!(%claimed, %proven, "the signaling named a different peer than the channel proved");
+                        }
+                        room.attempts.remove(&claimed);
+                    }
+                    Err(e) => {
+                        debug!(peer = %claimed, error = %e, "pairing failed");
+                        if offered && room.present.contains(&claimed) && !matches!(e, Error::Unauthorized { .. }) {
+                            room.retry(claimed);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next) => room.tick().await,
+        }
+    }
+    debug!("left the room");
+}
+
+impl<S: Signaling> Room<S> {
+    fn retry(&mut self, peer: PeerId) {
+        let attempt = self.attempts.entry(peer).or_insert(0);
+        *attempt = attempt.saturating_add(1);
+        let o = &self.inner.opts;
+        let delay = o
+            .backoff_min
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(o.backoff_max);
+        self.inner.set_state(ConnectionState::Retrying {
+            attempt: *attempt,
+            delay,
+        });
+        self.due.insert(peer, Instant::now() + delay);
+    }
+
+    async fn event(&mut self, ev: SignalEvent) {
+        match ev {
+            SignalEvent::Present(peers) => {
+                self.present = peers.into_iter().filter(|p| *p != self.me).collect();
+                let now = Instant::now();
+                for p in &self.present {
+                    if !self.inner.is_paired(p) && !self.pending.contains_key(p) {
+                        self.due.insert(*p, now);
+                    }
+                }
+            }
+            SignalEvent::Joined(p) => {
+                if p != self.me {
+                    self.present.insert(p);
+                }
+            }
+            SignalEvent::Left(p) => {
+                self.present.remove(&p);
+                self.pending.remove(&p);
+                self.due.remove(&p);
+                self.attempts.remove(&p);
+            }
+            SignalEvent::Message {
+                from,
+                message: SignalMessage::Offer { sdp },
+            } => {
+                if self.pending.contains_key(&from) && self.me < from {
+                    debug!(peer = %from, "crossed offers; ours wins");
+                    return;
+                }
+                self.pending.remove(&from);
+                self.due.remove(&from);
+                self.present.insert(from);
+                if let Err(e) = self.answer(from, &sdp).await {
+                    warn!(peer = %from, error = %e, "cannot answer the offer");
+                }
+            }
+            SignalEvent::Message {
+                from,
+                message: SignalMessage::Answer { sdp },
+            } => {
+                let Some((pending, _)) = self.pending.remove(&from) else {
+                    debug!(peer = %from, "answer to no pending offer");
+                    return;
+                };
+                match pending.accept(&sdp, self.inner.opts.open_timeout) {
+                    Ok(rx) => {
+                        let inner = self.inner.clone();
+                        let done = self.done_tx.clone();
+                        tokio::spawn(async move {
+                            let r = start(inner, rx).await;
+                            let _ = done.send((from, true, r));
+                        });
+                    }
+                    Err(e) => {
+                        warn!(peer = %from, error = %e, "bad answer");
+                        self.retry(from);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn answer(&mut self, from: PeerId, sdp: &str) -> Result<()> {
+        let (answer, rx) = Setup::new(self.inner.opts.bind_ip)
+            .await?
+            .answer(sdp, self.inner.opts.open_timeout)?;
+        self.sig
+            .send(from, SignalMessage::Answer { sdp: answer })
+            .await?;
+        let inner = self.inner.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let r = start(inner, rx).await;
+            let _ = done.send((from, false, r));
+        });
+        Ok(())
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        // Offers nobody answered in time.
+        let expired: Vec<PeerId> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.pending.remove(&p);
+            if self.present.contains(&p) {
+                self.retry(p);
+            }
+        }
+        let ready: Vec<PeerId> = self
+            .due
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ready {
+            self.due.remove(&p);
+            if !self.present.contains(&p) || self.inner.is_paired(&p) {
+                continue;
+            }
+            match self.offer(p).await {
+                Ok(()) => info!(peer = %p, "offered"),
+                Err(e) => {
+                    debug!(peer = %p, error = %e, "offer failed");
+                    self.retry(p);
+                }
+            }
+        }
+    }
+
+    async fn offer(&mut self, to: PeerId) -> Result<()> {
+        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip).await?.offer()?;
+        self.sig.send(to, SignalMessage::Offer { sdp }).await?;
+        let deadline = Instant::now() + self.inner.opts.handshake_timeout;
+        self.pending.insert(to, (pending, deadline));
+        Ok(())
+    }
+}

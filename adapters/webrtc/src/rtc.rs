@@ -1,0 +1,366 @@
+//! Driving one str0m peer connection over a tokio UDP socket: the only
+//! place that does I/O for WebRTC. It opens one reliable, ordered data
+//! channel and moves whole byte strings over it in chunks of at most
+//! [`CHUNK`] bytes.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cairn::{Error, Result};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace, warn};
+
+/// Largest data channel message sent: browsers reject messages over
+/// 256 KiB, and 64 KiB is what every implementation accepts.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Label of Cairn's data channel.
+pub const LABEL: &str = "cairn/1";
+
+/// Outgoing byte strings queued towards the driver (each may be large; the
+/// driver cuts them into chunks).
+const OUT_QUEUE: usize = 16;
+
+pub(crate) fn rtc_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::backend(
+        "webrtc",
+        false,
+        std::io::Error::other(format!("{what}: {e}")),
+    )
+}
+
+fn lost(what: &str) -> Error {
+    Error::backend(
+        "webrtc",
+        true,
+        std::io::Error::new(std::io::ErrorKind::ConnectionReset, what.to_owned()),
+    )
+}
+
+/// An open data channel: a byte pipe with message boundaries, plus the DTLS
+/// fingerprints of the session it runs on (for authentication).
+#[derive(Debug)]
+pub(crate) struct Channel {
+    /// Send one byte string (cut into chunks by the driver).
+    pub(crate) tx: mpsc::Sender<Vec<u8>>,
+    /// Channel messages as they arrive.
+    pub(crate) rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// SHA-256 of our DTLS certificate.
+    pub(crate) local_fp: Vec<u8>,
+    /// SHA-256 of the peer's DTLS certificate (checked by DTLS against the SDP).
+    pub(crate) remote_fp: Vec<u8>,
+}
+
+/// A peer connection being set up.
+pub(crate) struct Setup {
+    rtc: Rtc,
+    socket: UdpSocket,
+}
+
+impl Setup {
+    /// Bind a UDP socket on `ip` (port 0) and announce it as a host candidate.
+    pub(crate) async fn new(ip: IpAddr) -> Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_stats_interval(None)
+            .build(Instant::now());
+        let cand = Candidate::host(addr, "udp").map_err(|e| rtc_err("host candidate", e))?;
+        rtc.add_local_candidate(cand);
+        Ok(Setup { rtc, socket })
+    }
+
+    /// Make an offer with Cairn's data channel.
+    pub(crate) fn offer(mut self) -> Result<(String, PendingOffer)> {
+        let mut api = self.rtc.sdp_api();
+        api.add_channel(LABEL.to_owned());
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| rtc_err("offer", "nothing to negotiate"))?;
+        Ok((
+            offer.to_sdp_string(),
+            PendingOffer {
+                setup: self,
+                pending,
+            },
+        ))
+    }
+
+    /// Answer a remote offer; the connection starts at once.
+    pub(crate) fn answer(
+        mut self,
+        offer: &str,
+        open_timeout: Duration,
+    ) -> Result<(String, oneshot::Receiver<Result<Channel>>)> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| rtc_err("offer", e))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| rtc_err("accept offer", e))?;
+        let rx = spawn_driver(self.rtc, self.socket, open_timeout);
+        Ok((answer.to_sdp_string(), rx))
+    }
+}
+
+/// An offer waiting for its answer.
+pub(crate) struct PendingOffer {
+    setup: Setup,
+    pending: SdpPendingOffer,
+}
+
+impl std::fmt::Debug for PendingOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingOffer")
+    }
+}
+
+impl PendingOffer {
+    /// Apply the answer; the connection starts.
+    pub(crate) fn accept(
+        self,
+        answer: &str,
+        open_timeout: Duration,
+    ) -> Result<oneshot::Receiver<Result<Channel>>> {
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| rtc_err("answer", e))?;
+        let mut rtc = self.setup.rtc;
+        rtc.sdp_api()
+            .accept_answer(self.pending, answer)
+            .map_err(|e| rtc_err("accept answer", e))?;
+        Ok(spawn_driver(rtc, self.setup.socket, open_timeout))
+    }
+}
+
+fn spawn_driver(
+    rtc: Rtc,
+    socket: UdpSocket,
+    open_timeout: Duration,
+) -> oneshot::Receiver<Result<Channel>> {
+    let (open_tx, open_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut d = Driver {
+            rtc,
+            socket,
+            open_tx: Some(open_tx),
+            in_tx: None,
+            channel: None,
+            queue: VecDeque::new(),
+            offset: 0,
+        };
+        let r = d.run(open_timeout).await;
+        if let Some(tx) = d.open_tx.take() {
+            let _ = tx.send(Err(match r {
+                Err(e) => e,
+                Ok(()) => lost("peer connection ended before the data channel opened"),
+            }));
+        } else if let Err(e) = r {
+            debug!(error = %e, "peer connection ended");
+        }
+    });
+    open_rx
+}
+
+struct Driver {
+    rtc: Rtc,
+    socket: UdpSocket,
+    open_tx: Option<oneshot::Sender<Result<Channel>>>,
+    in_tx: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    channel: Option<ChannelId>,
+    queue: VecDeque<Vec<u8>>,
+    offset: usize,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl Driver {
+    async fn run(&mut self, open_timeout: Duration) -> Result<()> {
+        let local = self.socket.local_addr()?;
+        let open_deadline = tokio::time::Instant::now() + open_timeout;
+        let mut cmd_rx: Option<mpsc::Receiver<Vec<u8>>> = None;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            // Drain every output after each mutation (str0m's contract).
+            let timeout = match self.drain(&mut cmd_rx).await? {
+                (Step::Stop, _) => return Ok(()),
+                (Step::Continue, t) => t,
+            };
+            if !self.rtc.is_alive() {
+                return Ok(());
+            }
+            // One write per mutation, then drain again.
+            if self.write_some()? {
+                continue;
+            }
+            if self.open_tx.is_some() && tokio::time::Instant::now() >= open_deadline {
+                return Err(Error::backend(
+                    "webrtc",
+                    true,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "data channel did not open in time",
+                    ),
+                ));
+            }
+            let wait = timeout
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
+            let want_cmd = self.queue.len() < 2;
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, source) = r?;
+                    let Ok(rx) = Receive::new(Protocol::Udp, source, local, &buf[..n]) else {
+                        trace!("ignoring an unparseable datagram");
+                        continue;
+                    };
+                    self.rtc
+                        .handle_input(Input::Receive(Instant::now(), rx))
+                        .map_err(|e| rtc_err("input", e))?;
+                }
+                cmd = async { match cmd_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } }, if want_cmd => {
+                    match cmd {
+                        Some(bytes) => {
+                            if !bytes.is_empty() {
+                                self.queue.push_back(bytes);
+                            }
+                        }
+                        None => {
+                            // Our side dropped the channel: close it politely.
+                            debug!("closing the data channel");
+                            if let Some(id) = self.channel.take() {
+                                self.rtc.direct_api().close_data_channel(id);
+                                let _ = self.drain(&mut None).await;
+                            }
+                            self.rtc.disconnect();
+                            let _ = self.drain(&mut None).await;
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    self.rtc
+                        .handle_input(Input::Timeout(Instant::now()))
+                        .map_err(|e| rtc_err("timeout", e))?;
+                }
+                _ = async { match self.in_tx.as_ref() { Some(t) => t.closed().await, None => std::future::pending().await } } => {
+                    // Nobody reads any more.
+                    self.rtc.disconnect();
+                    let _ = self.drain(&mut None).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Write the next chunk if the channel takes it. Returns whether a write
+    /// happened (a mutation, so the caller drains).
+    fn write_some(&mut self) -> Result<bool> {
+        let (Some(id), Some(front)) = (self.channel, self.queue.front()) else {
+            return Ok(false);
+        };
+        let end = (self.offset + CHUNK).min(front.len());
+        let Some(mut ch) = self.rtc.channel(id) else {
+            return Err(lost("data channel gone"));
+        };
+        match ch.write(true, &front[self.offset..end]) {
+            Ok(true) => {
+                if end == front.len() {
+                    self.queue.pop_front();
+                    self.offset = 0;
+                } else {
+                    self.offset = end;
+                }
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(rtc_err("data channel write", e)),
+        }
+    }
+
+    async fn drain(
+        &mut self,
+        cmd_rx: &mut Option<mpsc::Receiver<Vec<u8>>>,
+    ) -> Result<(Step, Instant)> {
+        // Bounded: str0m ends every drain with a timeout; the bound only
+        // guards against a bug turning this into a spin.
+        for _ in 0..1_000_000 {
+            let out = self.rtc.poll_output().map_err(|e| rtc_err("poll", e))?;
+            match out {
+                Output::Timeout(t) => return Ok((Step::Continue, t)),
+                Output::Transmit(t) => {
+                    if let Err(e) = self.socket.send_to(&t.contents, t.destination).await {
+                        debug!(error = %e, to = %t.destination, "send failed");
+                    }
+                }
+                Output::Event(e) => {
+                    if let Step::Stop = self.event(e, cmd_rx) {
+                        return Ok((Step::Stop, Instant::now()));
+                    }
+                }
+            }
+        }
+        Err(rtc_err("poll", "str0m produced output without end"))
+    }
+
+    fn event(&mut self, e: Event, cmd_rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Step {
+        match e {
+            Event::ChannelOpen(id, label) => {
+                if label != LABEL || self.channel.is_some() {
+                    warn!(%label, "ignoring an unexpected data channel");
+                    return Step::Continue;
+                }
+                debug!("data channel open");
+                self.channel = Some(id);
+                let (tx, rx) = mpsc::channel(OUT_QUEUE);
+                let (in_tx, in_rx) = mpsc::unbounded_channel();
+                *cmd_rx = Some(rx);
+                self.in_tx = Some(in_tx);
+                let api = self.rtc.direct_api();
+                let local_fp = api.local_dtls_fingerprint().bytes.clone();
+                let remote_fp = api
+                    .remote_dtls_fingerprint()
+                    .map(|f| f.bytes.clone())
+                    .unwrap_or_default();
+                if let Some(open) = self.open_tx.take() {
+                    let _ = open.send(Ok(Channel {
+                        tx,
+                        rx: in_rx,
+                        local_fp,
+                        remote_fp,
+                    }));
+                }
+                Step::Continue
+            }
+            Event::ChannelData(d) => {
+                if Some(d.id) == self.channel
+                    && let Some(tx) = &self.in_tx
+                    && tx.send(d.data).is_err()
+                {
+                    return Step::Stop;
+                }
+                Step::Continue
+            }
+            Event::ChannelClose(id) => {
+                if Some(id) == self.channel {
+                    debug!("data channel closed by the peer");
+                    Step::Stop
+                } else {
+                    Step::Continue
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                debug!("ICE disconnected");
+                Step::Stop
+            }
+            _ => Step::Continue,
+        }
+    }
+}

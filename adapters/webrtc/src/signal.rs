@@ -1,0 +1,384 @@
+//! Signaling: how two peers exchange offers and answers. A small trait,
+//! a WebSocket client for [`SignalingServer`](crate::SignalingServer)
+//! rooms, room codes and the wire messages (JSON).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn::{Error, Result};
+use cairn_quic::PeerId;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, info, warn};
+
+/// What a peer hears from its signaling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// On every (re)join: everyone else in the room. The joiner offers to
+    /// each one it is not paired with.
+    Present(Vec<PeerId>),
+    /// A peer joined the room (it will send the offer).
+    Joined(PeerId),
+    /// A peer left the room.
+    Left(PeerId),
+    /// A message from a peer.
+    Message {
+        /// Who sent it (as the signaling claims; the channel proves it).
+        from: PeerId,
+        /// The message.
+        message: SignalMessage,
+    },
+}
+
+/// An offer or an answer (SDP text, candidates included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SignalMessage {
+    /// An SDP offer.
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// An SDP answer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+}
+
+/// A way to reach the other peers of a room. Implement it to carry
+/// offers and answers over anything (a chat, a QR code, a server).
+#[async_trait]
+pub trait Signaling: Send + 'static {
+    /// The next event; `None` when the signaling is over for good.
+    /// Must be cancel-safe.
+    async fn recv(&mut self) -> Option<SignalEvent>;
+    /// Send `message` to peer `to`. Best effort: a lost message is
+    /// recovered by the pairing's timeout and retry.
+    async fn send(&mut self, to: PeerId, message: SignalMessage) -> Result<()>;
+}
+
+/// The 32 characters of room codes: no I, O, 0 or 1.
+pub const ROOM_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// A room code: 6 characters of [`ROOM_ALPHABET`], read case-insensitively,
+/// with an optional hyphen in the middle (`ABC-DEF`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomCode([u8; 6]);
+
+impl RoomCode {
+    /// A random room code (30 bits).
+    pub fn random() -> Result<Self> {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b)
+            .map_err(|e| Error::backend("webrtc", false, std::io::Error::other(e.to_string())))?;
+        Ok(RoomCode(b.map(|x| ROOM_ALPHABET[usize::from(x & 31)])))
+    }
+
+    /// The canonical form, six upper-case characters.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl FromStr for RoomCode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidInput {
+            reason: format!(
+                "bad room code {s:?}: 6 characters of {}, optionally ABC-DEF",
+                std::str::from_utf8(ROOM_ALPHABET).unwrap_or("")
+            ),
+        };
+        let s = s.trim();
+        let chars: Vec<u8> = if s.len() == 7 && s.as_bytes()[3] == b'-' {
+            s.bytes()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .map(|(_, c)| c)
+                .collect()
+        } else {
+            s.bytes().collect()
+        };
+        if chars.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, c) in out.iter_mut().zip(chars) {
+            let c = c.to_ascii_uppercase();
+            if !ROOM_ALPHABET.contains(&c) {
+                return Err(bad());
+            }
+            *o = c;
+        }
+        Ok(RoomCode(out))
+    }
+}
+
+impl fmt::Display for RoomCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.as_str();
+        write!(f, "{}-{}", &s[..3], &s[3..])
+    }
+}
+
+impl fmt::Debug for RoomCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoomCode({self})")
+    }
+}
+
+/// What a client sends to the password check instead of the password:
+/// `hex(blake3("cairn-webrtc room password v1\0" ‖ room ‖ "\0" ‖ password))`.
+/// The server compares verifiers; it never sees the password.
+pub fn password_verifier(room: &RoomCode, password: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cairn-webrtc room password v1\0");
+    h.update(room.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(password.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// Messages between a client and the signaling server (JSON text frames).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireSignal {
+    /// Client → server, first message.
+    Join {
+        /// Room code (any accepted spelling).
+        room: String,
+        /// The client's peer id, 64 hex characters.
+        peer: String,
+        /// [`password_verifier`], if the room has a password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    /// Server → client: joined; the others present.
+    Welcome {
+        /// Peer ids of the others.
+        peers: Vec<String>,
+    },
+    /// Server → client: a peer joined.
+    Joined {
+        /// Its peer id.
+        peer: String,
+    },
+    /// Server → client: a peer left.
+    Left {
+        /// Its peer id.
+        peer: String,
+    },
+    /// Client → server (`to`) and server → client (`from`): an offer or answer.
+    Signal {
+        /// Recipient (client → server).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// Sender (server → client).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// The offer or answer.
+        data: SignalMessage,
+    },
+    /// Server → client: a refusal (`wrong_password`, `room_full`,
+    /// `bad_request`, `rate_limited`, `unknown_peer`).
+    Error {
+        /// Machine-readable code.
+        code: String,
+        /// Human-readable text.
+        message: String,
+    },
+}
+
+fn ws_err(e: impl fmt::Display) -> Error {
+    Error::backend("signaling", true, std::io::Error::other(e.to_string()))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A [`Signaling`] through a [`SignalingServer`](crate::SignalingServer)
+/// room over WebSocket, reconnecting (and rejoining) with capped backoff
+/// when the server goes away.
+#[derive(Debug)]
+pub struct WsSignaling {
+    events: mpsc::Receiver<SignalEvent>,
+    out: mpsc::Sender<(PeerId, SignalMessage)>,
+}
+
+struct Target {
+    url: String,
+    join: String,
+}
+
+async fn connect_join(t: &Target) -> Result<(Ws, Vec<PeerId>)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(t.url.as_str())
+        .await
+        .map_err(ws_err)?;
+    ws.send(WsMessage::text(t.join.clone()))
+        .await
+        .map_err(ws_err)?;
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .map_err(|_| ws_err("no welcome from the signaling server"))?;
+    let text = match first {
+        Some(Ok(WsMessage::Text(t))) => t,
+        Some(Ok(other)) => return Err(ws_err(format!("unexpected {other:?}"))),
+        Some(Err(e)) => return Err(ws_err(e)),
+        None => return Err(ws_err("signaling server closed")),
+    };
+    match serde_json::from_str::<WireSignal>(text.as_str()) {
+        Ok(WireSignal::Welcome { peers }) => {
+            Ok((ws, peers.iter().filter_map(|p| p.parse().ok()).collect()))
+        }
+        Ok(WireSignal::Error { code, message }) => {
+            if code == "wrong_password" || code == "unknown_peer" {
+                Err(Error::Unauthorized {
+                    reason: format!("signaling refused: {code}: {message}"),
+                })
+            } else {
+                Err(Error::backend(
+                    "signaling",
+                    code == "room_full" || code == "rate_limited",
+                    std::io::Error::other(format!("{code}: {message}")),
+                ))
+            }
+        }
+        _ => Err(ws_err("expected a welcome")),
+    }
+}
+
+impl WsSignaling {
+    /// Connect to `url` (`ws://host:port`) and join `room` as `peer`. Fails
+    /// if the server refuses (wrong password: [`Error::Unauthorized`]; room
+    /// full) or cannot be reached; later losses of the server are retried
+    /// in the background.
+    pub async fn connect(
+        url: &str,
+        room: &RoomCode,
+        password: Option<&str>,
+        peer: PeerId,
+    ) -> Result<Self> {
+        let join = WireSignal::Join {
+            room: room.as_str().to_owned(),
+            peer: peer.to_hex(),
+            password: password.map(|p| password_verifier(room, p)),
+        };
+        let target = Target {
+            url: url.to_owned(),
+            join: serde_json::to_string(&join).map_err(ws_err)?,
+        };
+        let (ws, present) = connect_join(&target).await?;
+        info!(%room, "joined signaling room");
+        let (ev_tx, events) = mpsc::channel(256);
+        let (out, out_rx) = mpsc::channel(256);
+        let _ = ev_tx.send(SignalEvent::Present(present)).await;
+        tokio::spawn(run(target, ws, ev_tx, out_rx));
+        Ok(WsSignaling { events, out })
+    }
+}
+
+async fn run(
+    target: Target,
+    ws: Ws,
+    ev_tx: mpsc::Sender<SignalEvent>,
+    mut out_rx: mpsc::Receiver<(PeerId, SignalMessage)>,
+) {
+    let mut ws = Some(ws);
+    let mut attempt: u32 = 0;
+    loop {
+        if let Some(mut sock) = ws.take() {
+            attempt = 0;
+            loop {
+                tokio::select! {
+                    _ = ev_tx.closed() => return,
+                    m = sock.next() => {
+                        let text = match m {
+                            Some(Ok(WsMessage::Text(t))) => t,
+                            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                            Some(Ok(_)) => continue,
+                        };
+                        let ev = match serde_json::from_str::<WireSignal>(text.as_str()) {
+                            Ok(WireSignal::Joined { peer }) => peer.parse().ok().map(SignalEvent::Joined),
+                            Ok(WireSignal::Left { peer }) => peer.parse().ok().map(SignalEvent::Left),
+                            Ok(WireSignal::Signal { from: Some(from), data, .. }) => from.parse().ok().map(|from| SignalEvent::Message { from, message: data }),
+                            Ok(WireSignal::Error { code, message }) => { warn!(%code, %message, "signaling error"); None }
+                            _ => None,
+                        };
+                        if let Some(ev) = ev && ev_tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    o = out_rx.recv() => {
+                        let Some((to, data)) = o else { return };
+                        let msg = WireSignal::Signal { to: Some(to.to_hex()), from: None, data };
+                        let Ok(text) = serde_json::to_string(&msg) else { continue };
+                        if sock.send(WsMessage::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            debug!("lost the signaling server; reconnecting");
+        }
+        attempt = attempt.saturating_add(1);
+        let delay = Duration::from_millis(50)
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            _ = ev_tx.closed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match connect_join(&target).await {
+            Ok((sock, present)) => {
+                info!("rejoined the signaling room");
+                if ev_tx.send(SignalEvent::Present(present)).await.is_err() {
+                    return;
+                }
+                ws = Some(sock);
+            }
+            Err(e) => debug!(error = %e, attempt, "signaling reconnect failed"),
+        }
+        // Drop messages queued while offline: pairing retries resend them.
+        while out_rx.try_recv().is_ok() {}
+    }
+}
+
+#[async_trait]
+impl Signaling for WsSignaling {
+    async fn recv(&mut self) -> Option<SignalEvent> {
+        self.events.recv().await
+    }
+    async fn send(&mut self, to: PeerId, message: SignalMessage) -> Result<()> {
+        self.out
+            .send((to, message))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn room_codes_parse_case_insensitively_with_hyphen() {
+        let a: RoomCode = "abc-def".parse().unwrap();
+        let b: RoomCode = "ABCDEF".parse().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "ABC-DEF");
+        assert_eq!(a.as_str(), "ABCDEF");
+        for bad in [
+            "ABCDE", "ABCDEFG", "ABCDE0", "ABCDEI", "ABCDEO", "ABCDE1", "AB-CDEF", "ABC--EF",
+        ] {
+            assert!(bad.parse::<RoomCode>().is_err(), "{bad}");
+        }
+        let r = RoomCode::random().unwrap();
+        assert_eq!(r.to_string().parse::<RoomCode>().unwrap(), r);
+    }
+}

@@ -1,0 +1,750 @@
+//! [`WebRtcStore`]: a local cache that serves itself to, and pulls from,
+//! every peer it is paired with over WebRTC.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn::encoding::encode_meta;
+use cairn::sync::SyncOptions;
+use cairn::{
+    AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
+    DocId, DynAppendOnlyStore, Error, Head, IdRange, Keypair, RangeSummary, Result, ScanItem,
+    StoreId, SyncReport, SyncState,
+};
+use cairn_protocol::Access;
+use cairn_protocol::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, HEADER_LEN, LEN_PREFIX, RemoteCalls};
+use cairn_quic::{AccessPolicy, ConnectionState, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::{ROLE_CALLS, ROLE_SERVES};
+use crate::conn::{Conn, ConnConfig};
+use crate::rtc::{Channel, PendingOffer, Setup};
+
+/// Settings of a [`WebRtcStore`].
+#[derive(Debug, Clone)]
+pub struct WebRtcStoreOptions {
+    /// Largest frame accepted (default 16 MiB); peers send no larger.
+    pub max_frame: u32,
+    /// Largest reassembled message accepted (default 1 GiB).
+    pub max_message: u64,
+    /// Address the UDP socket of each peer connection binds, announced as
+    /// the host ICE candidate (default 127.0.0.1; use a LAN address to pair
+    /// across machines).
+    pub bind_ip: IpAddr,
+    /// How long ICE, DTLS and SCTP may take to open the channel (default 20 s).
+    pub open_timeout: Duration,
+    /// How long authentication and hellos may take (default 10 s).
+    pub handshake_timeout: Duration,
+    /// First delay before re-pairing with a lost peer (default 50 ms).
+    pub backoff_min: Duration,
+    /// Longest delay between attempts (default 5 s).
+    pub backoff_max: Duration,
+}
+
+impl Default for WebRtcStoreOptions {
+    fn default() -> Self {
+        WebRtcStoreOptions {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_message: DEFAULT_MAX_MESSAGE,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            open_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+struct PeerEntry {
+    conn: Arc<Conn>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store_id: StoreId,
+    pub(crate) cache: Arc<DynAppendOnlyStore>,
+    pub(crate) keypair: Keypair,
+    policy: Arc<dyn AccessPolicy>,
+    pub(crate) opts: WebRtcStoreOptions,
+    peers: Mutex<HashMap<PeerId, PeerEntry>>,
+    peers_tx: watch::Sender<Vec<PeerId>>,
+    state: watch::Sender<ConnectionState>,
+    pub(crate) cancel: CancellationToken,
+    sync_states: Mutex<HashMap<PeerId, SyncState>>,
+    /// Told when a session with a peer ends (the room re-pairs).
+    pub(crate) lost: Mutex<Option<mpsc::UnboundedSender<PeerId>>>,
+}
+
+/// A store shared over WebRTC: every read and write goes to a local cache
+/// (any [`AppendOnlyStore`]); the cache is served to every paired peer
+/// (under the [`AccessPolicy`]) and kept up to date from them: each peer
+/// pulls what it lacks on pairing, then live through a subscription.
+/// Appends are pushed to connected peers at once; offline appends reach
+/// them on the next pairing. Paired through a [`Signaling`](crate::Signaling)
+/// room ([`join`](WebRtcStore::join)), with automatic re-pairing, or by hand
+/// ([`offer`](WebRtcStore::offer) / [`answer`](WebRtcStore::answer)).
+pub struct WebRtcStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WebRtcStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcStore")
+            .field("store_id", &self.inner.store_id)
+            .field("peer", &self.inner.keypair.author())
+            .finish()
+    }
+}
+
+impl Drop for WebRtcStore {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+/// An offer made by hand, waiting for the peer's answer.
+pub struct ManualOffer {
+    inner: Arc<Inner>,
+    pending: PendingOffer,
+}
+
+/// Prefix of the copyable offer and answer strings.
+pub const MANUAL_PREFIX: &str = "cairn-webrtc1:";
+
+/// Encode an SDP as a copyable string.
+pub fn encode_sdp(sdp: &str) -> String {
+    format!(
+        "{MANUAL_PREFIX}{}",
+        data_encoding::BASE64URL_NOPAD.encode(sdp.as_bytes())
+    )
+}
+
+/// Decode a copyable string made by [`encode_sdp`] (surrounding whitespace
+/// is ignored).
+pub fn decode_sdp(s: &str) -> Result<String> {
+    let bad = |reason: &str| Error::InvalidInput {
+        reason: format!("not a cairn-webrtc pairing string: {reason}"),
+    };
+    let body = s
+        .trim()
+        .strip_prefix(MANUAL_PREFIX)
+        .ok_or_else(|| bad("missing prefix"))?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(body.as_bytes())
+        .map_err(|_| bad("bad base64"))?;
+    String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))
+}
+
+impl std::fmt::Debug for ManualOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ManualOffer")
+    }
+}
+
+impl ManualOffer {
+    /// Apply the peer's answer string; returns the peer's proven id once
+    /// the channel is open, authenticated and the first pull is done.
+    pub async fn accept(self, answer: &str) -> Result<PeerId> {
+        let sdp = decode_sdp(answer)?;
+        let rx = self.pending.accept(&sdp, self.inner.opts.open_timeout)?;
+        start(self.inner.clone(), rx).await
+    }
+}
+
+impl WebRtcStore {
+    /// A store over `cache`, identified as `keypair`, letting peers do
+    /// what `policy` allows. Pair it with [`join`](Self::join) or by hand.
+    /// Must be called inside a tokio runtime.
+    pub fn new(
+        cache: Arc<DynAppendOnlyStore>,
+        keypair: &Keypair,
+        policy: Arc<dyn AccessPolicy>,
+        opts: WebRtcStoreOptions,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            store_id: cache.store_id().clone(),
+            cache,
+            keypair: keypair.clone(),
+            policy,
+            opts,
+            peers: Mutex::new(HashMap::new()),
+            peers_tx: watch::Sender::new(Vec::new()),
+            state: watch::Sender::new(ConnectionState::Disconnected),
+            cancel: CancellationToken::new(),
+            sync_states: Mutex::new(HashMap::new()),
+            lost: Mutex::new(None),
+        });
+        WebRtcStore { inner }
+    }
+
+    /// This store's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.keypair.author()
+    }
+
+    /// The local cache.
+    pub fn cache(&self) -> &Arc<DynAppendOnlyStore> {
+        &self.inner.cache
+    }
+
+    /// Connection state: `Connected` while at least one peer is paired and
+    /// caught up; `Retrying` while re-pairing with lost peers.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.subscribe()
+    }
+
+    /// The peers currently paired (authenticated, caught up), sorted.
+    pub fn peers(&self) -> watch::Receiver<Vec<PeerId>> {
+        self.inner.peers_tx.subscribe()
+    }
+
+    /// Wait until at least one peer is paired.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        self.wait_peers(1, timeout).await
+    }
+
+    /// Wait until at least `n` peers are paired.
+    pub async fn wait_peers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let mut rx = self.peers();
+        match tokio::time::timeout(timeout, rx.wait_for(|p| p.len() >= n)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// Pair with every peer of a signaling room, now and as they come and
+    /// go; lost sessions are re-paired with capped backoff. Runs until the
+    /// store is closed or the signaling ends.
+    pub fn join(&self, signaling: impl crate::Signaling) {
+        tokio::spawn(crate::room::run(self.inner.clone(), signaling));
+    }
+
+    /// Make an offer to pair by hand: give the string to the peer, feed its
+    /// answer to [`ManualOffer::accept`].
+    pub async fn offer(&self) -> Result<(String, ManualOffer)> {
+        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip).await?.offer()?;
+        Ok((
+            encode_sdp(&sdp),
+            ManualOffer {
+                inner: self.inner.clone(),
+                pending,
+            },
+        ))
+    }
+
+    /// Answer an offer string made by [`offer`](Self::offer) (or a
+    /// browser); returns the answer string for the peer. The pairing
+    /// completes in the background (watch [`peers`](Self::peers)).
+    pub async fn answer(&self, offer: &str) -> Result<String> {
+        let sdp = decode_sdp(offer)?;
+        let (answer, rx) = Setup::new(self.inner.opts.bind_ip)
+            .await?
+            .answer(&sdp, self.inner.opts.open_timeout)?;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = start(inner, rx).await {
+                warn!(error = %e, "pairing failed");
+            }
+        });
+        Ok(encode_sdp(&answer))
+    }
+
+    /// Sync with every paired peer now (pull and push; push only to peers
+    /// our policy does not let write to us). Fails with
+    /// [`Error::Closed`] when no peer is paired.
+    pub async fn sync(&self) -> Result<Vec<(PeerId, SyncReport)>> {
+        let conns = self.inner.conns();
+        if conns.is_empty() {
+            return Err(Error::Closed);
+        }
+        let mut out = Vec::new();
+        for conn in conns {
+            if conn.roles & ROLE_SERVES == 0 {
+                continue;
+            }
+            let r = self.inner.sync_with(&conn, true).await?;
+            out.push((conn.peer, r));
+        }
+        Ok(out)
+    }
+
+    /// Unpair from every peer and stop pairing.
+    pub async fn close(&self) {
+        self.inner.shutdown();
+    }
+
+    /// Close the session with one peer (for tests and tools); it may
+    /// re-pair.
+    pub fn disconnect(&self, peer: &PeerId) {
+        if let Some(c) = self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+        {
+            c.conn.close();
+        }
+    }
+}
+
+/// Run a new channel through the handshake and start its session; returns
+/// once the peer is paired and caught up.
+pub(crate) async fn start(
+    inner: Arc<Inner>,
+    rx: oneshot::Receiver<Result<Channel>>,
+) -> Result<PeerId> {
+    let ch = tokio::select! {
+        _ = inner.cancel.cancelled() => return Err(Error::Closed),
+        r = rx => r.map_err(|_| Error::Closed)??,
+    };
+    let cfg = ConnConfig {
+        keypair: inner.keypair.clone(),
+        roles: ROLE_SERVES | ROLE_CALLS,
+        store: inner.cache.clone(),
+        policy: inner.policy.clone(),
+        max_frame: inner.opts.max_frame,
+        max_message: inner.opts.max_message,
+        handshake_timeout: inner.opts.handshake_timeout,
+    };
+    let conn = Conn::establish(ch, cfg).await?;
+    let peer = conn.peer;
+    if peer == inner.keypair.author() {
+        conn.close();
+        return Err(Error::Unauthorized {
+            reason: "paired with ourselves".into(),
+        });
+    }
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let inner2 = inner.clone();
+    tokio::spawn(async move {
+        let r = session(&inner2, &conn, ready_tx).await;
+        if let Err(e) = &r {
+            debug!(%peer, error = %e, "session ended");
+        }
+        conn.close();
+        inner2.remove(&conn);
+    });
+    match ready_rx.await {
+        Ok(r) => r.map(|()| peer),
+        Err(_) => Err(Error::Closed),
+    }
+}
+
+async fn session(
+    inner: &Arc<Inner>,
+    conn: &Arc<Conn>,
+    ready: oneshot::Sender<Result<()>>,
+) -> Result<()> {
+    let pulls = conn.roles & ROLE_SERVES != 0 && conn.perm.allows(Access::Write);
+    let mut sub = None;
+    if pulls {
+        let setup = async {
+            let s = conn.subscribe().await?;
+            let report = inner.sync_with(conn, false).await?;
+            Ok::<_, Error>((s, report))
+        };
+        let r = tokio::select! {
+            _ = conn.closed.cancelled() => Err(Error::Closed),
+            r = setup => r,
+        };
+        match r {
+            Ok((s, report)) => {
+                info!(peer = %conn.peer, %report, "caught up with the peer");
+                sub = Some(s);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.clone_lossy()));
+                return Err(e);
+            }
+        }
+    }
+    inner.insert(conn.clone());
+    let _ = ready.send(Ok(()));
+    let Some(mut sub) = sub else {
+        conn.closed.cancelled().await;
+        return Ok(());
+    };
+    loop {
+        let metas = tokio::select! {
+            _ = conn.closed.cancelled() => return Ok(()),
+            m = sub.recv() => m,
+        };
+        let Some(metas) = metas else { return Ok(()) };
+        inner.ingest(conn, metas).await?;
+    }
+}
+
+trait CloneLossy {
+    fn clone_lossy(&self) -> Error;
+}
+
+impl CloneLossy for Error {
+    fn clone_lossy(&self) -> Error {
+        match self {
+            Error::Closed => Error::Closed,
+            Error::Unauthorized { reason } => Error::Unauthorized {
+                reason: reason.clone(),
+            },
+            e => Error::backend(
+                "webrtc",
+                e.is_retryable(),
+                std::io::Error::other(e.to_string()),
+            ),
+        }
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        self.cancel.cancel();
+        let peers: Vec<Arc<Conn>> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, e)| e.conn)
+            .collect();
+        for c in peers {
+            c.close();
+        }
+        self.publish();
+    }
+
+    pub(crate) fn conns(&self) -> Vec<Arc<Conn>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| !e.conn.closed.is_cancelled())
+            .map(|e| e.conn.clone())
+            .collect()
+    }
+
+    pub(crate) fn is_paired(&self, peer: &PeerId) -> bool {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|e| !e.conn.closed.is_cancelled())
+    }
+
+    pub(crate) fn set_state(&self, s: ConnectionState) {
+        if self.peers_tx.borrow().is_empty() {
+            self.state.send_replace(s);
+        }
+    }
+
+    fn insert(&self, conn: Arc<Conn>) {
+        let old = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.peer, PeerEntry { conn });
+        if let Some(old) = old {
+            old.conn.close();
+        }
+        self.publish();
+    }
+
+    fn remove(&self, conn: &Arc<Conn>) {
+        let removed = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get(&conn.peer) {
+                Some(e) if Arc::ptr_eq(&e.conn, conn) => peers.remove(&conn.peer).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.publish();
+            if !self.cancel.is_cancelled()
+                && let Some(tx) = &*self.lost.lock().unwrap_or_else(|e| e.into_inner())
+            {
+                let _ = tx.send(conn.peer);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut ids: Vec<PeerId> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort();
+        let connected = !ids.is_empty();
+        self.peers_tx.send_replace(ids);
+        if connected {
+            self.state.send_replace(ConnectionState::Connected);
+        } else if !matches!(*self.state.borrow(), ConnectionState::Retrying { .. }) {
+            self.state.send_replace(ConnectionState::Disconnected);
+        }
+    }
+
+    async fn sync_with(&self, conn: &Arc<Conn>, both: bool) -> Result<SyncReport> {
+        let remote = RemoteView {
+            store_id: self.store_id.clone(),
+            conn: conn.clone(),
+        };
+        let state = self
+            .sync_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&conn.peer)
+            .copied()
+            .unwrap_or_default();
+        let opts = SyncOptions {
+            state,
+            batch_bytes: u64::from(conn.send_limit() / 2),
+            ..SyncOptions::default()
+        };
+        let pulls = conn.perm.allows(Access::Write);
+        let report = if both && pulls {
+            cairn::sync::sync(&*self.cache, &remote, &opts).await?
+        } else if both {
+            cairn::sync::push(&*self.cache, &remote, &opts).await?
+        } else {
+            cairn::sync::pull(&*self.cache, &remote, &opts).await?
+        };
+        self.sync_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.peer, report.state);
+        Ok(report)
+    }
+
+    async fn ingest(&self, conn: &Conn, metas: Vec<ChangeMeta>) -> Result<()> {
+        let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
+        let have = self.cache.has_changes(&ids).await?;
+        let missing: Vec<ChangeId> = ids
+            .into_iter()
+            .zip(have)
+            .filter(|(_, h)| !h)
+            .map(|(id, _)| id)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let changes = conn.remote_get_changes(&missing).await?;
+        self.cache.append(changes).await?;
+        Ok(())
+    }
+
+    async fn fetch_missing(&self, ids: &[ChangeId]) -> Result<()> {
+        let have = self.cache.has_changes(ids).await?;
+        let mut seen = HashSet::new();
+        let mut missing: Vec<ChangeId> = ids
+            .iter()
+            .zip(have)
+            .filter(|(id, h)| !h && seen.insert(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in self.conns() {
+            if missing.is_empty() {
+                break;
+            }
+            if conn.roles & ROLE_SERVES == 0 || !conn.perm.allows(Access::Write) {
+                continue;
+            }
+            match conn.remote_get_changes(&missing).await {
+                Ok(changes) if !changes.is_empty() => {
+                    let got: HashSet<ChangeId> = changes.iter().map(|c| c.id()).collect();
+                    self.cache.append(changes).await?;
+                    missing.retain(|id| !got.contains(id));
+                }
+                Ok(_) => {}
+                Err(e) if e.is_retryable() || matches!(e, Error::Closed) => {
+                    debug!(error = %e, "fetch from a peer failed; answering from the cache");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct RemoteView {
+    store_id: StoreId,
+    conn: Arc<Conn>,
+}
+
+#[async_trait]
+impl AppendOnlyStore for RemoteView {
+    fn store_id(&self) -> &StoreId {
+        &self.store_id
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            remote: true,
+            ..self.conn.hello.capabilities
+        }
+    }
+    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        self.conn.remote_append(changes).await
+    }
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        self.conn.remote_get_changes(ids).await
+    }
+    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        self.conn.remote_get_metas(ids).await
+    }
+    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
+        self.conn.remote_has_changes(ids).await
+    }
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.conn.remote_scan(after, limit).await
+    }
+    async fn head(&self) -> Result<Head> {
+        self.conn.remote_head().await
+    }
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        Err(Error::Unsupported {
+            store: "webrtc",
+            what: "subscribe",
+        })
+    }
+    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        self.conn.remote_find_new_changes(have).await
+    }
+    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
+        self.conn.remote_all_change_ids().await
+    }
+    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
+        self.conn.remote_range_summary(range).await
+    }
+    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
+        self.conn.remote_ids_in_range(range, limit).await
+    }
+}
+
+fn framed_size(change: &Change) -> usize {
+    LEN_PREFIX + HEADER_LEN + 4 + 4 + encode_meta(&change.meta).len() + 4 + change.payload.len()
+}
+
+#[async_trait]
+impl AppendOnlyStore for WebRtcStore {
+    fn store_id(&self) -> &StoreId {
+        &self.inner.store_id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            remote: true,
+            ..self.inner.cache.capabilities()
+        }
+    }
+
+    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        let limit = self.inner.opts.max_frame as usize;
+        for c in &changes {
+            let size = framed_size(c);
+            if size > limit {
+                cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
+                return Err(Error::TooLarge {
+                    what: "change",
+                    limit: limit as u64,
+                    actual: size as u64,
+                });
+            }
+        }
+        let out = self.inner.cache.append(changes.clone()).await?;
+        if out.new.is_empty() {
+            return Ok(out);
+        }
+        let fresh: HashSet<ChangeId> = out.new.iter().copied().collect();
+        let fresh: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| fresh.contains(&c.id()))
+            .collect();
+        for conn in self.inner.conns() {
+            if conn.roles & ROLE_SERVES == 0 {
+                continue;
+            }
+            if let Err(e) = conn.remote_append(fresh.clone()).await {
+                debug!(peer = %conn.peer, error = %e, "append kept locally; the peer pulls it later");
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        let local = self.inner.cache.get_changes(ids).await?;
+        if local.len() >= ids.len() {
+            return Ok(local);
+        }
+        self.inner.fetch_missing(ids).await?;
+        self.inner.cache.get_changes(ids).await
+    }
+
+    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        let local = self.inner.cache.get_metas(ids).await?;
+        if local.len() >= ids.len() {
+            return Ok(local);
+        }
+        self.inner.fetch_missing(ids).await?;
+        self.inner.cache.get_metas(ids).await
+    }
+
+    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
+        let local = self.inner.cache.has_changes(ids).await?;
+        if local.iter().all(|h| *h) {
+            return Ok(local);
+        }
+        self.inner.fetch_missing(ids).await?;
+        self.inner.cache.has_changes(ids).await
+    }
+
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.inner.cache.scan(after, limit).await
+    }
+
+    async fn head(&self) -> Result<Head> {
+        self.inner.cache.head().await
+    }
+
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        self.inner.cache.subscribe().await
+    }
+
+    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        self.inner.cache.find_new_changes(have).await
+    }
+
+    async fn find_new_changes_for_doc(
+        &self,
+        have: &[ChangeId],
+        doc: &DocId,
+    ) -> Result<Vec<ChangeMeta>> {
+        self.inner.cache.find_new_changes_for_doc(have, doc).await
+    }
+
+    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
+        self.inner.cache.all_change_ids().await
+    }
+
+    async fn changes_for_doc(
+        &self,
+        doc: &DocId,
+        from_last_snapshot: bool,
+    ) -> Result<Vec<ChangeMeta>> {
+        self.inner
+            .cache
+            .changes_for_doc(doc, from_last_snapshot)
+            .await
+    }
+
+    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
+        self.inner.cache.range_summary(range).await
+    }
+
+    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
+        self.inner.cache.ids_in_range(range, limit).await
+    }
+}
