@@ -1,0 +1,139 @@
+//! `cargo xtask test [ARGS…]`: make sure the system packages and npm
+//! packages the tests need are present (installing them with apt-get when
+//! running as root; failing loudly, naming the package, otherwise), then
+//! run `cargo test --workspace [ARGS…]`, the browser test included.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// A program the tests run, and the Debian package that provides it.
+const NEEDED: &[(&str, &str)] = &[
+    ("/usr/bin/chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("unshare", "util-linux"),
+    ("ip", "iproute2"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match test(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("setup") => match setup() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!(
+                "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn present(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).exists();
+    }
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|d| d.join(program).is_file())
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    println!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
+}
+
+fn setup() -> Result<(), String> {
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(prog, _)| !present(prog))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            return Err(format!(
+                "missing Debian packages needed by the tests: {} (install them: sudo apt-get install -y {}), or run as root",
+                missing.join(", "),
+                missing.join(" ")
+            ));
+        }
+        println!(
+            "xtask: installing missing Debian packages: {}",
+            missing.join(" ")
+        );
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        let still: Vec<&str> = NEEDED
+            .iter()
+            .filter(|(prog, _)| !present(prog))
+            .map(|(_, pkg)| *pkg)
+            .collect();
+        if !still.is_empty() {
+            return Err(format!("still missing after apt-get: {}", still.join(", ")));
+        }
+    }
+    let browser = root().join("examples/browser");
+    let npm_cmd = if browser.join("package-lock.json").exists() {
+        "ci"
+    } else {
+        "install"
+    };
+    run(Command::new("npm")
+        .args([npm_cmd, "--no-audit", "--no-fund"])
+        .current_dir(&browser))?;
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    setup()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .current_dir(root()))
+}
