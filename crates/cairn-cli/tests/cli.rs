@@ -245,7 +245,11 @@ fn conformance_over_quic_against_an_ephemeral_server() {
     let (_server, url) = start_server(dir.path(), &["--ephemeral", "--listen", "127.0.0.1:0"]);
     let out = ok(&cairn(dir.path(), &["conformance", &url]));
     assert!(out.contains(" 0 failed"), "{out}");
-    assert!(out.contains("50 passed"), "{out}");
+    let want = format!("{} passed", cairn_conformance::all_cases().len() - 3);
+    assert!(
+        out.contains(&want),
+        "{want} (all but the 3 durability cases):\n{out}"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod encoding;
 mod error;
 pub mod graph;
 mod ids;
+pub mod reconcile;
 mod record;
 mod store;
 pub mod sync;
@@ -20,7 +21,8 @@ pub use store::{
     scan_all,
 };
 pub use sync::{
-    Direction, ProgressFn, Rejected, SyncEvent, SyncOptions, SyncReport, SyncState, TransferReport,
+    Direction, ProgressFn, RECONCILE_MIN, Reconcile, Rejected, SyncEvent, SyncOptions, SyncReport,
+    SyncState, TransferReport,
 };
 pub use verify::{AcceptAll, RejectReason, RequireSignature, TrustedAuthors, Verifier};
 

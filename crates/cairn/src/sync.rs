@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::graph;
 use crate::ids::ChangeId;
+use crate::reconcile::{self, ReconcileOptions};
 use crate::record::{Change, ChangeMeta};
 use crate::store::{AppendOnlyStore, Head, ScanItem};
 use crate::verify::{AcceptAll, RejectReason, Verifier};
@@ -114,7 +115,28 @@ pub struct SyncOptions {
     pub cancel: CancellationToken,
     /// Where earlier syncs got to; `Default` starts from the beginning.
     pub state: SyncState,
+    /// When to find the difference by set reconciliation instead of
+    /// scanning the source (default [`Reconcile::Auto`]).
+    pub reconcile: Reconcile,
 }
+
+/// When the sync engine uses set reconciliation
+/// ([`crate::reconcile::difference`]) instead of scanning the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Reconcile {
+    /// When there is no usable cursor (a first sync, or the source was
+    /// reset), both stores answer range summaries natively, and the source
+    /// holds at least [`RECONCILE_MIN`] changes.
+    #[default]
+    Auto,
+    /// Whenever there is no usable cursor, native or not.
+    Always,
+    /// Never; always scan.
+    Never,
+}
+
+/// The smallest source for which [`Reconcile::Auto`] reconciles.
+pub const RECONCILE_MIN: u64 = 1024;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -125,6 +147,7 @@ impl Default for SyncOptions {
             progress: None,
             cancel: CancellationToken::new(),
             state: SyncState::default(),
+            reconcile: Reconcile::Auto,
         }
     }
 }
@@ -137,6 +160,7 @@ impl fmt::Debug for SyncOptions {
             .field("verifier", &self.verifier)
             .field("progress", &self.progress.is_some())
             .field("state", &self.state)
+            .field("reconcile", &self.reconcile)
             .finish()
     }
 }
@@ -181,8 +205,11 @@ pub struct TransferReport {
     pub bytes: u64,
     /// Changes refused, with reasons.
     pub rejected: Vec<Rejected>,
-    /// Rounds (pages of the source).
+    /// Rounds (pages of the source, or batches of the difference).
     pub rounds: u64,
+    /// Summary rounds of set reconciliation, if it was used (0 if the source
+    /// was scanned).
+    pub reconcile_rounds: u32,
 }
 
 /// What a sync did.
@@ -231,6 +258,38 @@ fn check_ids(local: &dyn AppendOnlyStore, remote: &dyn AppendOnlyStore) -> Resul
     Ok(())
 }
 
+/// The saved cursor's position, if it is usable against `head` (same epoch,
+/// not ahead of it).
+fn usable(cursor: Option<Head>, head: &Head) -> Option<u64> {
+    match cursor {
+        Some(c) if c.epoch == head.epoch && c.seq <= head.seq => Some(c.seq),
+        _ => None,
+    }
+}
+
+/// Whether a transfer from `source` (at `head`) should find its changes by
+/// set reconciliation instead of scanning.
+fn wants_reconcile(
+    opts: &SyncOptions,
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    cursor: Option<Head>,
+    head: &Head,
+) -> bool {
+    if usable(cursor, head).is_some() {
+        return false;
+    }
+    match opts.reconcile {
+        Reconcile::Never => false,
+        Reconcile::Always => true,
+        Reconcile::Auto => {
+            head.seq >= RECONCILE_MIN
+                && source.capabilities().native_reconciliation
+                && target.capabilities().native_reconciliation
+        }
+    }
+}
+
 /// Copy into `local` every change `remote` holds that `local` lacks.
 pub async fn pull(
     local: &dyn AppendOnlyStore,
@@ -243,7 +302,15 @@ pub async fn pull(
         state: opts.state,
         ..SyncReport::default()
     };
-    let (t, cursor) = transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?;
+    let head = remote.head().await?;
+    let (t, cursor) = if wants_reconcile(opts, remote, local, opts.state.pulled, &head) {
+        let d = reconcile::difference(local, remote, &ReconcileOptions::default()).await?;
+        let mut t = transfer_ids(remote, local, Direction::Pull, d.remote_only, opts).await?;
+        t.reconcile_rounds = d.rounds;
+        (t, head)
+    } else {
+        transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?
+    };
     report.pulled = t;
     report.state.pulled = Some(cursor);
     report.elapsed = start.elapsed();
@@ -262,7 +329,15 @@ pub async fn push(
         state: opts.state,
         ..SyncReport::default()
     };
-    let (t, cursor) = transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?;
+    let head = local.head().await?;
+    let (t, cursor) = if wants_reconcile(opts, local, remote, opts.state.pushed, &head) {
+        let d = reconcile::difference(local, remote, &ReconcileOptions::default()).await?;
+        let mut t = transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
+        t.reconcile_rounds = d.rounds;
+        (t, head)
+    } else {
+        transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?
+    };
     report.pushed = t;
     report.state.pushed = Some(cursor);
     report.elapsed = start.elapsed();
@@ -270,7 +345,8 @@ pub async fn push(
 }
 
 /// Pull, then push: afterwards both stores hold the union of what they held
-/// (less rejected changes).
+/// (less rejected changes). When set reconciliation applies, one
+/// reconciliation serves both directions.
 ///
 /// ```
 /// # async fn demo(a: &dyn cairn::AppendOnlyStore, b: &dyn cairn::AppendOnlyStore) -> cairn::Result<()> {
@@ -289,16 +365,91 @@ pub async fn sync(
         state: opts.state,
         ..SyncReport::default()
     };
-    let (pulled, pull_cursor) =
-        transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?;
+    let (rh, lh) = futures::future::try_join(remote.head(), local.head()).await?;
+    let pull_rec = wants_reconcile(opts, remote, local, opts.state.pulled, &rh);
+    let push_rec = wants_reconcile(opts, local, remote, opts.state.pushed, &lh);
+    let diff = if pull_rec || push_rec {
+        Some(reconcile::difference(local, remote, &ReconcileOptions::default()).await?)
+    } else {
+        None
+    };
+    let (pulled, pull_cursor) = match &diff {
+        Some(d) if pull_rec => {
+            let mut t =
+                transfer_ids(remote, local, Direction::Pull, d.remote_only.clone(), opts).await?;
+            t.reconcile_rounds = d.rounds;
+            (t, rh)
+        }
+        _ => transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?,
+    };
     report.pulled = pulled;
     report.state.pulled = Some(pull_cursor);
-    let (pushed, push_cursor) =
-        transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?;
+    let (pushed, push_cursor) = match diff {
+        Some(d) if push_rec => {
+            let mut t = transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
+            t.reconcile_rounds = d.rounds;
+            (t, lh)
+        }
+        _ => transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?,
+    };
     report.pushed = pushed;
     report.state.pushed = Some(push_cursor);
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Copy the changes with these ids (found by reconciliation) from `source`
+/// to `target`, deps first, in batches.
+async fn transfer_ids(
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    direction: Direction,
+    ids: Vec<ChangeId>,
+    opts: &SyncOptions,
+) -> Result<TransferReport> {
+    if opts.batch_changes == 0 {
+        return Err(Error::invalid("batch_changes must be at least 1"));
+    }
+    let total = ids.len() as u64;
+    let mut rep = TransferReport::default();
+    emit(opts, SyncEvent::Started { direction, total });
+    // The difference's metadata (not payloads) is held at once so that the
+    // whole transfer can go deps first; it is bounded by the difference,
+    // not the store.
+    let mut metas = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(opts.batch_changes) {
+        metas.extend(source.get_metas(chunk).await?);
+    }
+    let metas = graph::topo_sort(metas, |m| m.id, |m| &m.deps);
+    let mut pages = metas.into_iter().peekable();
+    // Bounded: every round consumes up to `batch_changes` metas.
+    while pages.peek().is_some() {
+        if opts.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let page: Vec<ChangeMeta> = pages.by_ref().take(opts.batch_changes).collect();
+        rep.examined += page.len() as u64;
+        rep.rounds += 1;
+        apply_page(source, target, page, opts, &mut rep).await?;
+        emit(
+            opts,
+            SyncEvent::Progress {
+                direction,
+                examined: rep.examined,
+                total,
+                transferred: rep.changes,
+                bytes: rep.bytes,
+            },
+        );
+    }
+    emit(
+        opts,
+        SyncEvent::Finished {
+            direction,
+            transferred: rep.changes,
+        },
+    );
+    Ok(rep)
 }
 
 fn emit(opts: &SyncOptions, ev: SyncEvent) {
@@ -320,10 +471,7 @@ async fn transfer(
     let head = source.head().await?;
     // A cursor from another epoch (the source was reset) or from the future
     // is useless: start over. Appends are idempotent, so this is safe.
-    let mut after = match cursor {
-        Some(c) if c.epoch == head.epoch && c.seq <= head.seq => c.seq,
-        _ => 0,
-    };
+    let mut after = usable(cursor, &head).unwrap_or(0);
     let total = head.seq - after;
     let mut rep = TransferReport::default();
     emit(opts, SyncEvent::Started { direction, total });
