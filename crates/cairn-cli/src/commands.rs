@@ -76,10 +76,7 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             server.local_addr(),
             server.peer_id()
         );
-        tokio::signal::ctrl_c().await?;
-        eprintln!("shutting down");
-        server.shutdown().await;
-        return Ok(());
+        return run_until_ctrl_c(server).await;
     }
     let provider = Stores::new();
     let mut acl = if a.open { Acl::open() } else { Acl::new() };
@@ -126,6 +123,10 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             server.peer_id()
         );
     }
+    run_until_ctrl_c(server).await
+}
+
+async fn run_until_ctrl_c(server: QuicServer) -> Result<()> {
     tokio::signal::ctrl_c().await?;
     eprintln!("shutting down");
     server.shutdown().await;
@@ -284,16 +285,21 @@ fn print_meta(seq: Option<u64>, m: &cairn::ChangeMeta) {
     );
 }
 
-/// `cairn log`: one line per change.
-pub async fn log(ctx: &Ctx, a: LogArgs) -> Result<()> {
-    let u = StoreUrl::parse(&a.url)?;
+/// Open one store URL (loading the identity only if it is remote).
+async fn open_one(ctx: &Ctx, text: &str) -> Result<url::Opened> {
+    let u = StoreUrl::parse(text)?;
     let id = store_id_for(ctx, &[&u])?;
     let key = if needs_key(&[&u]) {
         Some(identity::load_or_create(&ctx.key_path)?)
     } else {
         None
     };
-    let s = url::open(&u, &id, key.as_ref(), CONNECT_TIMEOUT).await?;
+    url::open(&u, &id, key.as_ref(), CONNECT_TIMEOUT).await
+}
+
+/// `cairn log`: one line per change.
+pub async fn log(ctx: &Ctx, a: LogArgs) -> Result<()> {
+    let s = open_one(ctx, &a.url).await?;
     println!("{:>8}  {:<12}  {:<8}  {:<24}", "seq", "id", "kind", "doc");
     if let Some(doc) = a.doc {
         for m in s
@@ -333,14 +339,7 @@ pub struct StatsArgs {
 
 /// `cairn stats`: head, counts, sizes, capabilities.
 pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
-    let u = StoreUrl::parse(&a.url)?;
-    let id = store_id_for(ctx, &[&u])?;
-    let key = if needs_key(&[&u]) {
-        Some(identity::load_or_create(&ctx.key_path)?)
-    } else {
-        None
-    };
-    let s = url::open(&u, &id, key.as_ref(), CONNECT_TIMEOUT).await?;
+    let s = open_one(ctx, &a.url).await?;
     let head = s.store.head().await?;
     let mut docs = std::collections::HashSet::new();
     let mut authors = std::collections::HashSet::new();
