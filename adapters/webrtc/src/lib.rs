@@ -13,7 +13,7 @@ pub use auth::{AUTH_CONTEXT, AUTH_LEN, AUTH_MAGIC, ROLE_CALLS, ROLE_SERVES};
 pub use cairn_quic::{
     AccessPolicy, Acl, ConnectionState, PeerId, Permission, StoreProvider, Stores,
 };
-pub use rtc::{CHUNK, LABEL};
+pub use rtc::{CHUNK, LABEL, RawChannel};
 pub use server::{SignalingOptions, SignalingServer};
 pub use signal::{
     ROOM_ALPHABET, RoomCode, SignalEvent, SignalMessage, Signaling, WireSignal, WsSignaling,

@@ -364,3 +364,33 @@ impl Driver {
         }
     }
 }
+
+/// A bare data channel between two endpoints of this process (no auth, no
+/// Cairn protocol): the baseline the benchmark compares against.
+#[derive(Debug)]
+pub struct RawChannel {
+    inner: Channel,
+}
+
+impl RawChannel {
+    /// Open a channel between two new peer connections on `ip` (offer,
+    /// answer, ICE, DTLS, SCTP), as the manual pairing does.
+    pub async fn pair(ip: IpAddr, timeout: Duration) -> Result<(RawChannel, RawChannel)> {
+        let (offer, pending) = Setup::new(ip).await?.offer()?;
+        let (answer, b) = Setup::new(ip).await?.answer(&offer, timeout)?;
+        let a = pending.accept(&answer, timeout)?;
+        let a = a.await.map_err(|_| Error::Closed)??;
+        let b = b.await.map_err(|_| Error::Closed)??;
+        Ok((RawChannel { inner: a }, RawChannel { inner: b }))
+    }
+
+    /// Send a byte string (cut into messages of at most [`CHUNK`] bytes).
+    pub async fn send(&self, bytes: Vec<u8>) -> Result<()> {
+        self.inner.tx.send(bytes).await.map_err(|_| Error::Closed)
+    }
+
+    /// The next message; `None` once the channel is closed.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.inner.rx.recv().await
+    }
+}
