@@ -119,10 +119,10 @@ async fn a_peer_that_leaves_mid_sync_and_rejoins_converges() {
     let room = RoomCode::random().unwrap();
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
     let (ca, cb) = (mem(), mem());
-    // ~40 MB: the pull takes many rounds.
+    // ~16 MB: the pull takes more than one round (8 MiB batches).
     let mut all = Vec::new();
     for i in 0..4 {
-        all.extend(chain(&doc(&format!("d{i}")), 150, 64 << 10));
+        all.extend(chain(&doc(&format!("d{i}")), 60, 64 << 10));
     }
     ca.append(all.clone()).await.unwrap();
     let want = ids(&*ca).await;
