@@ -296,25 +296,7 @@ pub async fn pull(
     remote: &dyn AppendOnlyStore,
     opts: &SyncOptions,
 ) -> Result<SyncReport> {
-    check_ids(local, remote)?;
-    let start = Instant::now();
-    let mut report = SyncReport {
-        state: opts.state,
-        ..SyncReport::default()
-    };
-    let head = remote.head().await?;
-    let (t, cursor) = if wants_reconcile(opts, remote, local, opts.state.pulled, &head) {
-        let d = reconcile::difference(local, remote, &ReconcileOptions::default()).await?;
-        let mut t = transfer_ids(remote, local, Direction::Pull, d.remote_only, opts).await?;
-        t.reconcile_rounds = d.rounds;
-        (t, head)
-    } else {
-        transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?
-    };
-    report.pulled = t;
-    report.state.pulled = Some(cursor);
-    report.elapsed = start.elapsed();
-    Ok(report)
+    run(local, remote, opts, true, false).await
 }
 
 /// Copy into `remote` every change `local` holds that `remote` lacks.
@@ -323,25 +305,7 @@ pub async fn push(
     remote: &dyn AppendOnlyStore,
     opts: &SyncOptions,
 ) -> Result<SyncReport> {
-    check_ids(local, remote)?;
-    let start = Instant::now();
-    let mut report = SyncReport {
-        state: opts.state,
-        ..SyncReport::default()
-    };
-    let head = local.head().await?;
-    let (t, cursor) = if wants_reconcile(opts, local, remote, opts.state.pushed, &head) {
-        let d = reconcile::difference(local, remote, &ReconcileOptions::default()).await?;
-        let mut t = transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
-        t.reconcile_rounds = d.rounds;
-        (t, head)
-    } else {
-        transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?
-    };
-    report.pushed = t;
-    report.state.pushed = Some(cursor);
-    report.elapsed = start.elapsed();
-    Ok(report)
+    run(local, remote, opts, false, true).await
 }
 
 /// Pull, then push: afterwards both stores hold the union of what they held
@@ -359,6 +323,18 @@ pub async fn sync(
     remote: &dyn AppendOnlyStore,
     opts: &SyncOptions,
 ) -> Result<SyncReport> {
+    run(local, remote, opts, true, true).await
+}
+
+/// Pull and/or push. Heads are read first; when a direction has no usable
+/// cursor and reconciliation applies, one reconciliation serves both.
+async fn run(
+    local: &dyn AppendOnlyStore,
+    remote: &dyn AppendOnlyStore,
+    opts: &SyncOptions,
+    pull: bool,
+    push: bool,
+) -> Result<SyncReport> {
     check_ids(local, remote)?;
     let start = Instant::now();
     let mut report = SyncReport {
@@ -366,34 +342,39 @@ pub async fn sync(
         ..SyncReport::default()
     };
     let (rh, lh) = futures::future::try_join(remote.head(), local.head()).await?;
-    let pull_rec = wants_reconcile(opts, remote, local, opts.state.pulled, &rh);
-    let push_rec = wants_reconcile(opts, local, remote, opts.state.pushed, &lh);
+    let pull_rec = pull && wants_reconcile(opts, remote, local, opts.state.pulled, &rh);
+    let push_rec = push && wants_reconcile(opts, local, remote, opts.state.pushed, &lh);
     let diff = if pull_rec || push_rec {
         Some(reconcile::difference(local, remote, &ReconcileOptions::default()).await?)
     } else {
         None
     };
-    let (pulled, pull_cursor) = match &diff {
-        Some(d) if pull_rec => {
-            let mut t =
-                transfer_ids(remote, local, Direction::Pull, d.remote_only.clone(), opts).await?;
-            t.reconcile_rounds = d.rounds;
-            (t, rh)
-        }
-        _ => transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?,
-    };
-    report.pulled = pulled;
-    report.state.pulled = Some(pull_cursor);
-    let (pushed, push_cursor) = match diff {
-        Some(d) if push_rec => {
-            let mut t = transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
-            t.reconcile_rounds = d.rounds;
-            (t, lh)
-        }
-        _ => transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?,
-    };
-    report.pushed = pushed;
-    report.state.pushed = Some(push_cursor);
+    if pull {
+        let (t, cursor) = match &diff {
+            Some(d) if pull_rec => {
+                let ids = d.remote_only.clone();
+                let mut t = transfer_ids(remote, local, Direction::Pull, ids, opts).await?;
+                t.reconcile_rounds = d.rounds;
+                (t, rh)
+            }
+            _ => transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?,
+        };
+        report.pulled = t;
+        report.state.pulled = Some(cursor);
+    }
+    if push {
+        let (t, cursor) = match diff {
+            Some(d) if push_rec => {
+                let mut t =
+                    transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
+                t.reconcile_rounds = d.rounds;
+                (t, lh)
+            }
+            _ => transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?,
+        };
+        report.pushed = t;
+        report.state.pushed = Some(cursor);
+    }
     report.elapsed = start.elapsed();
     Ok(report)
 }
