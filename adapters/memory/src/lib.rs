@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use cairn::tail::{SeqWatch, tail};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
-    DocId, Fingerprint, Head, IdRange, Limits, RangeSummary, Result, ScanItem, StoreId,
+    DocId, Fingerprint, FingerprintBuckets, Head, IdRange, Limits, RangeSummary, Result, ScanItem,
+    StoreId,
 };
 
 /// An in-memory [`AppendOnlyStore`]; cheap to clone (clones share the data).
@@ -36,6 +37,8 @@ struct State {
     sorted: BTreeSet<ChangeId>,
     /// doc → seqs of its changes, ascending.
     by_doc: HashMap<DocId, Vec<u64>>,
+    /// Fingerprints per id bucket, for reconciliation.
+    buckets: FingerprintBuckets,
 }
 
 impl State {
@@ -138,6 +141,7 @@ impl AppendOnlyStore for MemoryStore {
                 let seq = st.log.len() as u64 + 1;
                 st.by_id.insert(c.id(), seq);
                 st.sorted.insert(c.id());
+                st.buckets.add(&c.id());
                 st.by_doc
                     .entry(c.meta.doc_id.clone())
                     .or_default()
@@ -230,6 +234,9 @@ impl AppendOnlyStore for MemoryStore {
 
     async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
         let st = self.inner.read();
+        if let Some(summary) = st.buckets.summary(range) {
+            return Ok(summary);
+        }
         let mut fp = Fingerprint::default();
         for id in range_iter(&st.sorted, range) {
             fp.add(id);

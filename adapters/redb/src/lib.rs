@@ -554,6 +554,19 @@ impl AppendOnlyStore for RedbStore {
     async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
         let range = *range;
         self.read(move |inner| {
+            if let Some(covered) = cairn::FingerprintBuckets::aligned(&range) {
+                // On bucket boundaries: merge the maintained fingerprints.
+                let rtx = inner.read_txn()?;
+                let table = rtx.open_table(schema::BUCKETS).map_err(map)?;
+                let mut fp = Fingerprint::default();
+                if !covered.is_empty() {
+                    let (lo, hi) = (covered.start as u16, (covered.end - 1) as u16);
+                    for entry in table.range(lo..=hi).map_err(map)? {
+                        fp.merge(&schema::decode_bucket(entry.map_err(map)?.1.value())?);
+                    }
+                }
+                return Ok(fp.summary());
+            }
             let mut fp = Fingerprint::default();
             for_ids_in_range(inner, &range, usize::MAX, |id| fp.add(&id))?;
             Ok(fp.summary())

@@ -14,7 +14,7 @@ use redb::{
 use crate::error::{corrupt, map};
 
 /// The layout version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// Marks a redb file as a Cairn store.
 pub(crate) const FORMAT: &[u8] = b"cairn-redb";
@@ -28,6 +28,10 @@ pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("p
 pub(crate) const SEQS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("seqs");
 /// (doc id, seq) → id: the per-document index, in arrival order per document.
 pub(crate) const DOCS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("docs");
+/// bucket (the first 12 bits of an id, 0..4096) → `cairn::Fingerprint`
+/// bytes (40) of the ids in that bucket, updated in every append's
+/// transaction; answers reconciliation summaries without walking the ids.
+pub(crate) const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("buckets");
 /// Store-wide values, see the `KEY_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -144,6 +148,7 @@ fn init(db: &Database, store_id: &StoreId) -> Result<Opened> {
         wtx.open_table(PAYLOADS).map_err(map)?;
         wtx.open_table(SEQS).map_err(map)?;
         wtx.open_table(DOCS).map_err(map)?;
+        wtx.open_table(BUCKETS).map_err(map)?;
         let mut meta = wtx.open_table(META).map_err(map)?;
         meta.insert(KEY_FORMAT, FORMAT).map_err(map)?;
         meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes()[..])
@@ -309,5 +314,36 @@ pub(crate) fn check(rtx: &ReadTransaction) -> Result<ConsistencyReport> {
     // Same count and every change indexed under (its doc, its seq): the doc
     // index holds nothing else, since its keys are unique.
     report.docs = doc_names.len() as u64;
+    // The bucket fingerprints agree with the ids.
+    let mut want = cairn::FingerprintBuckets::default();
+    for entry in changes.iter().map_err(map)? {
+        want.add(&ChangeId::from_bytes(*entry.map_err(map)?.0.value()));
+    }
+    let stored = read_buckets(rtx)?;
+    if stored != want {
+        return Err(corrupt("bucket fingerprints disagree with the stored ids"));
+    }
     Ok(report)
+}
+
+/// Decode one `BUCKETS` value.
+pub(crate) fn decode_bucket(bytes: &[u8]) -> Result<cairn::Fingerprint> {
+    let arr: &[u8; 40] = bytes.try_into().map_err(|_| {
+        corrupt(format!(
+            "bucket fingerprint is {} bytes, not 40",
+            bytes.len()
+        ))
+    })?;
+    Ok(cairn::Fingerprint::from_bytes(arr))
+}
+
+/// All bucket fingerprints.
+pub(crate) fn read_buckets(rtx: &ReadTransaction) -> Result<cairn::FingerprintBuckets> {
+    let table = rtx.open_table(BUCKETS).map_err(map)?;
+    let mut out = cairn::FingerprintBuckets::default();
+    for entry in table.iter().map_err(map)? {
+        let (k, v) = entry.map_err(map)?;
+        out.set(usize::from(k.value()), decode_bucket(v.value())?);
+    }
+    Ok(out)
 }

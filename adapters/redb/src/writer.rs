@@ -21,7 +21,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::error::{corrupt, map, map_shared, panic_message};
-use crate::schema::{self, CHANGES, DOCS, KEY_HEAD, META, PAYLOADS, SEQS};
+use crate::schema::{self, BUCKETS, CHANGES, DOCS, KEY_HEAD, META, PAYLOADS, SEQS};
 
 /// Most changes merged into one group commit; a single batch larger than
 /// this still commits alone.
@@ -247,6 +247,10 @@ impl Writer {
         let mut payloads = wtx.open_table(PAYLOADS)?;
         let mut seqs = wtx.open_table(SEQS)?;
         let mut docs = wtx.open_table(DOCS)?;
+        let mut buckets = wtx.open_table(BUCKETS)?;
+        // Bucket fingerprints touched by this group, written once at the end.
+        let mut touched: std::collections::BTreeMap<u16, cairn::Fingerprint> =
+            std::collections::BTreeMap::new();
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -268,9 +272,24 @@ impl Writer {
                 payloads.insert(head, &c.payload[..])?;
                 seqs.insert(head, key)?;
                 docs.insert((c.meta.doc_id.as_str(), head), key)?;
+                let b = cairn::FingerprintBuckets::bucket_of(&id) as u16;
+                if let std::collections::btree_map::Entry::Vacant(e) = touched.entry(b) {
+                    let current = match buckets.get(b)? {
+                        Some(v) => schema::decode_bucket(v.value())
+                            .map_err(|e| redb::Error::Corrupted(format!("bucket {b}: {e}")))?,
+                        None => cairn::Fingerprint::default(),
+                    };
+                    e.insert(current);
+                }
+                if let Some(fp) = touched.get_mut(&b) {
+                    fp.add(&id);
+                }
                 out.new.push(id);
             }
             outcomes.push(out);
+        }
+        for (b, fp) in &touched {
+            buckets.insert(*b, &fp.to_bytes()[..])?;
         }
         if head != self.head {
             let mut meta = wtx.open_table(META)?;

@@ -392,10 +392,19 @@ pub async fn head_counts_changes_and_keeps_epoch(f: &dyn StoreFactory) -> CaseRe
     Ok(Outcome::Passed)
 }
 
+fn boundary(b0: u8, b1: u8) -> ChangeId {
+    let mut b = [0u8; 32];
+    b[0] = b0;
+    b[1] = b1;
+    ChangeId::from_bytes(b)
+}
+
 /// `range_summary` equals the fingerprint of exactly the held ids in range.
 pub async fn range_summary_matches_fingerprint(f: &dyn StoreFactory) -> CaseResult {
     let s = f.create(&sid()).await?;
     s.append(chain(&doc("a"), 40, 8)).await?;
+    // More ids in a second batch: maintained fingerprints must add up.
+    s.append(chain(&doc("b"), 60, 8)).await?;
     let all = s.all_change_ids().await?;
     let mid = all[all.len() / 2];
     let ranges = [
@@ -415,6 +424,20 @@ pub async fn range_summary_matches_fingerprint(f: &dyn StoreFactory) -> CaseResu
         IdRange {
             start: mid,
             end: Some(mid),
+        },
+        // On 12-bit bucket boundaries, where stores may answer from
+        // maintained per-bucket fingerprints.
+        IdRange {
+            start: boundary(0x80, 0x00),
+            end: None,
+        },
+        IdRange {
+            start: boundary(0x10, 0x20),
+            end: Some(boundary(0xc0, 0x00)),
+        },
+        IdRange {
+            start: boundary(0x00, 0x00),
+            end: Some(boundary(0x00, 0x10)),
         },
     ];
     for r in ranges {

@@ -17,8 +17,8 @@ pub use ids::{AuthorId, ChangeId, Digest, DocId, KeyId, ParseIdError, StoreId};
 pub use record::{Change, ChangeBuilder, ChangeKind, ChangeMeta, Keypair, now_millis};
 pub use store::{
     AppendOnlyStore, AppendOnlyStoreExt, AppendOutcome, Capabilities, ChangeStream,
-    DynAppendOnlyStore, Fingerprint, Head, IdRange, Limits, RangeSummary, ScanItem, prepare_batch,
-    scan_all,
+    DynAppendOnlyStore, Fingerprint, FingerprintBuckets, Head, IdRange, Limits, RangeSummary,
+    ScanItem, prepare_batch, scan_all,
 };
 pub use sync::{
     Direction, ProgressFn, RECONCILE_MIN, Reconcile, Rejected, SyncEvent, SyncOptions, SyncReport,

@@ -108,6 +108,48 @@ impl Fingerprint {
         self.count += 1;
     }
 
+    /// Add everything `other` holds (the fingerprint of the union of two
+    /// disjoint sets).
+    pub fn merge(&mut self, other: &Fingerprint) {
+        let mut carry = 0u128;
+        for (limb, o) in self.sum.iter_mut().zip(other.sum) {
+            let v = u128::from(*limb) + u128::from(o) + carry;
+            *limb = v as u64;
+            carry = v >> 64;
+        }
+        self.count += other.count;
+    }
+
+    /// How many ids were added.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// A fixed 40-byte encoding (sum little-endian, then count big-endian),
+    /// for stores that persist fingerprints.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, limb) in self.sum.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
+        }
+        out[32..].copy_from_slice(&self.count.to_be_bytes());
+        out
+    }
+
+    /// Read [`Fingerprint::to_bytes`].
+    pub fn from_bytes(bytes: &[u8; 40]) -> Self {
+        let mut fp = Fingerprint::default();
+        for (i, limb) in fp.sum.iter_mut().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            *limb = u64::from_le_bytes(w);
+        }
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&bytes[32..]);
+        fp.count = u64::from_be_bytes(c);
+        fp
+    }
+
     /// The summary of everything added.
     pub fn summary(&self) -> RangeSummary {
         let mut h = blake3::Hasher::new();
@@ -119,6 +161,79 @@ impl Fingerprint {
             count: self.count,
             fingerprint: Digest::from_bytes(*h.finalize().as_bytes()),
         }
+    }
+}
+
+/// Fingerprints of the ids in each of 4,096 buckets (ids sharing their
+/// first 12 bits), kept up to date on append, so that
+/// [`AppendOnlyStore::range_summary`] of any range on bucket boundaries —
+/// every range of the first three levels of [`crate::reconcile`]'s prefix
+/// tree — is a merge of at most 4,096 bucket fingerprints instead of a walk
+/// over the ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintBuckets {
+    buckets: Vec<Fingerprint>,
+}
+
+impl Default for FingerprintBuckets {
+    fn default() -> Self {
+        FingerprintBuckets {
+            buckets: vec![Fingerprint::default(); Self::COUNT],
+        }
+    }
+}
+
+impl FingerprintBuckets {
+    /// Number of buckets.
+    pub const COUNT: usize = 4096;
+
+    /// The bucket an id falls in (its first 12 bits).
+    pub fn bucket_of(id: &ChangeId) -> usize {
+        let b = id.as_bytes();
+        (usize::from(b[0]) << 4) | usize::from(b[1] >> 4)
+    }
+
+    /// Add one id to its bucket.
+    pub fn add(&mut self, id: &ChangeId) {
+        self.buckets[Self::bucket_of(id)].add(id);
+    }
+
+    /// One bucket's fingerprint (`None` past the last bucket).
+    pub fn get(&self, bucket: usize) -> Option<&Fingerprint> {
+        self.buckets.get(bucket)
+    }
+
+    /// Replace one bucket's fingerprint (for stores that persist them).
+    pub fn set(&mut self, bucket: usize, fp: Fingerprint) {
+        if let Some(b) = self.buckets.get_mut(bucket) {
+            *b = fp;
+        }
+    }
+
+    /// The buckets `range` covers exactly, if it starts and ends on bucket
+    /// boundaries.
+    pub fn aligned(range: &IdRange) -> Option<std::ops::Range<usize>> {
+        fn boundary(id: &ChangeId) -> Option<usize> {
+            let b = id.as_bytes();
+            (b[1] & 0x0f == 0 && b[2..].iter().all(|&x| x == 0))
+                .then(|| FingerprintBuckets::bucket_of(id))
+        }
+        let start = boundary(&range.start)?;
+        let end = match &range.end {
+            None => Self::COUNT,
+            Some(e) => boundary(e)?,
+        };
+        Some(start..end.max(start))
+    }
+
+    /// The summary of `range` from the buckets, if it is aligned.
+    pub fn summary(&self, range: &IdRange) -> Option<RangeSummary> {
+        let covered = Self::aligned(range)?;
+        let mut fp = Fingerprint::default();
+        for b in &self.buckets[covered] {
+            fp.merge(b);
+        }
+        Some(fp.summary())
     }
 }
 
@@ -540,3 +655,70 @@ pub trait AppendOnlyStoreExt: AppendOnlyStore {
 }
 
 impl<S: AppendOnlyStore + ?Sized> AppendOnlyStoreExt for S {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8, m: u8) -> ChangeId {
+        let mut b = [n; 32];
+        b[1] = m;
+        ChangeId::from_bytes(b)
+    }
+
+    #[test]
+    fn merge_equals_adding_everything() {
+        let ids: Vec<ChangeId> = (0..50u8).map(|i| id(i.wrapping_mul(37), i)).collect();
+        let mut all = Fingerprint::default();
+        ids.iter().for_each(|i| all.add(i));
+        let (mut a, mut b) = (Fingerprint::default(), Fingerprint::default());
+        ids[..20].iter().for_each(|i| a.add(i));
+        ids[20..].iter().for_each(|i| b.add(i));
+        a.merge(&b);
+        assert_eq!(a.summary(), all.summary());
+        assert_eq!(Fingerprint::from_bytes(&all.to_bytes()), all);
+    }
+
+    #[test]
+    fn buckets_answer_aligned_ranges_like_a_walk() {
+        let ids: Vec<ChangeId> = (0..=255u8).map(|i| id(i, i.wrapping_mul(13))).collect();
+        let mut buckets = FingerprintBuckets::default();
+        ids.iter().for_each(|i| buckets.add(i));
+        let walk = |r: &IdRange| {
+            let mut fp = Fingerprint::default();
+            ids.iter().filter(|i| r.contains(i)).for_each(|i| fp.add(i));
+            fp.summary()
+        };
+        let mut lo = [0u8; 32];
+        lo[0] = 0x40;
+        let mut hi = [0u8; 32];
+        hi[0] = 0x9a;
+        hi[1] = 0xb0;
+        for r in [
+            IdRange::ALL,
+            IdRange {
+                start: ChangeId::from_bytes(lo),
+                end: Some(ChangeId::from_bytes(hi)),
+            },
+            IdRange {
+                start: ChangeId::from_bytes(hi),
+                end: None,
+            },
+            IdRange {
+                start: ChangeId::from_bytes(hi),
+                end: Some(ChangeId::from_bytes(lo)),
+            },
+        ] {
+            assert_eq!(buckets.summary(&r), Some(walk(&r)), "{r:?}");
+        }
+        let mut odd = [0u8; 32];
+        odd[5] = 1;
+        assert_eq!(
+            buckets.summary(&IdRange {
+                start: ChangeId::from_bytes(odd),
+                end: None
+            }),
+            None
+        );
+    }
+}
