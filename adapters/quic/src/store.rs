@@ -1,20 +1,17 @@
 //! [`QuicStore`]: a local cache store plus a remote peer over QUIC.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::encoding::encode_meta;
 use cairn::sync::SyncOptions;
 use cairn::{
-    AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
-    DocId, DynAppendOnlyStore, Error, Head, IdRange, Keypair, RangeSummary, Result, ScanItem,
-    StoreId, SyncReport, SyncState,
+    AppendOutcome, Change, DynAppendOnlyStore, Error, Keypair, Result, StoreId, SyncReport,
+    SyncState,
 };
-use cairn_protocol::{DEFAULT_MAX_FRAME, HEADER_LEN, LEN_PREFIX, RemoteCalls};
+use cairn_protocol::{Backoff, CacheFirst, DEFAULT_MAX_FRAME, RemoteCalls, RemoteStore, Transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -78,7 +75,7 @@ struct Inner {
     peer_max_frame: AtomicU32,
 }
 
-/// An [`AppendOnlyStore`] over a local cache store and a remote peer.
+/// An [`AppendOnlyStore`](cairn::AppendOnlyStore) over a local cache store and a remote peer.
 ///
 /// - Reads answer from the cache; changes asked for by id that the cache
 ///   lacks are fetched from the peer and cached (`get_changes`, `get_metas`,
@@ -91,12 +88,15 @@ struct Inner {
 /// - It reconnects by itself with capped exponential backoff; on every
 ///   (re)connection it subscribes to the peer, then syncs both ways, then
 ///   applies new remote changes as they are notified, so they reach
-///   [`subscribe`](AppendOnlyStore::subscribe) of this store.
+///   [`subscribe`](cairn::AppendOnlyStore::subscribe) of this store.
 /// - [`state`](QuicStore::state) tells whether it is connected.
 #[derive(Debug)]
 pub struct QuicStore {
     inner: Arc<Inner>,
+    store: CacheFirst<Inner>,
 }
+
+cairn_protocol::forward_store!(QuicStore => store);
 
 impl Drop for QuicStore {
     fn drop(&mut self) {
@@ -144,7 +144,10 @@ impl QuicStore {
             sync_state: Mutex::new(SyncState::default()),
         });
         tokio::spawn(manage(inner.clone()));
-        Ok(QuicStore { inner })
+        Ok(QuicStore {
+            store: CacheFirst::new(inner.cache.clone(), inner.clone()),
+            inner,
+        })
     }
 
     /// Watch the connection state.
@@ -206,11 +209,13 @@ impl Inner {
         self.link.write().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    /// The peer's side of `link` as a store.
+    fn remote(&self, link: &Arc<Link>) -> RemoteStore<Link> {
+        RemoteStore::new("quic", self.store_id.clone(), &link.hello, link.clone())
+    }
+
     async fn sync_with(&self, link: &Arc<Link>) -> Result<SyncReport> {
-        let remote = RemoteView {
-            store_id: self.store_id.clone(),
-            link: link.clone(),
-        };
+        let remote = self.remote(link);
         let state = *self.sync_state.lock().unwrap_or_else(|e| e.into_inner());
         let opts = SyncOptions {
             state,
@@ -221,53 +226,43 @@ impl Inner {
         *self.sync_state.lock().unwrap_or_else(|e| e.into_inner()) = report.state;
         Ok(report)
     }
+}
 
-    /// Fetch the changes among `ids` the cache lacks and the peer holds.
-    async fn fetch_missing(&self, ids: &[ChangeId]) -> Result<()> {
-        let Some(link) = self.current() else {
-            return Ok(());
-        };
-        let have = self.cache.has_changes(ids).await?;
-        let mut seen = HashSet::new();
-        let missing: Vec<ChangeId> = ids
-            .iter()
-            .zip(have)
-            .filter(|(id, h)| !h && seen.insert(**id))
-            .map(|(id, _)| *id)
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        match link.remote_get_changes(&missing).await {
-            Ok(changes) if !changes.is_empty() => {
-                self.cache.append(changes).await?;
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) if e.is_retryable() => {
-                debug!(error = %e, "fetch from the peer failed; answering from the cache");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+#[async_trait]
+impl Transport for Inner {
+    fn max_frame(&self) -> usize {
+        self.peer_max_frame.load(Ordering::Acquire) as usize
     }
 
-    /// Apply notified metadata: fetch what the cache lacks.
-    async fn ingest(&self, link: &Link, metas: Vec<ChangeMeta>) -> Result<()> {
-        let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
-        let have = self.cache.has_changes(&ids).await?;
-        let missing: Vec<ChangeId> = ids
+    fn remotes(&self) -> Vec<Arc<DynAppendOnlyStore>> {
+        let link = self.current();
+        link.map(|l| Arc::new(self.remote(&l)) as _)
             .into_iter()
-            .zip(have)
-            .filter(|(_, h)| !h)
-            .map(|(id, _)| id)
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
+            .collect()
+    }
+
+    /// The cache, then the peer if connected: a retryable failure keeps the
+    /// changes local (pushed on reconnect), a permanent one is returned.
+    async fn append(
+        &self,
+        cache: &DynAppendOnlyStore,
+        changes: Vec<Change>,
+    ) -> Result<AppendOutcome> {
+        let Some(link) = self.current() else {
+            return cache.append(changes).await;
+        };
+        let out = cache.append(changes.clone()).await?;
+        if changes.is_empty() {
+            return Ok(out);
         }
-        let changes = link.remote_get_changes(&missing).await?;
-        self.cache.append(changes).await?;
-        Ok(())
+        match link.remote_append(changes).await {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => {
+                debug!(error = %e, "append kept locally; it is pushed on reconnect");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(out)
     }
 }
 
@@ -316,12 +311,11 @@ async fn manage(inner: Arc<Inner>) {
             }
         }
         attempt = attempt.saturating_add(1);
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        let delay = inner
-            .opts
-            .backoff_min
-            .saturating_mul(factor)
-            .min(inner.opts.backoff_max);
+        let delay = Backoff {
+            min: inner.opts.backoff_min,
+            max: inner.opts.backoff_max,
+        }
+        .delay(attempt);
         inner
             .state
             .send_replace(ConnectionState::Retrying { attempt, delay });
@@ -349,188 +343,9 @@ async fn session(inner: &Arc<Inner>, link: &Arc<Link>) -> Result<()> {
         );
     }
     inner.state.send_replace(ConnectionState::Connected);
+    let remote = inner.remote(link);
     loop {
         let metas = sub.next().await?;
-        inner.ingest(link, metas).await?;
-    }
-}
-
-/// The remote side of one link as a store, for the sync engine.
-#[derive(Debug)]
-struct RemoteView {
-    store_id: StoreId,
-    link: Arc<Link>,
-}
-
-#[async_trait]
-impl AppendOnlyStore for RemoteView {
-    fn store_id(&self) -> &StoreId {
-        &self.store_id
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            remote: true,
-            ..self.link.hello.capabilities
-        }
-    }
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        self.link.remote_append(changes).await
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.link.remote_get_changes(ids).await
-    }
-    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.link.remote_get_metas(ids).await
-    }
-    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
-        self.link.remote_has_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.link.remote_scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.link.remote_head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        Err(Error::Unsupported {
-            store: "quic",
-            what: "subscribe",
-        })
-    }
-    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.link.remote_find_new_changes(have).await
-    }
-    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
-        self.link.remote_all_change_ids().await
-    }
-    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
-        self.link.remote_range_summary(range).await
-    }
-    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        self.link.remote_ids_in_range(range, limit).await
-    }
-}
-
-/// Bytes `change` takes in an append request frame.
-fn framed_size(change: &Change) -> usize {
-    LEN_PREFIX + HEADER_LEN + 4 + 4 + encode_meta(&change.meta).len() + 4 + change.payload.len()
-}
-
-#[async_trait]
-impl AppendOnlyStore for QuicStore {
-    fn store_id(&self) -> &StoreId {
-        &self.inner.store_id
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            remote: true,
-            ..self.inner.cache.capabilities()
-        }
-    }
-
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        let limit = self.inner.peer_max_frame.load(Ordering::Acquire) as usize;
-        for c in &changes {
-            let size = framed_size(c);
-            if size > limit {
-                // Report what any store would first (limits, integrity).
-                cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
-                return Err(Error::TooLarge {
-                    what: "change",
-                    limit: limit as u64,
-                    actual: size as u64,
-                });
-            }
-        }
-        let Some(link) = self.inner.current() else {
-            return self.inner.cache.append(changes).await;
-        };
-        let out = self.inner.cache.append(changes.clone()).await?;
-        if changes.is_empty() {
-            return Ok(out);
-        }
-        match link.remote_append(changes).await {
-            Ok(_) => {}
-            Err(e) if e.is_retryable() => {
-                debug!(error = %e, "append kept locally; it is pushed on reconnect");
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(out)
-    }
-
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        let local = self.inner.cache.get_changes(ids).await?;
-        if local.len() >= ids.len() {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.get_changes(ids).await
-    }
-
-    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        let local = self.inner.cache.get_metas(ids).await?;
-        if local.len() >= ids.len() {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.get_metas(ids).await
-    }
-
-    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
-        let local = self.inner.cache.has_changes(ids).await?;
-        if local.iter().all(|h| *h) {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.has_changes(ids).await
-    }
-
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.inner.cache.scan(after, limit).await
-    }
-
-    async fn head(&self) -> Result<Head> {
-        self.inner.cache.head().await
-    }
-
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.inner.cache.subscribe().await
-    }
-
-    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.inner.cache.find_new_changes(have).await
-    }
-
-    async fn find_new_changes_for_doc(
-        &self,
-        have: &[ChangeId],
-        doc: &DocId,
-    ) -> Result<Vec<ChangeMeta>> {
-        self.inner.cache.find_new_changes_for_doc(have, doc).await
-    }
-
-    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
-        self.inner.cache.all_change_ids().await
-    }
-
-    async fn changes_for_doc(
-        &self,
-        doc: &DocId,
-        from_last_snapshot: bool,
-    ) -> Result<Vec<ChangeMeta>> {
-        self.inner
-            .cache
-            .changes_for_doc(doc, from_last_snapshot)
-            .await
-    }
-
-    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
-        self.inner.cache.range_summary(range).await
-    }
-
-    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        self.inner.cache.ids_in_range(range, limit).await
+        cairn_protocol::ingest(&*inner.cache, &remote, &metas).await?;
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::{Error, Result};
+use cairn_protocol::Backoff;
 use cairn_quic::{ConnectionState, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -94,10 +95,11 @@ impl<S: Signaling> Room<S> {
         let attempt = self.attempts.entry(peer).or_insert(0);
         *attempt = attempt.saturating_add(1);
         let o = &self.inner.opts;
-        let delay = o
-            .backoff_min
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(o.backoff_max);
+        let delay = Backoff {
+            min: o.backoff_min,
+            max: o.backoff_max,
+        }
+        .delay(*attempt);
         self.inner.set_state(ConnectionState::Retrying {
             attempt: *attempt,
             delay,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn::{Error, Result};
+use cairn_protocol::Backoff;
 use cairn_quic::PeerId;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -326,9 +327,12 @@ async fn run(
             debug!("lost the signaling server; reconnecting");
         }
         attempt = attempt.saturating_add(1);
-        let delay = Duration::from_millis(50)
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(Duration::from_secs(5));
+        // The first retry already waits 100 ms (attempt counts from 1 here).
+        let delay = Backoff {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+        .delay(attempt.saturating_add(1));
         tokio::select! {
             _ = ev_tx.closed() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -7,15 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::encoding::encode_meta;
 use cairn::sync::SyncOptions;
 use cairn::{
-    AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
-    DocId, DynAppendOnlyStore, Error, Head, IdRange, Keypair, RangeSummary, Result, ScanItem,
-    StoreId, SyncReport, SyncState,
+    AppendOutcome, Change, ChangeId, DynAppendOnlyStore, Error, Keypair, Result, StoreId,
+    SyncReport, SyncState,
 };
-use cairn_protocol::Access;
-use cairn_protocol::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, HEADER_LEN, LEN_PREFIX, RemoteCalls};
+use cairn_protocol::{
+    Access, CacheFirst, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, RemoteCalls, RemoteStore, Transport,
+};
 use cairn_quic::{AccessPolicy, ConnectionState, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +79,7 @@ pub(crate) struct Inner {
 }
 
 /// A store shared over WebRTC: every read and write goes to a local cache
-/// (any [`AppendOnlyStore`]); the cache is served to every paired peer
+/// (any [`AppendOnlyStore`](cairn::AppendOnlyStore)); the cache is served to every paired peer
 /// (under the [`AccessPolicy`]) and kept up to date from them: each peer
 /// pulls what it lacks on pairing, then live through a subscription.
 /// Appends are pushed to connected peers at once; offline appends reach
@@ -89,7 +88,10 @@ pub(crate) struct Inner {
 /// ([`offer`](WebRtcStore::offer) / [`answer`](WebRtcStore::answer)).
 pub struct WebRtcStore {
     pub(crate) inner: Arc<Inner>,
+    store: CacheFirst<Inner>,
 }
+
+cairn_protocol::forward_store!(WebRtcStore => store);
 
 impl std::fmt::Debug for WebRtcStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +180,10 @@ impl WebRtcStore {
             sync_states: Mutex::new(HashMap::new()),
             lost: Mutex::new(None),
         });
-        WebRtcStore { inner }
+        WebRtcStore {
+            store: CacheFirst::new(inner.cache.clone(), inner.clone()),
+            inner,
+        }
     }
 
     /// This store's peer id.
@@ -369,13 +374,14 @@ async fn session(
         conn.closed.cancelled().await;
         return Ok(());
     };
+    let remote = inner.remote(conn);
     loop {
         let metas = tokio::select! {
             _ = conn.closed.cancelled() => return Ok(()),
             m = sub.recv() => m,
         };
         let Some(metas) = metas else { return Ok(()) };
-        inner.ingest(conn, metas).await?;
+        cairn_protocol::ingest(&*inner.cache, &remote, &metas).await?;
     }
 }
 
@@ -487,11 +493,13 @@ impl Inner {
         }
     }
 
+    /// The peer's side of `conn` as a store.
+    fn remote(&self, conn: &Arc<Conn>) -> RemoteStore<Conn> {
+        RemoteStore::new("webrtc", self.store_id.clone(), &conn.hello, conn.clone())
+    }
+
     async fn sync_with(&self, conn: &Arc<Conn>, both: bool) -> Result<SyncReport> {
-        let remote = RemoteView {
-            store_id: self.store_id.clone(),
-            conn: conn.clone(),
-        };
+        let remote = self.remote(conn);
         let state = self
             .sync_states
             .lock()
@@ -518,143 +526,31 @@ impl Inner {
             .insert(conn.peer, report.state);
         Ok(report)
     }
-
-    async fn ingest(&self, conn: &Conn, metas: Vec<ChangeMeta>) -> Result<()> {
-        let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
-        let have = self.cache.has_changes(&ids).await?;
-        let missing: Vec<ChangeId> = ids
-            .into_iter()
-            .zip(have)
-            .filter(|(_, h)| !h)
-            .map(|(id, _)| id)
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let changes = conn.remote_get_changes(&missing).await?;
-        self.cache.append(changes).await?;
-        Ok(())
-    }
-
-    async fn fetch_missing(&self, ids: &[ChangeId]) -> Result<()> {
-        let have = self.cache.has_changes(ids).await?;
-        let mut seen = HashSet::new();
-        let mut missing: Vec<ChangeId> = ids
-            .iter()
-            .zip(have)
-            .filter(|(id, h)| !h && seen.insert(**id))
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in self.conns() {
-            if missing.is_empty() {
-                break;
-            }
-            if conn.roles & ROLE_SERVES == 0 || !conn.perm.allows(Access::Write) {
-                continue;
-            }
-            match conn.remote_get_changes(&missing).await {
-                Ok(changes) if !changes.is_empty() => {
-                    let got: HashSet<ChangeId> = changes.iter().map(|c| c.id()).collect();
-                    self.cache.append(changes).await?;
-                    missing.retain(|id| !got.contains(id));
-                }
-                Ok(_) => {}
-                Err(e) if e.is_retryable() || matches!(e, Error::Closed) => {
-                    debug!(error = %e, "fetch from a peer failed; answering from the cache");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct RemoteView {
-    store_id: StoreId,
-    conn: Arc<Conn>,
 }
 
 #[async_trait]
-impl AppendOnlyStore for RemoteView {
-    fn store_id(&self) -> &StoreId {
-        &self.store_id
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            remote: true,
-            ..self.conn.hello.capabilities
-        }
-    }
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        self.conn.remote_append(changes).await
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.conn.remote_get_changes(ids).await
-    }
-    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.conn.remote_get_metas(ids).await
-    }
-    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
-        self.conn.remote_has_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.conn.remote_scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.conn.remote_head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        Err(Error::Unsupported {
-            store: "webrtc",
-            what: "subscribe",
-        })
-    }
-    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.conn.remote_find_new_changes(have).await
-    }
-    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
-        self.conn.remote_all_change_ids().await
-    }
-    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
-        self.conn.remote_range_summary(range).await
-    }
-    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        self.conn.remote_ids_in_range(range, limit).await
-    }
-}
-
-fn framed_size(change: &Change) -> usize {
-    LEN_PREFIX + HEADER_LEN + 4 + 4 + encode_meta(&change.meta).len() + 4 + change.payload.len()
-}
-
-#[async_trait]
-impl AppendOnlyStore for WebRtcStore {
-    fn store_id(&self) -> &StoreId {
-        &self.inner.store_id
+impl Transport for Inner {
+    fn max_frame(&self) -> usize {
+        self.opts.max_frame as usize
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            remote: true,
-            ..self.inner.cache.capabilities()
-        }
+    /// The paired peers that serve us and that we pull from.
+    fn remotes(&self) -> Vec<Arc<DynAppendOnlyStore>> {
+        let conns = self.conns().into_iter();
+        conns
+            .filter(|c| c.roles & ROLE_SERVES != 0 && c.perm.allows(Access::Write))
+            .map(|c| Arc::new(self.remote(&c)) as _)
+            .collect()
     }
 
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        let limit = self.inner.opts.max_frame as usize;
-        for c in &changes {
-            let size = framed_size(c);
-            if size > limit {
-                cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
-                return Err(Error::TooLarge {
-                    what: "change",
-                    limit: limit as u64,
-                    actual: size as u64,
-                });
-            }
-        }
-        let out = self.inner.cache.append(changes.clone()).await?;
+    /// The cache, then the new changes to every paired peer that serves us;
+    /// a peer that fails pulls them later.
+    async fn append(
+        &self,
+        cache: &DynAppendOnlyStore,
+        changes: Vec<Change>,
+    ) -> Result<AppendOutcome> {
+        let out = cache.append(changes.clone()).await?;
         if out.new.is_empty() {
             return Ok(out);
         }
@@ -663,7 +559,7 @@ impl AppendOnlyStore for WebRtcStore {
             .into_iter()
             .filter(|c| fresh.contains(&c.id()))
             .collect();
-        for conn in self.inner.conns() {
+        for conn in self.conns() {
             if conn.roles & ROLE_SERVES == 0 {
                 continue;
             }
@@ -672,79 +568,5 @@ impl AppendOnlyStore for WebRtcStore {
             }
         }
         Ok(out)
-    }
-
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        let local = self.inner.cache.get_changes(ids).await?;
-        if local.len() >= ids.len() {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.get_changes(ids).await
-    }
-
-    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        let local = self.inner.cache.get_metas(ids).await?;
-        if local.len() >= ids.len() {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.get_metas(ids).await
-    }
-
-    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
-        let local = self.inner.cache.has_changes(ids).await?;
-        if local.iter().all(|h| *h) {
-            return Ok(local);
-        }
-        self.inner.fetch_missing(ids).await?;
-        self.inner.cache.has_changes(ids).await
-    }
-
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.inner.cache.scan(after, limit).await
-    }
-
-    async fn head(&self) -> Result<Head> {
-        self.inner.cache.head().await
-    }
-
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.inner.cache.subscribe().await
-    }
-
-    async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        self.inner.cache.find_new_changes(have).await
-    }
-
-    async fn find_new_changes_for_doc(
-        &self,
-        have: &[ChangeId],
-        doc: &DocId,
-    ) -> Result<Vec<ChangeMeta>> {
-        self.inner.cache.find_new_changes_for_doc(have, doc).await
-    }
-
-    async fn all_change_ids(&self) -> Result<Vec<ChangeId>> {
-        self.inner.cache.all_change_ids().await
-    }
-
-    async fn changes_for_doc(
-        &self,
-        doc: &DocId,
-        from_last_snapshot: bool,
-    ) -> Result<Vec<ChangeMeta>> {
-        self.inner
-            .cache
-            .changes_for_doc(doc, from_last_snapshot)
-            .await
-    }
-
-    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
-        self.inner.cache.range_summary(range).await
-    }
-
-    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        self.inner.cache.ids_in_range(range, limit).await
     }
 }

@@ -1,13 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod cache;
 mod client;
 mod codec;
 mod dispatch;
 mod error;
 mod message;
+mod remote;
 mod wire;
 
+pub use cache::{Backoff, CacheFirst, Transport, ingest};
 pub use client::{Call, Correlator, Incoming, RemoteCalls};
 pub use codec::{
     FLAG_MORE, FrameDecoder, HEADER_LEN, LEN_PREFIX, MAX_PARTIAL_MESSAGES, decode_body, encode,
@@ -19,3 +22,11 @@ pub use message::{
     Access, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, Hello, MAGIC, MIN_MAX_FRAME, Message, Request,
     Response, VERSION, msg_type,
 };
+pub use remote::{RemoteStore, check_frame_size, framed_size};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Paths for [`forward_store!`](crate::forward_store); not public API.
+    pub use async_trait::async_trait;
+    pub use cairn;
+}
