@@ -95,6 +95,22 @@ async fn next_msg(
     }
 }
 
+/// Longest a refusing side keeps the channel open for its refusal to be read.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Send a refusal (an `ERROR` with id 0), then keep the channel open until
+/// the peer hangs up or a short linger passes. Closing at once can tear the
+/// connection down before the refusal is delivered, and the peer would see
+/// a timeout instead of the reason.
+async fn refuse(ch: &mut Channel, e: &Error, deadline: tokio::time::Instant) {
+    if ch.tx.send(error_reply(0, e, MIN_MAX_FRAME)).await.is_err() {
+        return;
+    }
+    let until = deadline.min(tokio::time::Instant::now() + REFUSAL_LINGER);
+    // Bounded by `until`; ends early when the peer closes the channel.
+    while let Ok(Some(_)) = tokio::time::timeout_at(until, ch.rx.recv()).await {}
+}
+
 impl Conn {
     /// Authenticate both ways, check the policy, exchange hellos, then serve
     /// and route in a background task.
@@ -115,7 +131,7 @@ impl Conn {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "peer failed authentication");
-                let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+                refuse(&mut ch, &e, deadline).await;
                 return Err(e);
             }
         };
@@ -126,7 +142,7 @@ impl Conn {
                 reason: format!("peer {peer} may not access store {store_id}"),
             };
             warn!(%peer, store = %store_id, "refusing a peer the policy does not allow");
-            let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+            refuse(&mut ch, &e, deadline).await;
             return Err(e);
         }
         let mine = server_hello(&*cfg.store, cfg.max_frame).await?;
@@ -143,7 +159,7 @@ impl Conn {
             Err(e) => {
                 debug!(%peer, error = %e, "handshake refused");
                 if !matches!(e, Error::Unauthorized { .. } | Error::Closed) {
-                    let _ = ch.tx.send(error_reply(0, &e, MIN_MAX_FRAME)).await;
+                    refuse(&mut ch, &e, deadline).await;
                 }
                 return Err(e);
             }
