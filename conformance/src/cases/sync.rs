@@ -397,3 +397,36 @@ pub async fn reconciliation_sync_transfers_only_the_difference(f: &dyn StoreFact
     ensure_eq!(again.pulled.changes, 2, "the two new ones");
     Ok(Outcome::Passed)
 }
+
+/// A first pull into an empty store goes page by page (memory bounded by
+/// the batch), not through reconciliation, even for a large source.
+pub async fn first_pull_into_an_empty_store_scans_in_bounded_batches(
+    f: &dyn StoreFactory,
+) -> CaseResult {
+    let local = f.create(&sid()).await?;
+    let remote_store = f.create(&sid()).await?;
+    let n = cairn::RECONCILE_MIN as usize + 76;
+    remote_store.append(chain(&doc("big"), n, 8)).await?;
+    let remote = FailingStore::recording(remote_store);
+    let opts = SyncOptions {
+        batch_changes: 100,
+        ..SyncOptions::default()
+    };
+    let r = pull(local.as_ref(), &remote, &opts).await?;
+    ensure_eq!(
+        r.pulled.reconcile_rounds,
+        0,
+        "an empty target is filled by scanning"
+    );
+    ensure_eq!(r.pulled.changes, n as u64, "everything arrives");
+    ensure_eq!(
+        r.pulled.rounds,
+        n.div_ceil(100) as u64,
+        "in pages of the batch size"
+    );
+    ensure!(
+        remote.max_get_ids.load(Ordering::SeqCst) <= 100,
+        "a fetch asked for more than batch_changes"
+    );
+    Ok(Outcome::Passed)
+}

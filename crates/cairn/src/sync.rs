@@ -125,11 +125,14 @@ pub struct SyncOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Reconcile {
     /// When there is no usable cursor (a first sync, or the source was
-    /// reset), both stores answer range summaries natively, and the source
-    /// holds at least [`RECONCILE_MIN`] changes.
+    /// reset), both stores answer range summaries natively, the source
+    /// holds at least [`RECONCILE_MIN`] changes and the target at least half
+    /// as many (so they likely share most of them).
     #[default]
     Auto,
-    /// Whenever there is no usable cursor, native or not.
+    /// Whenever there is no usable cursor, native or not. The transfer then
+    /// holds the metadata of the whole difference at once (bounded by the
+    /// difference, not the store).
     Always,
     /// Never; always scan.
     Never,
@@ -267,14 +270,16 @@ fn usable(cursor: Option<Head>, head: &Head) -> Option<u64> {
     }
 }
 
-/// Whether a transfer from `source` (at `head`) should find its changes by
-/// set reconciliation instead of scanning.
+/// Whether a transfer from `source` (at `head`) to `target` (at
+/// `target_head`) should find its changes by set reconciliation instead of
+/// scanning.
 fn wants_reconcile(
     opts: &SyncOptions,
     source: &dyn AppendOnlyStore,
     target: &dyn AppendOnlyStore,
     cursor: Option<Head>,
     head: &Head,
+    target_head: &Head,
 ) -> bool {
     if usable(cursor, head).is_some() {
         return false;
@@ -282,8 +287,14 @@ fn wants_reconcile(
     match opts.reconcile {
         Reconcile::Never => false,
         Reconcile::Always => true,
+        // Reconciliation pays off when the two stores share most of their
+        // changes. When the target holds much less than the source, most of
+        // the source must be sent anyway, and scanning does it with memory
+        // bounded by the batch (reconciliation holds the difference's
+        // metadata at once).
         Reconcile::Auto => {
             head.seq >= RECONCILE_MIN
+                && target_head.seq.saturating_mul(2) >= head.seq
                 && source.capabilities().native_reconciliation
                 && target.capabilities().native_reconciliation
         }
@@ -342,8 +353,8 @@ async fn run(
         ..SyncReport::default()
     };
     let (rh, lh) = futures::future::try_join(remote.head(), local.head()).await?;
-    let pull_rec = pull && wants_reconcile(opts, remote, local, opts.state.pulled, &rh);
-    let push_rec = push && wants_reconcile(opts, local, remote, opts.state.pushed, &lh);
+    let pull_rec = pull && wants_reconcile(opts, remote, local, opts.state.pulled, &rh, &lh);
+    let push_rec = push && wants_reconcile(opts, local, remote, opts.state.pushed, &lh, &rh);
     let diff = if pull_rec || push_rec {
         Some(reconcile::difference(local, remote, &ReconcileOptions::default()).await?)
     } else {
