@@ -10,14 +10,14 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use async_trait::async_trait;
 use cairn::tail::{SeqWatch, tail};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Bytes, Capabilities, Change, ChangeId, ChangeMeta,
-    ChangeStream, Digest, DocId, Error, Fingerprint, Head, IdRange, Limits, RangeSummary, Result,
-    ScanItem, StoreId,
+    ChangeStream, Digest, DocId, Error, Fingerprint, FingerprintBuckets, Head, IdRange, Limits,
+    RangeSummary, Result, ScanItem, StoreId,
 };
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
@@ -147,6 +147,9 @@ struct Inner {
     writer: WriterHandle,
     watch: Arc<SeqWatch>,
     counters: Arc<Counters>,
+    /// Fingerprints per id bucket of everything committed, kept by the
+    /// writer (checkpointed to the `buckets` table).
+    buckets: Arc<RwLock<FingerprintBuckets>>,
 }
 
 impl fmt::Debug for RedbStore {
@@ -217,6 +220,8 @@ impl RedbStore {
         }
         let db = Arc::new(builder.create(&path).map_err(map)?);
         let opened = schema::open_or_init(&db, &store_id)?;
+        let loaded = schema::load_buckets_replayed(&db.begin_read().map_err(map)?, opened.head)?;
+        let buckets = Arc::new(RwLock::new(loaded.buckets));
         let watch = Arc::new(SeqWatch::new(opened.head));
         let counters = Arc::new(Counters::default());
         let writer = WriterHandle::spawn(
@@ -228,6 +233,8 @@ impl RedbStore {
             opened.head,
             watch.clone(),
             counters.clone(),
+            buckets.clone(),
+            (loaded.dirty, loaded.replayed),
         )?;
         Ok(RedbStore {
             inner: Arc::new(Inner {
@@ -240,6 +247,7 @@ impl RedbStore {
                 db,
                 watch,
                 counters,
+                buckets,
             }),
         })
     }
@@ -268,7 +276,18 @@ impl RedbStore {
     /// change, and every table's length equals the head sequence. Reads the
     /// whole store. Returns [`Error::Corrupt`] describing the first problem.
     pub async fn check_consistency(&self) -> Result<ConsistencyReport> {
-        self.read(|inner| schema::check(&inner.read_txn()?)).await
+        self.read(|inner| {
+            let (report, want) = schema::check(&inner.read_txn()?)?;
+            let live = inner.buckets.read().unwrap_or_else(|e| e.into_inner());
+            if *live != want {
+                return Err(cairn::Error::Corrupt {
+                    store: "redb",
+                    reason: "in-memory bucket fingerprints disagree with the stored ids".into(),
+                });
+            }
+            Ok(report)
+        })
+        .await
     }
 
     /// Run `f` against the shared state on the blocking pool.
@@ -554,18 +573,14 @@ impl AppendOnlyStore for RedbStore {
     async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
         let range = *range;
         self.read(move |inner| {
-            if let Some(covered) = cairn::FingerprintBuckets::aligned(&range) {
-                // On bucket boundaries: merge the maintained fingerprints.
-                let rtx = inner.read_txn()?;
-                let table = rtx.open_table(schema::BUCKETS).map_err(map)?;
-                let mut fp = Fingerprint::default();
-                if !covered.is_empty() {
-                    let (lo, hi) = (covered.start as u16, (covered.end - 1) as u16);
-                    for entry in table.range(lo..=hi).map_err(map)? {
-                        fp.merge(&schema::decode_bucket(entry.map_err(map)?.1.value())?);
-                    }
-                }
-                return Ok(fp.summary());
+            // On bucket boundaries: merge the maintained fingerprints.
+            let maintained = inner
+                .buckets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary(&range);
+            if let Some(summary) = maintained {
+                return Ok(summary);
             }
             let mut fp = Fingerprint::default();
             for_ids_in_range(inner, &range, usize::MAX, |id| fp.add(&id))?;

@@ -29,8 +29,10 @@ pub(crate) const SEQS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("s
 /// (doc id, seq) → id: the per-document index, in arrival order per document.
 pub(crate) const DOCS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("docs");
 /// bucket (the first 12 bits of an id, 0..4096) → `cairn::Fingerprint`
-/// bytes (40) of the ids in that bucket, updated in every append's
-/// transaction; answers reconciliation summaries without walking the ids.
+/// bytes (40) of the ids in that bucket, as of sequence `KEY_BUCKETS_SEQ`.
+/// A checkpoint of the in-memory fingerprints: written with the append
+/// that crosses every 10,000 changes and at close; on open, the ids after
+/// the checkpoint are replayed from `seqs`.
 pub(crate) const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("buckets");
 /// Store-wide values, see the `KEY_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -45,6 +47,8 @@ pub(crate) const KEY_STORE_ID: &str = "store_id";
 pub(crate) const KEY_EPOCH: &str = "epoch";
 /// u64 big-endian, the highest sequence number (= number of changes).
 pub(crate) const KEY_HEAD: &str = "head_seq";
+/// u64 big-endian: the sequence number the `buckets` table reflects.
+pub(crate) const KEY_BUCKETS_SEQ: &str = "buckets_seq";
 /// u64 big-endian, milliseconds since the Unix epoch, informational.
 pub(crate) const KEY_CREATED_AT: &str = "created_at";
 
@@ -159,6 +163,8 @@ fn init(db: &Database, store_id: &StoreId) -> Result<Opened> {
             .map_err(map)?;
         meta.insert(KEY_HEAD, &0u64.to_be_bytes()[..])
             .map_err(map)?;
+        meta.insert(KEY_BUCKETS_SEQ, &0u64.to_be_bytes()[..])
+            .map_err(map)?;
         meta.insert(KEY_CREATED_AT, &cairn::now_millis().to_be_bytes()[..])
             .map_err(map)?;
     }
@@ -225,7 +231,9 @@ pub struct ConsistencyReport {
 }
 
 /// Check every invariant of the layout in one read transaction.
-pub(crate) fn check(rtx: &ReadTransaction) -> Result<ConsistencyReport> {
+pub(crate) fn check(
+    rtx: &ReadTransaction,
+) -> Result<(ConsistencyReport, cairn::FingerprintBuckets)> {
     let meta = rtx.open_table(META).map_err(map)?;
     let head = meta
         .get(KEY_HEAD)
@@ -314,16 +322,15 @@ pub(crate) fn check(rtx: &ReadTransaction) -> Result<ConsistencyReport> {
     // Same count and every change indexed under (its doc, its seq): the doc
     // index holds nothing else, since its keys are unique.
     report.docs = doc_names.len() as u64;
-    // The bucket fingerprints agree with the ids.
+    // The bucket checkpoint plus replay agrees with the ids.
     let mut want = cairn::FingerprintBuckets::default();
     for entry in changes.iter().map_err(map)? {
         want.add(&ChangeId::from_bytes(*entry.map_err(map)?.0.value()));
     }
-    let stored = read_buckets(rtx)?;
-    if stored != want {
+    if load_buckets(rtx, head)? != want {
         return Err(corrupt("bucket fingerprints disagree with the stored ids"));
     }
-    Ok(report)
+    Ok((report, want))
 }
 
 /// Decode one `BUCKETS` value.
@@ -337,13 +344,56 @@ pub(crate) fn decode_bucket(bytes: &[u8]) -> Result<cairn::Fingerprint> {
     Ok(cairn::Fingerprint::from_bytes(arr))
 }
 
-/// All bucket fingerprints.
-pub(crate) fn read_buckets(rtx: &ReadTransaction) -> Result<cairn::FingerprintBuckets> {
+/// The bucket fingerprints as of `head`: the checkpoint in `buckets`, plus
+/// the ids appended after it, replayed from `seqs` (bounded by the
+/// checkpoint interval, not the store).
+pub(crate) fn load_buckets(rtx: &ReadTransaction, head: u64) -> Result<cairn::FingerprintBuckets> {
+    Ok(load_buckets_replayed(rtx, head)?.buckets)
+}
+
+/// Bucket fingerprints loaded by [`load_buckets_replayed`].
+pub(crate) struct LoadedBuckets {
+    /// As of the head.
+    pub(crate) buckets: cairn::FingerprintBuckets,
+    /// Buckets that differ from the checkpoint (the replayed ids' buckets).
+    pub(crate) dirty: std::collections::BTreeSet<u16>,
+    /// Ids replayed after the checkpoint.
+    pub(crate) replayed: u64,
+}
+
+/// Like [`load_buckets`], also saying what the replay changed, so the
+/// writer's next checkpoint includes it.
+pub(crate) fn load_buckets_replayed(rtx: &ReadTransaction, head: u64) -> Result<LoadedBuckets> {
+    let meta = rtx.open_table(META).map_err(map)?;
+    let at = meta
+        .get(KEY_BUCKETS_SEQ)
+        .map_err(map)?
+        .map(|v| be_u64(v.value(), "buckets seq"))
+        .transpose()?
+        .ok_or_else(|| corrupt("meta table lacks the buckets checkpoint"))?;
+    if at > head {
+        return Err(corrupt(format!(
+            "bucket checkpoint at seq {at} is past the head {head}"
+        )));
+    }
     let table = rtx.open_table(BUCKETS).map_err(map)?;
     let mut out = cairn::FingerprintBuckets::default();
     for entry in table.iter().map_err(map)? {
         let (k, v) = entry.map_err(map)?;
         out.set(usize::from(k.value()), decode_bucket(v.value())?);
     }
-    Ok(out)
+    let seqs = rtx.open_table(SEQS).map_err(map)?;
+    let mut dirty = std::collections::BTreeSet::new();
+    let mut replayed = 0;
+    for entry in seqs.range(at + 1..=head).map_err(map)? {
+        let id = ChangeId::from_bytes(*entry.map_err(map)?.1.value());
+        out.add(&id);
+        dirty.insert(cairn::FingerprintBuckets::bucket_of(&id) as u16);
+        replayed += 1;
+    }
+    Ok(LoadedBuckets {
+        buckets: out,
+        dirty,
+        replayed,
+    })
 }

@@ -8,26 +8,33 @@
 //! one fsync covers many callers, and each caller still returns only after
 //! its data is durable.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn::tail::SeqWatch;
-use cairn::{AppendOutcome, Change, Error, Result};
+use cairn::{AppendOutcome, Change, Error, Fingerprint, FingerprintBuckets, Result};
 use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::error::{corrupt, map, map_shared, panic_message};
-use crate::schema::{self, BUCKETS, CHANGES, DOCS, KEY_HEAD, META, PAYLOADS, SEQS};
+use crate::schema::{
+    self, BUCKETS, CHANGES, DOCS, KEY_BUCKETS_SEQ, KEY_HEAD, META, PAYLOADS, SEQS,
+};
 
 /// Most changes merged into one group commit; a single batch larger than
 /// this still commits alone.
 const GROUP_MAX_CHANGES: usize = 100_000;
 /// Most payload bytes merged into one group commit.
 const GROUP_MAX_BYTES: u64 = 256 << 20;
+/// The bucket fingerprints are checkpointed to the file by the commit that
+/// brings this many changes since the last checkpoint (and at close); at
+/// most this many ids (plus one group) are replayed on open.
+const BUCKET_CHECKPOINT: u64 = 10_000;
 /// Longest the writer waits for more appends before a commit.
 const MAX_GATHER: Duration = Duration::from_millis(2);
 
@@ -63,6 +70,8 @@ impl WriterHandle {
         head: u64,
         watch: Arc<SeqWatch>,
         counters: Arc<Counters>,
+        buckets: Arc<RwLock<FingerprintBuckets>>,
+        (dirty, since_checkpoint): (BTreeSet<u16>, u64),
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -72,6 +81,9 @@ impl WriterHandle {
             watch,
             counters,
             poisoned: None,
+            buckets,
+            dirty,
+            since_checkpoint,
         };
         let thread = std::thread::Builder::new()
             .name("cairn-redb-writer".into())
@@ -113,6 +125,22 @@ struct Writer {
     counters: Arc<Counters>,
     /// Set if redb panicked mid-write; every later append fails with it.
     poisoned: Option<String>,
+    /// The bucket fingerprints of everything committed (shared with readers).
+    buckets: Arc<RwLock<FingerprintBuckets>>,
+    /// Buckets changed since the last checkpoint.
+    dirty: BTreeSet<u16>,
+    /// Changes committed since the last checkpoint.
+    since_checkpoint: u64,
+}
+
+/// What one group's transaction did besides the outcomes.
+struct Written {
+    outcomes: Vec<AppendOutcome>,
+    head: u64,
+    /// New fingerprints of the buckets this group touched.
+    touched: BTreeMap<u16, Fingerprint>,
+    /// Whether the transaction wrote a bucket checkpoint.
+    checkpointed: bool,
 }
 
 impl Writer {
@@ -153,12 +181,16 @@ impl Writer {
             self.commit_group(jobs);
             last_commit = start.elapsed();
         }
-        // Closing: in non-durable mode, make everything committed so far
-        // durable with one empty durable commit.
-        if matches!(self.durability, redb::Durability::None) && self.poisoned.is_none() {
+        // Closing: checkpoint the bucket fingerprints, and in non-durable
+        // mode make everything committed so far durable, in one durable
+        // commit.
+        let non_durable = matches!(self.durability, redb::Durability::None);
+        if (non_durable || !self.dirty.is_empty()) && self.poisoned.is_none() {
             let _ = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
                 let mut wtx = self.db.begin_write().map_err(map)?;
                 wtx.set_durability(redb::Durability::Immediate)
+                    .map_err(map)?;
+                self.checkpoint(&wtx, &BTreeMap::new(), self.head)
                     .map_err(map)?;
                 wtx.commit().map_err(map)
             }));
@@ -183,8 +215,28 @@ impl Writer {
         }
         let result = catch_unwind(AssertUnwindSafe(|| self.write(&jobs)));
         match result {
-            Ok(Ok((outcomes, head))) => {
+            Ok(Ok(Written {
+                outcomes,
+                head,
+                touched,
+                checkpointed,
+            })) => {
                 if head != self.head {
+                    // Readers see the new fingerprints no later than the
+                    // new head.
+                    {
+                        let mut b = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+                        for (k, fp) in &touched {
+                            b.set(usize::from(*k), *fp);
+                        }
+                    }
+                    if checkpointed {
+                        self.dirty.clear();
+                        self.since_checkpoint = 0;
+                    } else {
+                        self.dirty.extend(touched.keys().copied());
+                        self.since_checkpoint += head - self.head;
+                    }
                     self.head = head;
                     self.counters.commits.fetch_add(1, Ordering::Relaxed);
                     self.watch.publish(head);
@@ -225,32 +277,53 @@ impl Writer {
 
     /// Write every job's batch in one transaction and commit it. Returns
     /// each job's outcome and the new head. Nothing is stored on error.
-    fn write(&self, jobs: &[Job]) -> Result<(Vec<AppendOutcome>, u64), redb::Error> {
+    fn write(&self, jobs: &[Job]) -> Result<Written, redb::Error> {
         let mut wtx = self.db.begin_write()?;
         wtx.set_durability(self.durability)?;
-        let (outcomes, head) = self.fill(&wtx, jobs)?;
-        if head == self.head {
+        let mut written = self.fill(&wtx, jobs)?;
+        if written.head == self.head {
             // Only duplicates: nothing to commit.
             wtx.abort()?;
         } else {
+            if self.since_checkpoint + (written.head - self.head) >= BUCKET_CHECKPOINT {
+                self.checkpoint(&wtx, &written.touched, written.head)?;
+                written.checkpointed = true;
+            }
             wtx.commit()?;
         }
-        Ok((outcomes, head))
+        Ok(written)
     }
 
-    fn fill(
+    /// Write every dirty bucket (the committed fingerprint, or this group's
+    /// newer one in `touched`) and record that the table reflects `head`.
+    fn checkpoint(
         &self,
         wtx: &WriteTransaction,
-        jobs: &[Job],
-    ) -> Result<(Vec<AppendOutcome>, u64), redb::Error> {
+        touched: &BTreeMap<u16, Fingerprint>,
+        head: u64,
+    ) -> Result<(), redb::Error> {
+        let mut table = wtx.open_table(BUCKETS)?;
+        let current = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+        for k in self.dirty.iter().chain(touched.keys()) {
+            let fp = match touched.get(k) {
+                Some(fp) => *fp,
+                None => current.get(usize::from(*k)).copied().unwrap_or_default(),
+            };
+            table.insert(*k, &fp.to_bytes()[..])?;
+        }
+        let mut meta = wtx.open_table(META)?;
+        meta.insert(KEY_BUCKETS_SEQ, &head.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    fn fill(&self, wtx: &WriteTransaction, jobs: &[Job]) -> Result<Written, redb::Error> {
         let mut changes = wtx.open_table(CHANGES)?;
         let mut payloads = wtx.open_table(PAYLOADS)?;
         let mut seqs = wtx.open_table(SEQS)?;
         let mut docs = wtx.open_table(DOCS)?;
-        let mut buckets = wtx.open_table(BUCKETS)?;
-        // Bucket fingerprints touched by this group, written once at the end.
-        let mut touched: std::collections::BTreeMap<u16, cairn::Fingerprint> =
-            std::collections::BTreeMap::new();
+        // Bucket fingerprints touched by this group, from the committed ones.
+        let mut touched: BTreeMap<u16, Fingerprint> = BTreeMap::new();
+        let committed = self.buckets.read().unwrap_or_else(|e| e.into_inner());
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -272,30 +345,25 @@ impl Writer {
                 payloads.insert(head, &c.payload[..])?;
                 seqs.insert(head, key)?;
                 docs.insert((c.meta.doc_id.as_str(), head), key)?;
-                let b = cairn::FingerprintBuckets::bucket_of(&id) as u16;
-                if let std::collections::btree_map::Entry::Vacant(e) = touched.entry(b) {
-                    let current = match buckets.get(b)? {
-                        Some(v) => schema::decode_bucket(v.value())
-                            .map_err(|e| redb::Error::Corrupted(format!("bucket {b}: {e}")))?,
-                        None => cairn::Fingerprint::default(),
-                    };
-                    e.insert(current);
-                }
-                if let Some(fp) = touched.get_mut(&b) {
-                    fp.add(&id);
-                }
+                let b = FingerprintBuckets::bucket_of(&id);
+                touched
+                    .entry(b as u16)
+                    .or_insert_with(|| committed.get(b).copied().unwrap_or_default())
+                    .add(&id);
                 out.new.push(id);
             }
             outcomes.push(out);
-        }
-        for (b, fp) in &touched {
-            buckets.insert(*b, &fp.to_bytes()[..])?;
         }
         if head != self.head {
             let mut meta = wtx.open_table(META)?;
             meta.insert(KEY_HEAD, &head.to_be_bytes()[..])?;
         }
-        Ok((outcomes, head))
+        Ok(Written {
+            outcomes,
+            head,
+            touched,
+            checkpointed: false,
+        })
     }
 }
 
