@@ -423,17 +423,26 @@ async fn transfer_ids(
         rep.examined += page.len() as u64;
         rep.rounds += 1;
         apply_page(source, target, page, opts, &mut rep).await?;
-        emit(
-            opts,
-            SyncEvent::Progress {
-                direction,
-                examined: rep.examined,
-                total,
-                transferred: rep.changes,
-                bytes: rep.bytes,
-            },
-        );
+        emit_progress(opts, direction, total, &rep);
     }
+    emit_finished(opts, direction, &rep);
+    Ok(rep)
+}
+
+fn emit_progress(opts: &SyncOptions, direction: Direction, total: u64, rep: &TransferReport) {
+    emit(
+        opts,
+        SyncEvent::Progress {
+            direction,
+            examined: rep.examined,
+            total,
+            transferred: rep.changes,
+            bytes: rep.bytes,
+        },
+    );
+}
+
+fn emit_finished(opts: &SyncOptions, direction: Direction, rep: &TransferReport) {
     emit(
         opts,
         SyncEvent::Finished {
@@ -441,7 +450,6 @@ async fn transfer_ids(
             transferred: rep.changes,
         },
     );
-    Ok(rep)
 }
 
 fn emit(opts: &SyncOptions, ev: SyncEvent) {
@@ -506,24 +514,9 @@ async fn transfer(
         applied?;
         prefetched = next?;
         after = page_end;
-        emit(
-            opts,
-            SyncEvent::Progress {
-                direction,
-                examined: rep.examined,
-                total,
-                transferred: rep.changes,
-                bytes: rep.bytes,
-            },
-        );
+        emit_progress(opts, direction, total, &rep);
     }
-    emit(
-        opts,
-        SyncEvent::Finished {
-            direction,
-            transferred: rep.changes,
-        },
-    );
+    emit_finished(opts, direction, &rep);
     Ok((
         rep,
         Head {
