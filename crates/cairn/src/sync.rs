@@ -347,6 +347,9 @@ async fn run(
     push: bool,
 ) -> Result<SyncReport> {
     check_ids(local, remote)?;
+    if opts.batch_changes == 0 {
+        return Err(Error::invalid("batch_changes must be at least 1"));
+    }
     let start = Instant::now();
     let mut report = SyncReport {
         state: opts.state,
@@ -368,7 +371,7 @@ async fn run(
                 t.reconcile_rounds = d.rounds;
                 (t, rh)
             }
-            _ => transfer(remote, local, Direction::Pull, opts.state.pulled, opts).await?,
+            _ => transfer(remote, local, Direction::Pull, opts.state.pulled, rh, opts).await?,
         };
         report.pulled = t;
         report.state.pulled = Some(cursor);
@@ -381,7 +384,21 @@ async fn run(
                 t.reconcile_rounds = d.rounds;
                 (t, lh)
             }
-            _ => transfer(local, remote, Direction::Push, opts.state.pushed, opts).await?,
+            _ => {
+                // After a pull the local head has moved: scan up to the new
+                // one, so what was just pulled is examined now, not echoed
+                // back in the next sync.
+                let head = if pull { local.head().await? } else { lh };
+                transfer(
+                    local,
+                    remote,
+                    Direction::Push,
+                    opts.state.pushed,
+                    head,
+                    opts,
+                )
+                .await?
+            }
         };
         report.pushed = t;
         report.state.pushed = Some(cursor);
@@ -399,9 +416,6 @@ async fn transfer_ids(
     ids: Vec<ChangeId>,
     opts: &SyncOptions,
 ) -> Result<TransferReport> {
-    if opts.batch_changes == 0 {
-        return Err(Error::invalid("batch_changes must be at least 1"));
-    }
     let total = ids.len() as u64;
     let mut rep = TransferReport::default();
     emit(opts, SyncEvent::Started { direction, total });
@@ -463,12 +477,9 @@ async fn transfer(
     target: &dyn AppendOnlyStore,
     direction: Direction,
     cursor: Option<Head>,
+    head: Head,
     opts: &SyncOptions,
 ) -> Result<(TransferReport, Head)> {
-    if opts.batch_changes == 0 {
-        return Err(Error::invalid("batch_changes must be at least 1"));
-    }
-    let head = source.head().await?;
     // A cursor from another epoch (the source was reset) or from the future
     // is useless: start over. Appends are idempotent, so this is safe.
     let mut after = usable(cursor, &head).unwrap_or(0);
