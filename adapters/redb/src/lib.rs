@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use cairn::tail::{SeqWatch, tail};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Bytes, Capabilities, Change, ChangeId, ChangeMeta,
-    ChangeStream, Digest, DocId, Error, Fingerprint, FingerprintBuckets, Head, IdRange, Limits,
+    ChangeStream, DocId, Error, Fingerprint, FingerprintBuckets, Head, IdRange, Limits,
     RangeSummary, Result, ScanItem, StoreId,
 };
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
@@ -370,19 +370,9 @@ fn get_change(
         return Ok(None);
     };
     let (seq, meta) = schema::decode_change_value(id, value.value())?;
-    let payload = payloads
-        .get(seq)
-        .map_err(map)?
-        .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
-    let payload = payload.value();
-    if payload.len() as u64 != meta.payload_len || Digest::of(payload) != meta.payload_hash {
-        return Err(corrupt(format!(
-            "payload of {} does not match its hash",
-            meta.id
-        )));
-    }
+    let payload = schema::verified_payload(payloads, seq, &meta)?;
     Ok(Some(Change {
-        payload: Bytes::copy_from_slice(payload),
+        payload: Bytes::copy_from_slice(payload.value()),
         meta,
     }))
 }

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use cairn::{ChangeId, ChangeMeta, Digest, Error, Result, StoreId};
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableError,
+    AccessGuard, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableError,
 };
 
 use crate::error::{corrupt, map};
@@ -215,6 +215,27 @@ pub(crate) fn decode_change_value(key: &[u8; 32], value: &[u8]) -> Result<(u64, 
     Ok((seq, meta))
 }
 
+/// The payload stored at `seq` for `meta`, checked against its length and
+/// hash.
+pub(crate) fn verified_payload<'a, T: ReadableTable<u64, &'static [u8]>>(
+    payloads: &'a T,
+    seq: u64,
+    meta: &ChangeMeta,
+) -> Result<AccessGuard<'a, &'static [u8]>> {
+    let payload = payloads
+        .get(seq)
+        .map_err(map)?
+        .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
+    let bytes = payload.value();
+    if bytes.len() as u64 != meta.payload_len || Digest::of(bytes) != meta.payload_hash {
+        return Err(corrupt(format!(
+            "payload of {} does not match its hash",
+            meta.id
+        )));
+    }
+    Ok(payload)
+}
+
 /// What [`RedbStore::check_consistency`](crate::RedbStore::check_consistency)
 /// verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,17 +296,7 @@ pub(crate) fn check(
                 meta.id
             )));
         }
-        let payload = payloads
-            .get(seq)
-            .map_err(map)?
-            .ok_or_else(|| corrupt(format!("payload of {} is missing", meta.id)))?;
-        let payload = payload.value();
-        if payload.len() as u64 != meta.payload_len || Digest::of(payload) != meta.payload_hash {
-            return Err(corrupt(format!(
-                "payload of {} does not match its hash",
-                meta.id
-            )));
-        }
+        verified_payload(&payloads, seq, &meta)?;
         report.payload_bytes += meta.payload_len;
         let indexed = docs
             .get((meta.doc_id.as_str(), seq))
