@@ -73,9 +73,6 @@ pub struct Database {
     options: DbOptions,
 }
 
-type Edit<'a> =
-    Box<dyn FnOnce(&mut AutoCommit) -> std::result::Result<(), AutomergeError> + Send + 'a>;
-
 impl Database {
     pub(crate) fn new(
         tenant: Tenant,
@@ -134,10 +131,6 @@ impl Database {
         doc_id: &DocId,
         edit: impl FnOnce(&mut AutoCommit) -> std::result::Result<(), AutomergeError> + Send,
     ) -> Result<Vec<ChangeId>> {
-        self.update_boxed(doc_id, Box::new(edit)).await
-    }
-
-    async fn update_boxed(&self, doc_id: &DocId, edit: Edit<'_>) -> Result<Vec<ChangeId>> {
         let mut loaded = self.load(doc_id).await?;
         let before = loaded.doc.get_heads();
         edit(&mut loaded.doc)?;
@@ -326,16 +319,20 @@ impl Database {
     /// deleted), sorted. Reads metadata only.
     pub async fn list(&self) -> Result<Vec<DocId>> {
         let mut docs: BTreeMap<DocId, (bool, bool)> = BTreeMap::new();
-        for m in self.store.find_new_changes(&[]).await? {
+        // A page at a time: memory holds the document list, not every change.
+        cairn::scan_all(self.store.as_ref(), |m| {
             if !m.signature_valid() || !self.tenant.is_trusted(&m.author) {
-                continue;
+                return;
             }
-            let e = docs.entry(m.doc_id.clone()).or_default();
-            match m.kind {
-                ChangeKind::Delete => e.1 = true,
-                _ => e.0 = true,
+            let deleted = m.kind == ChangeKind::Delete;
+            let e = docs.entry(m.doc_id).or_default();
+            if deleted {
+                e.1 = true;
+            } else {
+                e.0 = true;
             }
-        }
+        })
+        .await?;
         Ok(docs
             .into_iter()
             .filter_map(|(d, (exists, deleted))| (exists && !deleted).then_some(d))

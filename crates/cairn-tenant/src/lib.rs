@@ -85,7 +85,8 @@ pub struct Tenant {
 struct TenantInner {
     id: String,
     admin: cairn::AuthorId,
-    keys: RwLock<KeyRing>,
+    /// Replaced whole on rotation, so readers take a cheap snapshot.
+    keys: RwLock<Arc<KeyRing>>,
     directory_store: Arc<DynAppendOnlyStore>,
     directory: RwLock<Directory>,
 }
@@ -109,7 +110,7 @@ impl Tenant {
             inner: Arc::new(TenantInner {
                 id: config.id,
                 admin: config.admin,
-                keys: RwLock::new(config.keys),
+                keys: RwLock::new(Arc::new(config.keys)),
                 directory_store,
                 directory: RwLock::new(Directory::new(config.admin)),
             }),
@@ -128,7 +129,7 @@ impl Tenant {
         TenantConfig {
             id: self.inner.id.clone(),
             admin: self.inner.admin,
-            keys: self.keys(),
+            keys: KeyRing::clone(&self.keys()),
         }
     }
 
@@ -146,12 +147,13 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    pub(crate) fn keys(&self) -> KeyRing {
+    /// A snapshot of the key ring (an `Arc` clone, not a copy of the keys).
+    pub(crate) fn keys(&self) -> Arc<KeyRing> {
         self.inner
             .keys
             .read()
-            .map(|k| k.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn is_trusted(&self, author: &cairn::AuthorId) -> bool {
@@ -166,7 +168,7 @@ impl Tenant {
     /// it; old ones keep opening. Share [`Tenant::config`] again afterwards.
     pub fn rotate_key(&self, key_id: &KeyId) -> Result<u32> {
         let mut keys = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
-        keys.rotate(key_id)
+        Arc::make_mut(&mut *keys).rotate(key_id)
     }
 
     /// Admit a user's signing key. Only the admin can.
