@@ -49,7 +49,6 @@ fn map_redb(e: redb::Error) -> Error {
             true,
             "the database file is already open (by this process or another)",
         ),
-        other @ (R::PreviousIo | R::TransactionPoisoned) => Error::backend(STORE, false, other),
         other => Error::backend(STORE, false, other),
     }
 }

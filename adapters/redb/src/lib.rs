@@ -220,7 +220,7 @@ impl RedbStore {
         }
         let db = Arc::new(builder.create(&path).map_err(map)?);
         let opened = schema::open_or_init(&db, &store_id)?;
-        let loaded = schema::load_buckets_replayed(&db.begin_read().map_err(map)?, opened.head)?;
+        let loaded = schema::load_buckets(&db.begin_read().map_err(map)?, opened.head)?;
         let buckets = Arc::new(RwLock::new(loaded.buckets));
         let watch = Arc::new(SeqWatch::new(opened.head));
         let counters = Arc::new(Counters::default());
@@ -328,15 +328,17 @@ impl Inner {
         self.db.begin_read().map_err(map)
     }
 
+    /// Up to `limit` changes after `after`, in arrival order.
     fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let rtx = self.read_txn()?;
         let seqs = rtx.open_table(SEQS).map_err(map)?;
         let changes = rtx.open_table(CHANGES).map_err(map)?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for entry in seqs.range(after.saturating_add(1)..).map_err(map)? {
+        for entry in seqs
+            .range(after.saturating_add(1)..)
+            .map_err(map)?
+            .take(limit)
+        {
             let (k, v) = entry.map_err(map)?;
             let meta = get_meta(&changes, v.value())?
                 .ok_or_else(|| corrupt(format!("seq {} points to a missing change", k.value())))?;
@@ -344,9 +346,6 @@ impl Inner {
                 seq: k.value(),
                 meta,
             });
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(out)
     }

@@ -338,7 +338,7 @@ pub(crate) fn check(
     for entry in changes.iter().map_err(map)? {
         want.add(&ChangeId::from_bytes(*entry.map_err(map)?.0.value()));
     }
-    if load_buckets(rtx, head)? != want {
+    if load_buckets(rtx, head)?.buckets != want {
         return Err(corrupt("bucket fingerprints disagree with the stored ids"));
     }
     Ok((report, want))
@@ -355,14 +355,7 @@ pub(crate) fn decode_bucket(bytes: &[u8]) -> Result<cairn::Fingerprint> {
     Ok(cairn::Fingerprint::from_bytes(arr))
 }
 
-/// The bucket fingerprints as of `head`: the checkpoint in `buckets`, plus
-/// the ids appended after it, replayed from `seqs` (bounded by the
-/// checkpoint interval, not the store).
-pub(crate) fn load_buckets(rtx: &ReadTransaction, head: u64) -> Result<cairn::FingerprintBuckets> {
-    Ok(load_buckets_replayed(rtx, head)?.buckets)
-}
-
-/// Bucket fingerprints loaded by [`load_buckets_replayed`].
+/// Bucket fingerprints loaded by [`load_buckets`].
 pub(crate) struct LoadedBuckets {
     /// As of the head.
     pub(crate) buckets: cairn::FingerprintBuckets,
@@ -372,9 +365,11 @@ pub(crate) struct LoadedBuckets {
     pub(crate) replayed: u64,
 }
 
-/// Like [`load_buckets`], also saying what the replay changed, so the
-/// writer's next checkpoint includes it.
-pub(crate) fn load_buckets_replayed(rtx: &ReadTransaction, head: u64) -> Result<LoadedBuckets> {
+/// The bucket fingerprints as of `head`: the checkpoint in `buckets`, plus
+/// the ids appended after it, replayed from `seqs` (bounded by the
+/// checkpoint interval, not the store). Also says what the replay changed,
+/// so the writer's next checkpoint includes it.
+pub(crate) fn load_buckets(rtx: &ReadTransaction, head: u64) -> Result<LoadedBuckets> {
     let meta = rtx.open_table(META).map_err(map)?;
     let at = meta
         .get(KEY_BUCKETS_SEQ)
