@@ -98,9 +98,9 @@ impl Link {
         self.hello.max_frame.max(MIN_MAX_FRAME)
     }
 
-    /// Send one request on its own stream; wait for the whole response.
-    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
-        let want = request.expected_response();
+    /// Send `request` on a stream of its own and read the first message
+    /// back; the stream and its decoder stay open for what follows.
+    async fn start(&self, request: Request) -> Result<(quinn::RecvStream, FrameDecoder, Message)> {
         let bytes = encode(
             &Message::Request {
                 id: 1,
@@ -112,17 +112,15 @@ impl Link {
         write(&mut send, &bytes).await?;
         let _ = send.finish();
         let mut dec = FrameDecoder::new(self.max_frame);
-        match read_message(&mut recv, &mut dec).await? {
-            Message::Response { body, .. } => match body {
-                Response::Error(e) => Err(e.into_error()),
-                body if body.type_byte() == want => Ok(body),
-                body => Err(Error::Protocol {
-                    reason: format!(
-                        "response type {:#04x} to a request expecting {want:#04x}",
-                        body.type_byte()
-                    ),
-                }),
-            },
+        let first = read_message(&mut recv, &mut dec).await?;
+        Ok((recv, dec, first))
+    }
+
+    /// Send one request on its own stream; wait for the whole response.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
+        let want = request.expected_response();
+        match self.start(request).await?.2 {
+            Message::Response { body, .. } => body.expecting(want),
             other => Err(Error::Protocol {
                 reason: format!("expected a response, got type {:#04x}", other.type_byte()),
             }),
@@ -131,18 +129,8 @@ impl Link {
 
     /// Open a subscription stream; returns once the server confirmed it.
     pub(crate) async fn subscribe(&self) -> Result<Subscription> {
-        let bytes = encode(
-            &Message::Request {
-                id: 1,
-                body: Request::Subscribe,
-            },
-            self.send_limit(),
-        )?;
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-        write(&mut send, &bytes).await?;
-        let _ = send.finish();
-        let mut dec = FrameDecoder::new(self.max_frame);
-        match read_message(&mut recv, &mut dec).await? {
+        let (recv, dec, first) = self.start(Request::Subscribe).await?;
+        match first {
             Message::Response {
                 body: Response::Done,
                 ..

@@ -11,6 +11,24 @@ use cairn::{
 use crate::error::WireError;
 use crate::message::{Message, Request, Response};
 
+impl Response {
+    /// The answer to a request whose response type is `want`
+    /// ([`Request::expected_response`]): an error response becomes its
+    /// error, a response of another type [`Error::Protocol`].
+    pub fn expecting(self, want: u8) -> Result<Response> {
+        match self {
+            Response::Error(e) => Err(e.into_error()),
+            body if body.type_byte() == want => Ok(body),
+            body => Err(Error::Protocol {
+                reason: format!(
+                    "response type {:#04x} to a request expecting {want:#04x}",
+                    body.type_byte()
+                ),
+            }),
+        }
+    }
+}
+
 /// What the [`Correlator`] made of an incoming message.
 #[derive(Debug)]
 pub enum Incoming<T> {
@@ -113,19 +131,10 @@ impl<T> Correlator<T> {
             } => Incoming::ConnectionError(e.into_error()),
             Message::Response { id, body } => match self.pending.remove(&id) {
                 None => Incoming::Unsolicited(id),
-                Some((want, waiter)) => {
-                    let result = match body {
-                        Response::Error(e) => Err(e.into_error()),
-                        body if body.type_byte() == want => Ok(body),
-                        body => Err(Error::Protocol {
-                            reason: format!(
-                                "response type {:#04x} to a request expecting {want:#04x}",
-                                body.type_byte()
-                            ),
-                        }),
-                    };
-                    Incoming::Response { waiter, result }
-                }
+                Some((want, waiter)) => Incoming::Response {
+                    waiter,
+                    result: body.expecting(want),
+                },
             },
             Message::Notify {
                 subscription,
