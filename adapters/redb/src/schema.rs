@@ -179,13 +179,12 @@ fn be_u64(b: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// Encode a `CHANGES` value.
-pub(crate) fn encode_change_value(seq: u64, meta: &ChangeMeta) -> Vec<u8> {
-    let rec = cairn::encoding::encode_meta(meta);
-    let mut v = Vec::with_capacity(8 + rec.len());
-    v.extend_from_slice(&seq.to_be_bytes());
-    v.extend_from_slice(&rec);
-    v
+/// Encode a `CHANGES` value into `out` (cleared first, so the writer reuses
+/// one buffer).
+pub(crate) fn encode_change_value(seq: u64, meta: &ChangeMeta, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&cairn::encoding::encode_meta(meta));
 }
 
 /// Decode a `CHANGES` value stored under `key`; the id is recomputed and

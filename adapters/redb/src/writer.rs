@@ -326,6 +326,7 @@ impl Writer {
         let committed = self.buckets.read().unwrap_or_else(|e| e.into_inner());
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut value = Vec::new();
         for job in jobs {
             let mut out = AppendOutcome {
                 new: Vec::with_capacity(job.batch.len()),
@@ -341,7 +342,8 @@ impl Writer {
                     continue;
                 }
                 head += 1;
-                changes.insert(key, schema::encode_change_value(head, &c.meta).as_slice())?;
+                schema::encode_change_value(head, &c.meta, &mut value);
+                changes.insert(key, value.as_slice())?;
                 payloads.insert(head, &c.payload[..])?;
                 seqs.insert(head, key)?;
                 docs.insert((c.meta.doc_id.as_str(), head), key)?;
