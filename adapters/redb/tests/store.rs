@@ -135,39 +135,23 @@ async fn other_schema_version_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn a_redb_file_that_is_not_a_cairn_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("foreign.redb");
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let w = db.begin_write().unwrap();
+    // A foreign table, and a `meta` table with other types.
+    for table in ["stuff", "meta"] {
+        let path = dir.path().join(format!("foreign-{table}.redb"));
         {
-            let mut t = w
-                .open_table(redb::TableDefinition::<u64, u64>::new("stuff"))
-                .unwrap();
-            t.insert(1, 2).unwrap();
+            let db = redb::Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w
+                    .open_table(redb::TableDefinition::<u64, u64>::new(table))
+                    .unwrap();
+                t.insert(1, 2).unwrap();
+            }
+            w.commit().unwrap();
         }
-        w.commit().unwrap();
+        let r = RedbStore::open(&path, sid()).await;
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{table}: {r:?}");
     }
-    assert!(matches!(
-        RedbStore::open(&path, sid()).await,
-        Err(Error::Corrupt { .. })
-    ));
-    // A `meta` table with other types is refused too.
-    let path = dir.path().join("foreign-meta.redb");
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut t = w
-                .open_table(redb::TableDefinition::<u64, u64>::new("meta"))
-                .unwrap();
-            t.insert(1, 2).unwrap();
-        }
-        w.commit().unwrap();
-    }
-    assert!(matches!(
-        RedbStore::open(&path, sid()).await,
-        Err(Error::Corrupt { .. })
-    ));
 }
 
 #[tokio::test]
