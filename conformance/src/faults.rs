@@ -35,6 +35,8 @@ pub struct FailingStore {
     pub max_get_bytes: AtomicU64,
     /// Calls to `get_changes`.
     pub get_calls: AtomicU64,
+    /// A change served with one payload bit flipped (a corrupt transfer).
+    tampered: Option<ChangeId>,
 }
 
 impl FailingStore {
@@ -48,7 +50,14 @@ impl FailingStore {
             max_get_ids: AtomicU64::new(0),
             max_get_bytes: AtomicU64::new(0),
             get_calls: AtomicU64::new(0),
+            tampered: None,
         }
+    }
+
+    /// Serve `id` from `get_changes` with its first payload bit flipped.
+    pub fn tamper(mut self, id: ChangeId) -> Self {
+        self.tampered = Some(id);
+        self
     }
 
     /// A wrapper that never fails, only records.
@@ -98,7 +107,14 @@ impl AppendOnlyStore for FailingStore {
         self.get_calls.fetch_add(1, Ordering::SeqCst);
         self.max_get_ids
             .fetch_max(ids.len() as u64, Ordering::SeqCst);
-        let out = self.inner.get_changes(ids).await?;
+        let mut out = self.inner.get_changes(ids).await?;
+        for c in out.iter_mut().filter(|c| Some(c.id()) == self.tampered) {
+            let mut p = c.payload.to_vec();
+            if let Some(b) = p.first_mut() {
+                *b ^= 1;
+            }
+            c.payload = p.into();
+        }
         let bytes: u64 = out.iter().map(|c| c.payload.len() as u64).sum();
         self.max_get_bytes.fetch_max(bytes, Ordering::SeqCst);
         Ok(out)

@@ -133,6 +133,7 @@ macro_rules! __for_each_case {
             sync::stale_cursor_from_other_epoch_restarts,
             sync::reconciliation_sync_transfers_only_the_difference,
             sync::first_pull_into_an_empty_store_scans_in_bounded_batches,
+            sync::tampered_change_in_transit_is_rejected_rest_arrive,
             interrupted::interrupted_pull_resumes_without_loss_or_duplicates,
             interrupted::interrupted_push_resumes_without_loss_or_duplicates,
             bad_input::tampered_payload_is_rejected_and_store_unchanged,

@@ -430,3 +430,31 @@ pub async fn first_pull_into_an_empty_store_scans_in_bounded_batches(
     );
     Ok(Outcome::Passed)
 }
+
+/// A change that fails its integrity check on the way (the source serves a
+/// tampered copy) is rejected and reported; the rest of its batch arrives.
+pub async fn tampered_change_in_transit_is_rejected_rest_arrive(
+    f: &dyn StoreFactory,
+) -> CaseResult {
+    let local = f.create(&sid()).await?;
+    let remote_store = f.create(&sid()).await?;
+    let batch = chain(&doc("r"), 6, 32);
+    remote_store.append(batch.clone()).await?;
+    let bad = batch[3].id();
+    let remote = FailingStore::recording(remote_store).tamper(bad);
+    let r = pull(local.as_ref(), &remote, &SyncOptions::default()).await?;
+    ensure_eq!(r.pulled.changes, 5, "the five intact changes arrive");
+    ensure_eq!(r.pulled.rejected.len(), 1, "the tampered one is reported");
+    ensure_eq!(r.pulled.rejected[0].id, bad, "the right change is rejected");
+    ensure!(
+        matches!(r.pulled.rejected[0].reason, RejectReason::Integrity(_)),
+        "for integrity: {:?}",
+        r.pulled.rejected[0].reason
+    );
+    ensure!(
+        !local.has_changes(&[bad]).await?[0],
+        "the tampered change is not stored"
+    );
+    check_store(local.as_ref()).await?;
+    Ok(Outcome::Passed)
+}

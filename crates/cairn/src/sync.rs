@@ -32,7 +32,7 @@ use crate::graph;
 use crate::ids::ChangeId;
 use crate::reconcile::{self, ReconcileOptions};
 use crate::record::{Change, ChangeMeta};
-use crate::store::{AppendOnlyStore, Head, ScanItem};
+use crate::store::{AppendOnlyStore, AppendOutcome, Head, ScanItem};
 use crate::verify::{AcceptAll, RejectReason, Verifier};
 
 /// Which way changes flow.
@@ -582,23 +582,61 @@ async fn apply_page(
             in_flight = next;
             continue;
         }
-        let bytes: u64 = accept.iter().map(|c| c.payload.len() as u64).sum();
         let out = match next {
             Some(next) => {
-                let (out, prefetched) = futures::future::join(target.append(accept), next).await;
+                let (out, prefetched) =
+                    futures::future::join(append_checked(target, accept, rep), next).await;
                 in_flight = Some(Box::pin(futures::future::ready(prefetched)));
                 out?
             }
-            None => target.append(accept).await?,
+            None => append_checked(target, accept, rep).await?,
         };
         rep.changes += out.new.len() as u64;
-        rep.bytes += bytes;
     }
     Ok(())
 }
 
-/// Check fetched changes: every id asked must be there; integrity and the
-/// verifier decide what is accepted; refusals are recorded.
+/// Append `batch`, whose integrity the target checks anyway (every store
+/// runs `prepare_batch`), so it is not hashed twice. Only if the target
+/// refuses the batch for integrity is each change checked here: the bad
+/// ones are reported as rejected and the rest appended.
+async fn append_checked(
+    target: &dyn AppendOnlyStore,
+    batch: Vec<Change>,
+    rep: &mut TransferReport,
+) -> Result<AppendOutcome> {
+    let bytes: u64 = batch.iter().map(|c| c.payload.len() as u64).sum();
+    // The clone shares the payloads (`Bytes`); it keeps the batch for the
+    // rare fallback, and costs far less than hashing every change twice.
+    match target.append(batch.clone()).await {
+        Ok(out) => {
+            rep.bytes += bytes;
+            Ok(out)
+        }
+        Err(Error::Integrity { .. }) => {
+            let mut good = Vec::with_capacity(batch.len());
+            for c in batch {
+                match c.check_integrity() {
+                    Ok(()) => good.push(c),
+                    Err(e) => rep.rejected.push(Rejected {
+                        id: c.id(),
+                        reason: RejectReason::Integrity(e.to_string()),
+                    }),
+                }
+            }
+            rep.bytes += good.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+            if good.is_empty() {
+                return Ok(AppendOutcome::default());
+            }
+            target.append(good).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Check fetched changes: every id asked must be there, and the verifier
+/// decides what is accepted (integrity is checked by the target's append,
+/// see [`append_checked`]); refusals are recorded.
 fn screen(
     ids: &[ChangeId],
     fetched: Vec<Change>,
@@ -609,13 +647,6 @@ fn screen(
     let mut got = std::collections::HashSet::with_capacity(fetched.len());
     for c in fetched {
         if !got.insert(c.id()) {
-            continue;
-        }
-        if let Err(e) = c.check_integrity() {
-            rep.rejected.push(Rejected {
-                id: c.id(),
-                reason: RejectReason::Integrity(e.to_string()),
-            });
             continue;
         }
         if let Err(reason) = opts.verifier.verify(&c.meta) {
