@@ -29,7 +29,8 @@ pub use verify::{AcceptAll, RejectReason, RequireSignature, TrustedAuthors, Veri
 pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;
 
-/// `N` random bytes from the operating system.
+/// `N` random bytes for identifiers that need to be unique, not secret
+/// (document ids, epochs). Keys never use this: see `Keypair::generate`.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     if getrandom::fill(&mut out).is_err() {

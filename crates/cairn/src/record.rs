@@ -214,8 +214,24 @@ impl fmt::Debug for Keypair {
 
 impl Keypair {
     /// A fresh key pair from the operating system's random source.
+    ///
+    /// # Panics
+    /// If the operating system has no working random source. A key derived
+    /// from anything weaker would be guessable, so there is no fallback; use
+    /// [`Keypair::try_generate`] to get an error instead.
     pub fn generate() -> Self {
-        Keypair(SigningKey::from_bytes(&crate::random_bytes::<32>()))
+        Self::try_generate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fresh key pair, or an error if the OS random source fails.
+    pub fn try_generate() -> Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "the operating system's random source failed: {e}"
+            )))
+        })?;
+        Ok(Keypair(SigningKey::from_bytes(&seed)))
     }
 
     /// The key pair for a 32-byte secret seed.
