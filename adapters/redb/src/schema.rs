@@ -14,7 +14,7 @@ use redb::{
 use crate::error::{corrupt, map};
 
 /// The layout version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// Marks a redb file as a Cairn store.
 pub(crate) const FORMAT: &[u8] = b"cairn-redb";
@@ -24,7 +24,8 @@ pub(crate) const CHANGES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::n
 /// seq → payload bytes. Keyed by sequence number, not id, so appends write
 /// payloads at the right edge of the tree instead of into random leaves.
 pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
-/// seq → id: local arrival order, `1..=head` with no gaps.
+/// seq → id: local arrival order, `1..=head` with no gaps; the last key is
+/// the head sequence number.
 pub(crate) const SEQS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("seqs");
 /// (doc id, seq) → id: the per-document index, in arrival order per document.
 pub(crate) const DOCS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("docs");
@@ -45,8 +46,6 @@ pub(crate) const KEY_SCHEMA: &str = "schema_version";
 pub(crate) const KEY_STORE_ID: &str = "store_id";
 /// u64 big-endian, random at creation.
 pub(crate) const KEY_EPOCH: &str = "epoch";
-/// u64 big-endian, the highest sequence number (= number of changes).
-pub(crate) const KEY_HEAD: &str = "head_seq";
 /// u64 big-endian: the sequence number the `buckets` table reflects.
 pub(crate) const KEY_BUCKETS_SEQ: &str = "buckets_seq";
 /// u64 big-endian, milliseconds since the Unix epoch, informational.
@@ -111,7 +110,6 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
         });
     }
     let epoch = be_u64(&get(KEY_EPOCH)?, "epoch")?;
-    let head = be_u64(&get(KEY_HEAD)?, "head seq")?;
 
     // Cheap structural checks (redb keeps table lengths in the tree headers,
     // and `last` walks one path): catch a file that is not what it claims
@@ -120,6 +118,7 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
     let payloads = rtx.open_table(PAYLOADS).map_err(map)?;
     let seqs = rtx.open_table(SEQS).map_err(map)?;
     let docs = rtx.open_table(DOCS).map_err(map)?;
+    let head = last_seq(&seqs)?;
     let lens = [
         ("changes", changes.len().map_err(map)?),
         ("payloads", payloads.len().map_err(map)?),
@@ -129,15 +128,9 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
     for (name, len) in lens {
         if len != head {
             return Err(corrupt(format!(
-                "table `{name}` holds {len} entries but the head sequence is {head}"
+                "table `{name}` holds {len} entries but the last sequence number is {head}"
             )));
         }
-    }
-    let last = seqs.last().map_err(map)?.map(|(k, _)| k.value());
-    if last.unwrap_or(0) != head {
-        return Err(corrupt(format!(
-            "last sequence number is {last:?} but the head sequence is {head}"
-        )));
     }
     Ok(Opened { epoch, head })
 }
@@ -161,8 +154,6 @@ fn init(db: &Database, store_id: &StoreId) -> Result<Opened> {
             .map_err(map)?;
         meta.insert(KEY_EPOCH, &epoch.to_be_bytes()[..])
             .map_err(map)?;
-        meta.insert(KEY_HEAD, &0u64.to_be_bytes()[..])
-            .map_err(map)?;
         meta.insert(KEY_BUCKETS_SEQ, &0u64.to_be_bytes()[..])
             .map_err(map)?;
         meta.insert(KEY_CREATED_AT, &cairn::now_millis().to_be_bytes()[..])
@@ -170,6 +161,11 @@ fn init(db: &Database, store_id: &StoreId) -> Result<Opened> {
     }
     wtx.commit().map_err(map)?;
     Ok(Opened { epoch, head: 0 })
+}
+
+/// The head sequence number: the last key of `seqs`, 0 when empty.
+fn last_seq<T: ReadableTable<u64, &'static [u8; 32]>>(seqs: &T) -> Result<u64> {
+    Ok(seqs.last().map_err(map)?.map_or(0, |(k, _)| k.value()))
 }
 
 fn be_u64(b: &[u8], what: &str) -> Result<u64> {
@@ -246,7 +242,7 @@ pub struct ConsistencyReport {
     pub docs: u64,
     /// Sum of payload lengths.
     pub payload_bytes: u64,
-    /// The head sequence number recorded in the meta table.
+    /// The head sequence number (the last key of the `seqs` table).
     pub head_seq: u64,
 }
 
@@ -254,17 +250,11 @@ pub struct ConsistencyReport {
 pub(crate) fn check(
     rtx: &ReadTransaction,
 ) -> Result<(ConsistencyReport, cairn::FingerprintBuckets)> {
-    let meta = rtx.open_table(META).map_err(map)?;
-    let head = meta
-        .get(KEY_HEAD)
-        .map_err(map)?
-        .map(|v| be_u64(v.value(), "head seq"))
-        .transpose()?
-        .ok_or_else(|| corrupt("meta table lacks the head sequence"))?;
     let changes = rtx.open_table(CHANGES).map_err(map)?;
     let payloads = rtx.open_table(PAYLOADS).map_err(map)?;
     let seqs = rtx.open_table(SEQS).map_err(map)?;
     let docs = rtx.open_table(DOCS).map_err(map)?;
+    let head = last_seq(&seqs)?;
 
     let mut report = ConsistencyReport {
         head_seq: head,
@@ -314,18 +304,19 @@ pub(crate) fn check(
     }
     if report.changes != head {
         return Err(corrupt(format!(
-            "{} sequence entries but the head sequence is {head}",
+            "{} sequence entries but the last sequence number is {head}",
             report.changes
         )));
     }
     for (name, len) in [
         ("changes", changes.len().map_err(map)?),
         ("payloads", payloads.len().map_err(map)?),
+        ("seqs", seqs.len().map_err(map)?),
         ("docs", docs.len().map_err(map)?),
     ] {
         if len != head {
             return Err(corrupt(format!(
-                "table `{name}` holds {len} entries but the head sequence is {head}"
+                "table `{name}` holds {len} entries but the last sequence number is {head}"
             )));
         }
     }

@@ -22,9 +22,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::error::{corrupt, map, map_shared, panic_message};
-use crate::schema::{
-    self, BUCKETS, CHANGES, DOCS, KEY_BUCKETS_SEQ, KEY_HEAD, META, PAYLOADS, SEQS,
-};
+use crate::schema::{self, BUCKETS, CHANGES, DOCS, KEY_BUCKETS_SEQ, META, PAYLOADS, SEQS};
 
 /// Most changes merged into one group commit; a single batch larger than
 /// this still commits alone.
@@ -355,10 +353,6 @@ impl Writer {
                 out.new.push(id);
             }
             outcomes.push(out);
-        }
-        if head != self.head {
-            let mut meta = wtx.open_table(META)?;
-            meta.insert(KEY_HEAD, &head.to_be_bytes()[..])?;
         }
         Ok(Written {
             outcomes,
