@@ -30,28 +30,43 @@ impl StoreFactory for Factory {
     }
 
     async fn create(&self, store_id: &StoreId) -> Result<Arc<DynAppendOnlyStore>> {
-        let server_key = Keypair::generate();
-        let client_key = Keypair::generate();
-        let backing = Arc::new(MemoryStore::new(store_id.clone()));
-        let server = QuicServer::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &server_key,
-            Arc::new(Stores::new().with(backing)),
-            Arc::new(Acl::new().allow(store_id, client_key.author(), Permission::ReadWrite)),
-            ServerOptions::default(),
-        )?;
-        let cache = Arc::new(MemoryStore::new(store_id.clone()));
-        let store = QuicStore::new(
-            cache,
-            server.local_addr(),
-            server.peer_id(),
-            &client_key,
-            QuicStoreOptions::default(),
-        )?;
-        store.wait_connected(Duration::from_secs(20)).await?;
-        self.servers.lock().unwrap().push(server);
-        Ok(Arc::new(store))
+        serve(
+            &self.servers,
+            store_id,
+            Arc::new(MemoryStore::new(store_id.clone())),
+            Arc::new(MemoryStore::new(store_id.clone())),
+        )
+        .await
     }
+}
+
+/// A server for `backing`, read-write for a fresh client key, and a connected
+/// QuicStore caching in `cache`; the server is kept in `servers`.
+async fn serve(
+    servers: &Mutex<Vec<QuicServer>>,
+    store_id: &StoreId,
+    backing: Arc<DynAppendOnlyStore>,
+    cache: Arc<DynAppendOnlyStore>,
+) -> Result<Arc<DynAppendOnlyStore>> {
+    let server_key = Keypair::generate();
+    let client_key = Keypair::generate();
+    let server = QuicServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &server_key,
+        Arc::new(Stores::new().with(backing)),
+        Arc::new(Acl::new().allow(store_id, client_key.author(), Permission::ReadWrite)),
+        ServerOptions::default(),
+    )?;
+    let store = QuicStore::new(
+        cache,
+        server.local_addr(),
+        server.peer_id(),
+        &client_key,
+        QuicStoreOptions::default(),
+    )?;
+    store.wait_connected(Duration::from_secs(20)).await?;
+    servers.lock().unwrap().push(server);
+    Ok(Arc::new(store))
 }
 
 cairn_conformance::conformance_tests!(Factory::new());
@@ -92,25 +107,9 @@ mod on_redb {
         }
 
         async fn create(&self, store_id: &StoreId) -> Result<Arc<DynAppendOnlyStore>> {
-            let server_key = Keypair::generate();
-            let client_key = Keypair::generate();
-            let server = QuicServer::bind(
-                "127.0.0.1:0".parse().unwrap(),
-                &server_key,
-                Arc::new(Stores::new().with(self.redb(store_id).await?)),
-                Arc::new(Acl::new().allow(store_id, client_key.author(), Permission::ReadWrite)),
-                ServerOptions::default(),
-            )?;
-            let store = QuicStore::new(
-                self.redb(store_id).await?,
-                server.local_addr(),
-                server.peer_id(),
-                &client_key,
-                QuicStoreOptions::default(),
-            )?;
-            store.wait_connected(Duration::from_secs(20)).await?;
-            self.servers.lock().unwrap().push(server);
-            Ok(Arc::new(store))
+            let backing = self.redb(store_id).await?;
+            let cache = self.redb(store_id).await?;
+            serve(&self.servers, store_id, backing, cache).await
         }
     }
 
