@@ -105,6 +105,30 @@ async fn wait_count(store: &MemoryStore, n: u64) {
     }
 }
 
+/// Append each change on `from`, one at a time, and time it until `to`'s
+/// subscription yields it.
+async fn propagation<S: AppendOnlyStore>(
+    from: &S,
+    to: &MemoryStore,
+    live: Vec<Change>,
+) -> Vec<Duration> {
+    let mut sub = to.subscribe().await.unwrap();
+    let mut times = Vec::with_capacity(live.len());
+    for c in live {
+        let id = c.id();
+        let t = Instant::now();
+        from.append(vec![c]).await.unwrap();
+        let m = tokio::time::timeout(T, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.id, id);
+        times.push(t.elapsed());
+    }
+    times
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("CAIRN_BENCH_N")
@@ -225,20 +249,7 @@ async fn main() {
     let bc = Arc::new(MemoryStore::new(sid()));
     let b = rtc_store(bc.clone(), &kb);
     pair(&a, &b).await;
-    let live = changes(samples, 1024, 2);
-    let mut sub = bc.subscribe().await.unwrap();
-    let mut rtc_live = Vec::new();
-    for c in &live {
-        let t = Instant::now();
-        a.append(vec![c.clone()]).await.unwrap();
-        let m = tokio::time::timeout(T, sub.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.id, c.id());
-        rtc_live.push(t.elapsed());
-    }
+    let rtc_live = propagation(&a, &bc, changes(samples, 1024, 2)).await;
     a.close().await;
     b.close().await;
 
@@ -246,20 +257,7 @@ async fn main() {
     let srv = quic_server(backing.clone());
     let q = quic_store(&srv, Arc::new(MemoryStore::new(sid())));
     q.wait_connected(T).await.unwrap();
-    let live = changes(samples, 1024, 3);
-    let mut sub = backing.subscribe().await.unwrap();
-    let mut quic_live = Vec::new();
-    for c in &live {
-        let t = Instant::now();
-        q.append(vec![c.clone()]).await.unwrap();
-        let m = tokio::time::timeout(T, sub.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(m.id, c.id());
-        quic_live.push(t.elapsed());
-    }
+    let quic_live = propagation(&q, &backing, changes(samples, 1024, 3)).await;
     q.close().await;
     srv.shutdown().await;
     println!(
