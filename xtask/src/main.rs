@@ -17,25 +17,20 @@ const NEEDED: &[(&str, &str)] = &[
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => match test(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("setup") => match setup() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("setup") => setup(),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies"
             );
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
     }
@@ -83,12 +78,17 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn setup() -> Result<(), String> {
-    let missing: Vec<&str> = NEEDED
+/// The Debian packages of the `NEEDED` programs that are not installed.
+fn missing_packages() -> Vec<&'static str> {
+    NEEDED
         .iter()
         .filter(|(prog, _)| !present(prog))
         .map(|(_, pkg)| *pkg)
-        .collect();
+        .collect()
+}
+
+fn setup() -> Result<(), String> {
+    let missing = missing_packages();
     if !missing.is_empty() {
         if !is_root() {
             return Err(format!(
@@ -108,11 +108,7 @@ fn setup() -> Result<(), String> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        let still: Vec<&str> = NEEDED
-            .iter()
-            .filter(|(prog, _)| !present(prog))
-            .map(|(_, pkg)| *pkg)
-            .collect();
+        let still = missing_packages();
         if !still.is_empty() {
             return Err(format!("still missing after apt-get: {}", still.join(", ")));
         }
