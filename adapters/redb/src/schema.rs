@@ -261,6 +261,7 @@ pub(crate) fn check(
         ..ConsistencyReport::default()
     };
     let mut doc_names = HashSet::new();
+    let mut want = cairn::FingerprintBuckets::default();
     // Every seq 1..=head points to a change that records the same seq, whose
     // id matches its header, whose payload verifies, and that is indexed
     // under its document.
@@ -300,6 +301,7 @@ pub(crate) fn check(
         if !doc_names.contains(meta.doc_id.as_str()) {
             doc_names.insert(meta.doc_id.as_str().to_owned());
         }
+        want.add(&meta.id);
         report.changes += 1;
     }
     if report.changes != head {
@@ -323,11 +325,10 @@ pub(crate) fn check(
     // Same count and every change indexed under (its doc, its seq): the doc
     // index holds nothing else, since its keys are unique.
     report.docs = doc_names.len() as u64;
-    // The bucket checkpoint plus replay agrees with the ids.
-    let mut want = cairn::FingerprintBuckets::default();
-    for entry in changes.iter().map_err(map)? {
-        want.add(&ChangeId::from_bytes(*entry.map_err(map)?.0.value()));
-    }
+    // The bucket checkpoint plus replay agrees with the ids. `want` was
+    // built in the walk above: each seq's change records that seq, so the
+    // ids are distinct, and there are as many as `changes` holds, so they
+    // are exactly its keys.
     if load_buckets(rtx, head)?.buckets != want {
         return Err(corrupt("bucket fingerprints disagree with the stored ids"));
     }
