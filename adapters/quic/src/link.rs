@@ -98,9 +98,11 @@ impl Link {
         self.hello.max_frame.max(MIN_MAX_FRAME)
     }
 
-    /// Send `request` on a stream of its own and read the first message
-    /// back; the stream and its decoder stay open for what follows.
-    async fn start(&self, request: Request) -> Result<(quinn::RecvStream, FrameDecoder, Message)> {
+    /// Send `request` on a stream of its own and read its response (an
+    /// error response, or one of the wrong type, is an `Err`); the stream
+    /// and its decoder stay open for what follows.
+    async fn start(&self, request: Request) -> Result<(quinn::RecvStream, FrameDecoder, Response)> {
+        let want = request.expected_response();
         let bytes = encode(
             &Message::Request {
                 id: 1,
@@ -112,37 +114,23 @@ impl Link {
         write(&mut send, &bytes).await?;
         let _ = send.finish();
         let mut dec = FrameDecoder::new(self.max_frame);
-        let first = read_message(&mut recv, &mut dec).await?;
-        Ok((recv, dec, first))
-    }
-
-    /// Send one request on its own stream; wait for the whole response.
-    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
-        let want = request.expected_response();
-        match self.start(request).await?.2 {
-            Message::Response { body, .. } => body.expecting(want),
+        match read_message(&mut recv, &mut dec).await? {
+            Message::Response { body, .. } => Ok((recv, dec, body.expecting(want)?)),
             other => Err(Error::Protocol {
                 reason: format!("expected a response, got type {:#04x}", other.type_byte()),
             }),
         }
     }
 
+    /// Send one request on its own stream; wait for the whole response.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
+        Ok(self.start(request).await?.2)
+    }
+
     /// Open a subscription stream; returns once the server confirmed it.
     pub(crate) async fn subscribe(&self) -> Result<Subscription> {
-        let (recv, dec, first) = self.start(Request::Subscribe).await?;
-        match first {
-            Message::Response {
-                body: Response::Done,
-                ..
-            } => Ok(Subscription { recv, dec }),
-            Message::Response {
-                body: Response::Error(e),
-                ..
-            } => Err(e.into_error()),
-            other => Err(Error::Protocol {
-                reason: format!("expected DONE, got type {:#04x}", other.type_byte()),
-            }),
-        }
+        let (recv, dec, _done) = self.start(Request::Subscribe).await?;
+        Ok(Subscription { recv, dec })
     }
 }
 

@@ -201,11 +201,16 @@ impl Conn {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        match self.send_and_wait(msg, wrx).await? {
-            Response::Done => Ok(rx),
-            other => Err(Error::Protocol {
-                reason: format!("expected DONE, got type {:#04x}", other.type_byte()),
-            }),
+        // The correlator only lets a DONE answer through as success.
+        match self.send_and_wait(msg, wrx).await {
+            Ok(_done) => Ok(rx),
+            Err(e) => {
+                self.subs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                Err(e)
+            }
         }
     }
 
