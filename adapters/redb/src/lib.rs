@@ -280,10 +280,9 @@ impl RedbStore {
             let (report, want) = schema::check(&inner.read_txn()?)?;
             let live = inner.buckets.read().unwrap_or_else(|e| e.into_inner());
             if *live != want {
-                return Err(cairn::Error::Corrupt {
-                    store: "redb",
-                    reason: "in-memory bucket fingerprints disagree with the stored ids".into(),
-                });
+                return Err(corrupt(
+                    "in-memory bucket fingerprints disagree with the stored ids",
+                ));
             }
             Ok(report)
         })
