@@ -23,6 +23,14 @@ async fn real_store(path: &Path) -> Vec<Change> {
     all
 }
 
+/// The errors a damaged file may produce.
+fn typed(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Corrupt { .. } | Error::Io(_) | Error::Backend { .. }
+    )
+}
+
 /// What opening a damaged copy may do: fail with a typed error, or open and
 /// then either serve exactly the original data or report it as corrupt.
 /// Anything else (a panic, wrong data passing the check) fails the test.
@@ -30,36 +38,25 @@ async fn open_damaged(path: &Path, original: &[Change], verify: bool, what: &str
     let opts = RedbOptions::default().verify_on_open(verify);
     let store = match RedbStore::open_with(path, sid(), opts).await {
         Err(e) => {
-            assert!(
-                matches!(
-                    e,
-                    Error::Corrupt { .. } | Error::Io(_) | Error::Backend { .. }
-                ),
-                "{what}: unexpected error kind {e:?}"
-            );
+            assert!(typed(&e), "{what}: unexpected error kind {e:?}");
             return false;
         }
         Ok(store) => store,
     };
     match store.check_consistency().await {
         Err(e) => {
-            assert!(
-                matches!(
-                    e,
-                    Error::Corrupt { .. } | Error::Io(_) | Error::Backend { .. }
-                ),
-                "{what}: {e:?}"
-            );
+            assert!(typed(&e), "{what}: {e:?}");
         }
         Ok(report) => {
             // It claims to be intact: then it must be exactly the original.
             assert_eq!(report.changes, original.len() as u64, "{what}");
             let ids: Vec<_> = original.iter().map(|c| c.id()).collect();
-            if let Ok(got) = store.get_changes(&ids).await {
-                assert_eq!(
+            match store.get_changes(&ids).await {
+                Ok(got) => assert_eq!(
                     got, original,
                     "{what}: opened and passed the check but differs"
-                );
+                ),
+                Err(e) => assert!(typed(&e), "{what}: get_changes: {e:?}"),
             }
         }
     }
