@@ -497,8 +497,10 @@ impl AppendOnlyStore for RedbStore {
     }
 
     async fn find_new_changes(&self, have: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
-        let have: HashSet<ChangeId> = have.iter().copied().collect();
+        let have = have.to_vec();
         self.read(move |inner| {
+            // Hashed on the blocking pool: `have` may hold a whole store's ids.
+            let have: HashSet<ChangeId> = have.into_iter().collect();
             let rtx = inner.read_txn()?;
             let seqs = rtx.open_table(SEQS).map_err(map)?;
             let changes = rtx.open_table(CHANGES).map_err(map)?;
