@@ -70,8 +70,11 @@ pub trait Transport: Send + Sync {
 /// [`Transport`].
 ///
 /// - Reads answer from the cache; changes asked for by id that the cache
-///   lacks are fetched from the peers and cached (`get_changes`,
-///   `get_metas`, `has_changes`, see [`fetch_missing`]). Listing methods
+///   lacks are fetched from the peers, in order, and cached
+///   (`get_changes`, `get_metas`, `has_changes`). A peer failing with a
+///   retryable error (say a lost connection) is skipped, so reads answer
+///   from the cache while offline; a permanent error (unauthorized,
+///   integrity) is returned. Listing methods
 ///   (`scan`, `head`, `subscribe`, `find_new_changes`, `all_change_ids`, …)
 ///   describe the cache.
 /// - `append` refuses changes larger than the peers' frame limit, then
@@ -81,8 +84,6 @@ pub trait Transport: Send + Sync {
 ///
 /// A network store keeps one and forwards to it with
 /// [`forward_store!`](crate::forward_store).
-///
-/// [`fetch_missing`]: CacheFirst::fetch_missing
 pub struct CacheFirst<T: ?Sized> {
     cache: Arc<DynAppendOnlyStore>,
     transport: Arc<T>,
@@ -108,25 +109,15 @@ impl<T: Transport + ?Sized> CacheFirst<T> {
         &self.cache
     }
 
-    /// Fetch the changes among `ids` that the cache lacks from the peers,
-    /// in order, until none is missing, and cache them.
-    ///
-    /// A peer failing with a retryable error (say a lost connection) is
-    /// skipped, so reads answer from the cache while offline; a permanent
-    /// error (unauthorized, integrity) is returned.
-    pub async fn fetch_missing(&self, ids: &[ChangeId]) -> Result<()> {
+    /// Fetch `missing` (ids the cache was just found to lack) from the
+    /// peers, in order, until none is missing, and cache them.
+    async fn fetch_missing(&self, missing: impl Iterator<Item = ChangeId>) -> Result<()> {
         let remotes = self.transport.remotes();
         if remotes.is_empty() {
             return Ok(());
         }
-        let have = self.cache.has_changes(ids).await?;
         let mut seen = HashSet::new();
-        let mut missing: Vec<ChangeId> = ids
-            .iter()
-            .zip(have)
-            .filter(|(id, h)| !h && seen.insert(**id))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut missing: Vec<ChangeId> = missing.filter(|id| seen.insert(*id)).collect();
         for remote in &remotes {
             if missing.is_empty() {
                 break;
@@ -195,7 +186,9 @@ impl<T: Transport + ?Sized> AppendOnlyStore for CacheFirst<T> {
         if local.len() >= ids.len() {
             return Ok(local);
         }
-        self.fetch_missing(ids).await?;
+        let have: HashSet<ChangeId> = local.iter().map(|c| c.id()).collect();
+        self.fetch_missing(ids.iter().copied().filter(|id| !have.contains(id)))
+            .await?;
         self.cache.get_changes(ids).await
     }
 
@@ -204,7 +197,9 @@ impl<T: Transport + ?Sized> AppendOnlyStore for CacheFirst<T> {
         if local.len() >= ids.len() {
             return Ok(local);
         }
-        self.fetch_missing(ids).await?;
+        let have: HashSet<ChangeId> = local.iter().map(|m| m.id).collect();
+        self.fetch_missing(ids.iter().copied().filter(|id| !have.contains(id)))
+            .await?;
         self.cache.get_metas(ids).await
     }
 
@@ -213,7 +208,8 @@ impl<T: Transport + ?Sized> AppendOnlyStore for CacheFirst<T> {
         if local.iter().all(|h| *h) {
             return Ok(local);
         }
-        self.fetch_missing(ids).await?;
+        let missing = ids.iter().zip(&local).filter(|(_, h)| !**h);
+        self.fetch_missing(missing.map(|(id, _)| *id)).await?;
         self.cache.has_changes(ids).await
     }
 
