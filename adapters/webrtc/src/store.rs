@@ -559,14 +559,20 @@ impl Transport for Inner {
             .into_iter()
             .filter(|c| fresh.contains(&c.id()))
             .collect();
-        for conn in self.conns() {
-            if conn.roles & ROLE_SERVES == 0 {
-                continue;
-            }
-            if let Err(e) = conn.remote_append(fresh.clone()).await {
-                debug!(peer = %conn.peer, error = %e, "append kept locally; the peer pulls it later");
-            }
-        }
+        // To every serving peer at once: one round trip, not one per peer.
+        let pushes = self
+            .conns()
+            .into_iter()
+            .filter(|c| c.roles & ROLE_SERVES != 0)
+            .map(|conn| {
+                let fresh = fresh.clone();
+                async move {
+                    if let Err(e) = conn.remote_append(fresh).await {
+                        debug!(peer = %conn.peer, error = %e, "append kept locally; the peer pulls it later");
+                    }
+                }
+            });
+        futures::future::join_all(pushes).await;
         Ok(out)
     }
 }
