@@ -142,6 +142,8 @@ macro_rules! __for_each_case {
             bad_input::bad_change_poisons_whole_batch,
             bad_input::bad_signature_rejected_by_verifying_sync,
             bad_input::wrong_store_id_sync_is_refused,
+            integrity::stripped_signature_copy_cannot_shadow_the_genuine_change,
+            integrity::garbled_signature_copy_cannot_shadow_the_genuine_change,
             bad_input::oversized_batch_is_refused,
             bad_input::oversized_payload_is_refused,
             concurrency::concurrent_appends_lose_nothing,

@@ -54,22 +54,29 @@ class R {
 
 // ---- changes (docs/format.md) ----
 
-/** The canonical header of a change (everything the id covers). */
+/** The canonical header of a change (format v2: what the author signs). */
 export function header(m) {
-  const w = new W().u8(1).u8(m.kind).str16(m.doc).u32(m.deps.length);
+  const w = new W().u8(2).u8(m.kind).str16(m.doc).u32(m.deps.length);
   for (const d of m.deps) w.bytes(d);
   const key = enc.encode(m.keyId);
   return w.u64(m.createdAt).bytes(m.author).u8(key.length).bytes(key)
     .bytes(m.payloadHash).u64(m.payloadLen).done();
 }
 
-/** A new change; signed when `secretKey` is given. */
+const SIGNING_CONTEXT = enc.encode('cairn 2026 change v2 signing hash');
+
+/** The 32 bytes an author signs: blake3 key derivation of the header. */
+export const signingHash = (h) => blake3(h, { context: SIGNING_CONTEXT });
+
+/** A new change; signed when `secretKey` is given. The id is blake3 of the
+ * whole record (header and signature section), so it covers the signature. */
 export function makeChange({ kind = 1, doc, deps = [], createdAt, author, keyId = 'default', payload, secretKey }) {
   const m = { kind, doc, deps, createdAt, author, keyId, payloadHash: blake3(payload), payloadLen: payload.length };
   const h = header(m);
-  m.id = blake3(h);
-  m.signature = secretKey ? ed25519.sign(m.id, secretKey) : null;
+  m.signingHash = signingHash(h);
+  m.signature = secretKey ? ed25519.sign(m.signingHash, secretKey) : null;
   m.record = new W().bytes(h).u8(m.signature ? 1 : 0).bytes(m.signature ?? new Uint8Array(0)).done();
+  m.id = blake3(m.record);
   return { meta: m, payload };
 }
 
@@ -77,7 +84,7 @@ export function makeChange({ kind = 1, doc, deps = [], createdAt, author, keyId 
 export function parseMeta(rec) {
   const r = new R(rec);
   const version = r.u8();
-  if (version !== 1) throw new Error(`unknown header version ${version}`);
+  if (version !== 2) throw new Error(`change record format version ${version}; this client reads version 2`);
   const kind = r.u8();
   const doc = r.str16();
   const n = r.u32();
@@ -92,14 +99,15 @@ export function parseMeta(rec) {
   const flag = r.u8();
   const signature = flag === 1 ? r.take(64) : null;
   if (flag > 1 || r.left() !== 0) throw new Error('malformed metadata record');
-  const id = blake3(rec.subarray(0, headerLen));
-  return { id, kind, doc, deps, createdAt, author, keyId, payloadHash, payloadLen, signature, record: rec };
+  const id = blake3(rec);
+  const sh = signingHash(rec.subarray(0, headerLen));
+  return { id, signingHash: sh, kind, doc, deps, createdAt, author, keyId, payloadHash, payloadLen, signature, record: rec };
 }
 
 function checkChange(c) {
   if (BigInt(c.payload.length) !== c.meta.payloadLen) throw new Error(`payload length mismatch for ${hex(c.meta.id)}`);
   if (hex(blake3(c.payload)) !== hex(c.meta.payloadHash)) throw new Error(`payload hash mismatch for ${hex(c.meta.id)}`);
-  if (c.meta.signature && !ed25519.verify(c.meta.signature, c.meta.id, c.meta.author)) {
+  if (c.meta.signature && !ed25519.verify(c.meta.signature, c.meta.signingHash, c.meta.author)) {
     throw new Error(`bad signature on ${hex(c.meta.id)}`);
   }
 }
@@ -111,7 +119,7 @@ function frame(type, flags, id, body) {
 }
 
 export function helloFrame(storeId) {
-  const body = new W().bytes(enc.encode('CAIR')).u16(1).str16(storeId).u8(0).u64(0).u64(0).u32(MAX_FRAME).done();
+  const body = new W().bytes(enc.encode('CAIR')).u16(2).str16(storeId).u8(0).u64(0).u64(0).u32(MAX_FRAME).done();
   return frame(T.HELLO, 0, 0, body);
 }
 
@@ -257,7 +265,7 @@ export class CairnChannel {
     if (hello.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(hello.r))}`);
     if (hello.type !== T.HELLO) throw new Error(`expected HELLO, got ${hello.type}`);
     const r = hello.r;
-    if (dec.decode(r.take(4)) !== 'CAIR' || r.u16() !== 1) throw new Error('bad hello');
+    if (dec.decode(r.take(4)) !== 'CAIR' || r.u16() !== 2) throw new Error('bad hello: not protocol version 2');
     const sid = r.str16();
     if (sid !== storeId) throw new Error(`store mismatch: ${sid}`);
     r.u8(); r.u64(); r.u64();

@@ -169,8 +169,9 @@ impl RedbStore {
     /// is empty), with durable appends.
     ///
     /// Fails with [`Error::StoreMismatch`] if the file holds another store,
-    /// and [`Error::Corrupt`] if it is not a Cairn store, is damaged, or has
-    /// another schema version.
+    /// [`Error::UnsupportedVersion`] if it has another schema version (older
+    /// files hold format v1 changes, which cannot be converted), and
+    /// [`Error::Corrupt`] if it is not a Cairn store or is damaged.
     pub async fn open(path: impl AsRef<Path>, store_id: StoreId) -> Result<Self> {
         Self::open_with(path, store_id, RedbOptions::default()).await
     }

@@ -13,8 +13,11 @@ use redb::{
 
 use crate::error::{corrupt, map};
 
-/// The layout version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// The layout version this build writes and reads. Version 4 holds change
+/// records of format v2 (ids that cover the signature); version 3 and older
+/// hold format v1 records, which cannot be converted (their ids would
+/// change), so they are refused with [`Error::UnsupportedVersion`].
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// Marks a redb file as a Cairn store.
 pub(crate) const FORMAT: &[u8] = b"cairn-redb";
@@ -95,9 +98,19 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
             .map_err(|_| corrupt("schema version is not 4 bytes"))?,
     );
     if version != SCHEMA_VERSION {
-        return Err(corrupt(format!(
-            "schema version {version}; this cairn-redb reads version {SCHEMA_VERSION} only"
-        )));
+        return Err(Error::UnsupportedVersion {
+            what: "cairn-redb file",
+            found: version,
+            supported: SCHEMA_VERSION,
+            hint: if version < SCHEMA_VERSION {
+                "it holds format v1 changes, whose ids do not cover their signatures and \
+                 cannot be converted; move it aside and sync a new file from a peer that runs \
+                 this version"
+            } else {
+                "it was written by a newer cairn-redb; upgrade to open it"
+            }
+            .to_owned(),
+        });
     }
     let stored = String::from_utf8(get(KEY_STORE_ID)?)
         .ok()

@@ -108,7 +108,7 @@ async fn other_store_id_is_a_store_mismatch() {
 }
 
 #[tokio::test]
-async fn other_schema_version_is_refused_with_a_clear_error() {
+async fn other_schema_versions_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.redb");
     drop(RedbStore::open(&path, sid()).await.unwrap());
@@ -125,10 +125,31 @@ async fn other_schema_version_is_refused_with_a_clear_error() {
         w.commit().unwrap();
     }
     match RedbStore::open(&path, sid()).await {
-        Err(Error::Corrupt { reason, .. }) => {
-            assert!(reason.contains("schema version 99"), "{reason}")
+        Err(e @ Error::UnsupportedVersion { found: 99, .. }) => {
+            assert!(e.to_string().contains("newer"), "{e}")
         }
-        r => panic!("expected Corrupt, got {r:?}"),
+        r => panic!("expected UnsupportedVersion, got {r:?}"),
+    }
+    // A schema 3 file holds format v1 changes: refused, saying why and
+    // what to do.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.insert("schema_version", &3u32.to_be_bytes()[..])
+                .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    match RedbStore::open(&path, sid()).await {
+        Err(e @ Error::UnsupportedVersion { found: 3, .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("format v1") && msg.contains("sync"), "{msg}")
+        }
+        r => panic!("expected UnsupportedVersion, got {r:?}"),
     }
 }
 

@@ -124,7 +124,10 @@ pub async fn bad_signature_rejected_by_verifying_sync(f: &dyn StoreFactory) -> C
     let alice = Keypair::generate();
     let mallory = Keypair::generate();
     let mut forged = signed(&alice, &doc("x"), &[]);
-    forged.meta.signature = Some(mallory.sign(forged.meta.id.as_bytes()));
+    forged.meta.signature = Some(mallory.sign(&cairn::encoding::signing_hash(&forged.meta)));
+    // A well-formed change (its id covers the forged signature) that no
+    // verifier requiring a signature accepts.
+    forged.meta.id = cairn::encoding::compute_id(&forged.meta);
     let unsigned = change(&doc("x"), ChangeKind::Change, &[], 8);
     source
         .append(vec![forged.clone(), unsigned.clone()])

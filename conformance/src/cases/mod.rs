@@ -7,6 +7,7 @@ pub mod bad_input;
 pub mod concurrency;
 pub mod contract;
 pub mod durability;
+pub mod integrity;
 pub mod interrupted;
 pub mod model;
 pub mod subscribe;

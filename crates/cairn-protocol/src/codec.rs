@@ -363,9 +363,16 @@ pub fn decode_body(body: &[u8]) -> Result<(Message, bool)> {
             }
             let version = r.u16()?;
             if version != VERSION {
-                return Err(proto(format!(
-                    "unsupported protocol version {version} (this peer speaks {VERSION})"
-                )));
+                return Err(Error::UnsupportedVersion {
+                    what: "protocol",
+                    found: u32::from(version),
+                    supported: u32::from(VERSION),
+                    hint: if version < VERSION {
+                        "the peer runs an older Cairn (format v1 changes); upgrade it".to_owned()
+                    } else {
+                        "the peer runs a newer Cairn; upgrade this side".to_owned()
+                    },
+                });
             }
             let store_id =
                 StoreId::new(r.str16()?).map_err(|e| proto(format!("bad store id: {e}")))?;

@@ -1,9 +1,11 @@
 //! Typed errors on the wire, with numeric codes that map to and from
 //! [`cairn::Error`].
 
-use cairn::{ChangeId, Error, IntegrityError, StoreId};
+use std::time::Duration;
 
-use crate::wire::{MAX_TEXT, Reader, proto, put_str16, put_u16, put_u64};
+use cairn::{AuthorId, ChangeId, Error, IntegrityError, RejectReason, StoreId};
+
+use crate::wire::{MAX_TEXT, Reader, proto, put_str16, put_u16, put_u32, put_u64};
 
 /// Numeric error codes (the `code` field of an `Error` response).
 ///
@@ -39,6 +41,17 @@ pub mod code {
     pub const BACKEND: u16 = 13;
     /// The server is at a limit (connections, concurrent requests); retry later.
     pub const BUSY: u16 = 14;
+    /// Data or a peer in a format or protocol version this side does not
+    /// read (permanent).
+    pub const UNSUPPORTED_VERSION: u16 = 15;
+    /// A change was refused by the receiver's policy (permanent).
+    pub const REJECTED: u16 = 16;
+    /// Over a rate limit; retry after the given delay (retryable).
+    pub const RATE_LIMITED: u16 = 17;
+    /// A quota would be exceeded (permanent).
+    pub const QUOTA_EXCEEDED: u16 = 18;
+    /// A deadline passed (retryable).
+    pub const TIMEOUT: u16 = 19;
 }
 
 /// Why a change failed its integrity check, as carried on the wire.
@@ -163,6 +176,49 @@ pub enum WireError {
         /// Which limit.
         reason: String,
     },
+    /// [`code::UNSUPPORTED_VERSION`].
+    UnsupportedVersion {
+        /// What was read.
+        what: String,
+        /// The version found.
+        found: u32,
+        /// The version supported.
+        supported: u32,
+        /// What to do.
+        hint: String,
+    },
+    /// [`code::REJECTED`].
+    Rejected {
+        /// The refused change.
+        id: ChangeId,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// [`code::RATE_LIMITED`].
+    RateLimited {
+        /// Which limit.
+        what: String,
+        /// Milliseconds to wait.
+        retry_after_ms: u64,
+    },
+    /// [`code::QUOTA_EXCEEDED`].
+    QuotaExceeded {
+        /// Which quota.
+        what: String,
+        /// The quota.
+        limit: u64,
+        /// Used already.
+        used: u64,
+        /// Requested.
+        requested: u64,
+    },
+    /// [`code::TIMEOUT`].
+    Timeout {
+        /// What timed out.
+        what: String,
+        /// The deadline in milliseconds.
+        after_ms: u64,
+    },
     /// A code this version does not know.
     Other {
         /// The numeric code.
@@ -241,6 +297,8 @@ fn label(s: &str) -> &'static str {
         "doc_id",
         "key_id",
         "change record",
+        "cairn-redb file",
+        "protocol",
         "memory",
         "redb",
         "quic",
@@ -284,6 +342,11 @@ impl WireError {
             WireError::Cancelled => code::CANCELLED,
             WireError::Backend { .. } => code::BACKEND,
             WireError::Busy { .. } => code::BUSY,
+            WireError::UnsupportedVersion { .. } => code::UNSUPPORTED_VERSION,
+            WireError::Rejected { .. } => code::REJECTED,
+            WireError::RateLimited { .. } => code::RATE_LIMITED,
+            WireError::QuotaExceeded { .. } => code::QUOTA_EXCEEDED,
+            WireError::Timeout { .. } => code::TIMEOUT,
             WireError::Other { code, .. } => *code,
         }
     }
@@ -300,7 +363,10 @@ impl WireError {
                     | io_kind::CONNECTION_ABORTED
                     | io_kind::BROKEN_PIPE
             ),
-            WireError::Closed | WireError::Busy { .. } => true,
+            WireError::Closed
+            | WireError::Busy { .. }
+            | WireError::RateLimited { .. }
+            | WireError::Timeout { .. } => true,
             WireError::Backend { retryable, .. } | WireError::Other { retryable, .. } => *retryable,
             _ => false,
         }
@@ -390,6 +456,40 @@ impl WireError {
                 true,
                 RemoteMessage(format!("server busy: {reason}")),
             ),
+            WireError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+                hint,
+            } => Error::UnsupportedVersion {
+                what: label(&what),
+                found,
+                supported,
+                hint,
+            },
+            WireError::Rejected { id, reason } => Error::Rejected { id, reason },
+            WireError::RateLimited {
+                what,
+                retry_after_ms,
+            } => Error::RateLimited {
+                what,
+                retry_after: Duration::from_millis(retry_after_ms),
+            },
+            WireError::QuotaExceeded {
+                what,
+                limit,
+                used,
+                requested,
+            } => Error::QuotaExceeded {
+                what,
+                limit,
+                used,
+                requested,
+            },
+            WireError::Timeout { what, after_ms } => Error::Timeout {
+                what,
+                after: Duration::from_millis(after_ms),
+            },
             WireError::Other {
                 code,
                 retryable,
@@ -468,6 +568,62 @@ impl WireError {
                 t(out, store);
                 t(out, message);
             }
+            WireError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+                hint,
+            } => {
+                t(out, what);
+                put_u32(out, *found);
+                put_u32(out, *supported);
+                t(out, hint);
+            }
+            WireError::Rejected { id, reason } => {
+                out.extend_from_slice(id.as_bytes());
+                match reason {
+                    RejectReason::Integrity(text) => {
+                        out.push(1);
+                        t(out, text);
+                    }
+                    RejectReason::MissingSignature => out.push(2),
+                    RejectReason::BadSignature => out.push(3),
+                    RejectReason::UntrustedAuthor(a) => {
+                        out.push(4);
+                        out.extend_from_slice(a.as_bytes());
+                    }
+                    RejectReason::Policy(text) => {
+                        out.push(5);
+                        t(out, text);
+                    }
+                    other => {
+                        out.push(0);
+                        t(out, &other.to_string());
+                    }
+                }
+            }
+            WireError::RateLimited {
+                what,
+                retry_after_ms,
+            } => {
+                t(out, what);
+                put_u64(out, *retry_after_ms);
+            }
+            WireError::QuotaExceeded {
+                what,
+                limit,
+                used,
+                requested,
+            } => {
+                t(out, what);
+                put_u64(out, *limit);
+                put_u64(out, *used);
+                put_u64(out, *requested);
+            }
+            WireError::Timeout { what, after_ms } => {
+                t(out, what);
+                put_u64(out, *after_ms);
+            }
             WireError::Other { message, .. } => t(out, message),
         }
     }
@@ -530,6 +686,42 @@ impl WireError {
                 message: s(r)?,
             },
             code::BUSY => WireError::Busy { reason: s(r)? },
+            code::UNSUPPORTED_VERSION => WireError::UnsupportedVersion {
+                what: s(r)?,
+                found: r.u32()?,
+                supported: r.u32()?,
+                hint: s(r)?,
+            },
+            code::REJECTED => {
+                let id = r.id()?;
+                let reason = match r.u8()? {
+                    1 => RejectReason::Integrity(s(r)?),
+                    2 => RejectReason::MissingSignature,
+                    3 => RejectReason::BadSignature,
+                    4 => {
+                        let mut a = [0u8; 32];
+                        a.copy_from_slice(r.take(32)?);
+                        RejectReason::UntrustedAuthor(AuthorId::from_bytes(a))
+                    }
+                    5 | 0 => RejectReason::Policy(s(r)?),
+                    other => return Err(proto(format!("unknown rejection reason {other}"))),
+                };
+                WireError::Rejected { id, reason }
+            }
+            code::RATE_LIMITED => WireError::RateLimited {
+                what: s(r)?,
+                retry_after_ms: r.u64()?,
+            },
+            code::QUOTA_EXCEEDED => WireError::QuotaExceeded {
+                what: s(r)?,
+                limit: r.u64()?,
+                used: r.u64()?,
+                requested: r.u64()?,
+            },
+            code::TIMEOUT => WireError::Timeout {
+                what: s(r)?,
+                after_ms: r.u64()?,
+            },
             code => {
                 // Unknown code: its detail layout is unknown, keep the
                 // message if the sender wrote one first, else nothing.
@@ -625,6 +817,40 @@ impl From<&Error> for WireError {
                 store: (*store).to_owned(),
                 retryable: *retryable,
                 message: source.to_string(),
+            },
+            Error::UnsupportedVersion {
+                what,
+                found,
+                supported,
+                hint,
+            } => WireError::UnsupportedVersion {
+                what: (*what).to_owned(),
+                found: *found,
+                supported: *supported,
+                hint: hint.clone(),
+            },
+            Error::Rejected { id, reason } => WireError::Rejected {
+                id: *id,
+                reason: reason.clone(),
+            },
+            Error::RateLimited { what, retry_after } => WireError::RateLimited {
+                what: what.clone(),
+                retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            },
+            Error::QuotaExceeded {
+                what,
+                limit,
+                used,
+                requested,
+            } => WireError::QuotaExceeded {
+                what: what.clone(),
+                limit: *limit,
+                used: *used,
+                requested: *requested,
+            },
+            Error::Timeout { what, after } => WireError::Timeout {
+                what: what.clone(),
+                after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
             },
             other => WireError::Other {
                 code: 0,

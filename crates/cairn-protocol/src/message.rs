@@ -10,8 +10,9 @@ use crate::error::WireError;
 /// The four bytes every hello starts with: `CAIR`.
 pub const MAGIC: [u8; 4] = *b"CAIR";
 
-/// The protocol version this library speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this library speaks. Version 2 carries change
+/// records of format v2 (ids that cover the signature).
+pub const VERSION: u16 = 2;
 
 /// The default frame size limit: 16 MiB (the length prefix excluded).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use cairn::{
     AppendOutcome, Capabilities, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeMeta, Digest,
-    DocId, Error, Head, IdRange, KeyId, Keypair, RangeSummary, ScanItem, StoreId,
+    DocId, Error, Head, IdRange, KeyId, Keypair, RangeSummary, RejectReason, ScanItem, StoreId,
 };
 use cairn_protocol::*;
 use proptest::prelude::*;
@@ -119,6 +119,50 @@ fn arb_error() -> impl Strategy<Value = WireError> {
             }
         }),
         arb_text().prop_map(|reason| WireError::Busy { reason }),
+        (arb_text(), any::<u32>(), any::<u32>(), arb_text()).prop_map(
+            |(what, found, supported, hint)| WireError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+                hint
+            }
+        ),
+        (arb_id(), arb_text()).prop_map(|(id, t)| WireError::Rejected {
+            id,
+            reason: RejectReason::Policy(t)
+        }),
+        (arb_id(), arb_text()).prop_map(|(id, t)| WireError::Rejected {
+            id,
+            reason: RejectReason::Integrity(t)
+        }),
+        arb_id().prop_map(|id| WireError::Rejected {
+            id,
+            reason: RejectReason::MissingSignature
+        }),
+        arb_id().prop_map(|id| WireError::Rejected {
+            id,
+            reason: RejectReason::BadSignature
+        }),
+        (arb_id(), arb_id()).prop_map(|(id, a)| WireError::Rejected {
+            id,
+            reason: RejectReason::UntrustedAuthor(cairn::AuthorId::from_bytes(*a.as_bytes()))
+        }),
+        (arb_text(), 0u64..u64::MAX / 2).prop_map(|(what, retry_after_ms)| {
+            WireError::RateLimited {
+                what,
+                retry_after_ms,
+            }
+        }),
+        (arb_text(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(what, limit, used, requested)| WireError::QuotaExceeded {
+                what,
+                limit,
+                used,
+                requested
+            }
+        ),
+        (arb_text(), 0u64..u64::MAX / 2)
+            .prop_map(|(what, after_ms)| WireError::Timeout { what, after_ms }),
         (1000u16.., any::<bool>(), arb_text()).prop_map(|(code, retryable, message)| {
             WireError::Other {
                 code,
@@ -442,10 +486,27 @@ fn bad_hello_is_a_protocol_error() {
         decode_body(&bytes[4..]),
         Err(Error::Protocol { .. })
     ));
+    // A version-1 peer (format v1 changes) gets a typed error saying so.
     let mut bytes = encode(&hello, DEFAULT_MAX_FRAME).unwrap();
-    bytes[14] = 9; // version
-    let err = decode_body(&bytes[4..]).unwrap_err();
-    assert!(err.to_string().contains("version"), "{err}");
+    bytes[15] = 1; // version, low byte
+    match decode_body(&bytes[4..]) {
+        Err(
+            e @ Error::UnsupportedVersion {
+                what: "protocol",
+                found: 1,
+                supported: 2,
+                ..
+            },
+        ) => assert!(e.to_string().contains("older"), "{e}"),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+    // And it survives the wire as the same typed error.
+    let e = decode_body(&bytes[4..]).unwrap_err();
+    let back = WireError::from(&e).into_error();
+    assert!(
+        matches!(back, Error::UnsupportedVersion { found: 1, .. }),
+        "{back:?}"
+    );
 }
 
 #[test]
@@ -541,7 +602,7 @@ fn hello_bytes_match_the_spec() {
     let bytes = encode(&hello, DEFAULT_MAX_FRAME).unwrap();
     let mut want = vec![0, 0, 0, 0x27, 1, 0, 0, 0, 0, 0];
     want.extend_from_slice(b"CAIR");
-    want.extend_from_slice(&[0, 1, 0, 4]);
+    want.extend_from_slice(&[0, 2, 0, 4]);
     want.extend_from_slice(b"t/db");
     want.push(0);
     want.extend_from_slice(&[0; 16]);

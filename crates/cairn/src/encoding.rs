@@ -1,14 +1,16 @@
-//! The canonical header encoding that a [`ChangeId`] hashes, and a compact
-//! record encoding for metadata.
+//! The canonical encoding of a change: the header, the signing hash, the
+//! metadata record, and the id that hashes it.
 //!
-//! # Header, version 1
+//! # Format version 2
 //!
 //! All integers are big-endian; every variable-length field is preceded by
-//! its length. The id of a change is `blake3(header)`.
+//! its length.
+//!
+//! **Header** (what the author signs):
 //!
 //! | field          | bytes | notes                                        |
 //! |----------------|-------|----------------------------------------------|
-//! | version        | 1     | `0x01`                                       |
+//! | version        | 1     | `0x02`                                       |
 //! | kind           | 1     | 1 create, 2 change, 3 snapshot, 4 delete     |
 //! | doc id length  | 2     | 1..=1024                                     |
 //! | doc id         | n     | UTF-8                                        |
@@ -21,28 +23,43 @@
 //! | payload hash   | 32    | blake3 of the payload                        |
 //! | payload length | 8     |                                              |
 //!
-//! The signature is not part of the header: it is an Ed25519 signature over
-//! the 32 id bytes, so it authenticates every header field and, through the
-//! payload hash, the payload.
+//! **Signing hash**: `blake3::derive_key(`[`SIGNING_CONTEXT`]`, header)`,
+//! 32 bytes. The author's Ed25519 signature is over these 32 bytes, so it
+//! authenticates every header field and, through the payload hash, the
+//! payload.
 //!
-//! # Metadata record
+//! **Signature section**: one flag byte, `0` (unsigned) or `1` (signed),
+//! then the 64 signature bytes if signed.
 //!
-//! [`encode_meta`] writes the header followed by one flag byte (`0` no
-//! signature, `1` signature) and, if flagged, the 64 signature bytes.
-//! [`decode_meta`] reads it back and recomputes the id from the header, so a
-//! stored or transmitted record cannot carry an id that does not match.
+//! **Metadata record** = header ‖ signature section ([`encode_meta`]).
+//!
+//! **Id** = `blake3(record)`: the id covers everything a store keeps about a
+//! change, the signature included. A copy of a change with its signature
+//! removed, replaced or garbled is a *different* change with a different
+//! id, so deduplication by id can never let one copy hide another. Ed25519
+//! signing is deterministic, so an honest author always produces the same
+//! id for the same header.
+//!
+//! [`decode_meta`] reads a record back and recomputes the id from its bytes,
+//! so a stored or transmitted record cannot carry an id that does not match.
+//! A version-1 record (whose id did not cover the signature) is refused with
+//! [`Error::UnsupportedVersion`].
 
 use crate::error::{Error, Result};
 use crate::ids::{AuthorId, ChangeId, Digest, DocId, KeyId};
 use crate::record::{ChangeKind, ChangeMeta};
 
-/// The header version this library writes.
-pub const HEADER_VERSION: u8 = 1;
+/// The format version this library writes and reads.
+pub const HEADER_VERSION: u8 = 2;
+
+/// The blake3 key-derivation context of the signing hash.
+pub const SIGNING_CONTEXT: &str = "cairn 2026 change v2 signing hash";
 
 /// Most dependencies one change may list.
 pub const MAX_DEPS: usize = 4096;
 
-/// Write the canonical header of `meta` (everything but `id` and `signature`).
+/// Write the canonical header of `meta` (everything but `id` and `signature`):
+/// the bytes the author signs, through [`signing_hash`].
 pub fn encode_header(meta: &ChangeMeta) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         1 + 1
@@ -85,14 +102,19 @@ fn write_header(meta: &ChangeMeta, out: &mut Vec<u8>) {
     out.extend_from_slice(&meta.payload_len.to_be_bytes());
 }
 
-/// The id `meta` should have: blake3 of its canonical header.
-pub fn compute_id(meta: &ChangeMeta) -> ChangeId {
-    ChangeId::from_bytes(*blake3::hash(&encode_header(meta)).as_bytes())
+/// The 32 bytes the author signs: the blake3 key derivation of the header
+/// under [`SIGNING_CONTEXT`].
+pub fn signing_hash(meta: &ChangeMeta) -> [u8; 32] {
+    blake3::derive_key(SIGNING_CONTEXT, &encode_header(meta))
 }
 
-/// Encode metadata as a self-checking record (header, signature flag, signature).
-pub fn encode_meta(meta: &ChangeMeta) -> Vec<u8> {
-    let mut out = encode_header(meta);
+/// The id `meta` should have: blake3 of its metadata record (header and
+/// signature section).
+pub fn compute_id(meta: &ChangeMeta) -> ChangeId {
+    ChangeId::from_bytes(*blake3::hash(&encode_meta(meta)).as_bytes())
+}
+
+fn write_signature(meta: &ChangeMeta, out: &mut Vec<u8>) {
     match &meta.signature {
         None => out.push(0),
         Some(sig) => {
@@ -100,15 +122,24 @@ pub fn encode_meta(meta: &ChangeMeta) -> Vec<u8> {
             out.extend_from_slice(&sig.to_bytes());
         }
     }
+}
+
+/// Encode metadata as a self-checking record: header, then signature
+/// section. Its blake3 hash is the change id.
+pub fn encode_meta(meta: &ChangeMeta) -> Vec<u8> {
+    let mut out = encode_header(meta);
+    out.reserve(65);
+    write_signature(meta, &mut out);
     out
 }
 
 /// Decode a record written by [`encode_meta`]. The id is recomputed from the
-/// header. Any malformed input returns [`Error::Corrupt`]; it never panics.
+/// record's bytes. A record of another format version is
+/// [`Error::UnsupportedVersion`]; any other malformed input is
+/// [`Error::Corrupt`]. It never panics.
 pub fn decode_meta(bytes: &[u8]) -> Result<ChangeMeta> {
     let mut r = Reader { buf: bytes, pos: 0 };
     let meta = read_header(&mut r)?;
-    let header_len = r.pos;
     let signature = match r.u8()? {
         0 => None,
         1 => {
@@ -125,7 +156,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ChangeMeta> {
             bytes.len() - r.pos
         )));
     }
-    let id = ChangeId::from_bytes(*blake3::hash(&bytes[..header_len]).as_bytes());
+    let id = ChangeId::from_bytes(*blake3::hash(bytes).as_bytes());
     Ok(ChangeMeta {
         id,
         signature,
@@ -136,7 +167,18 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ChangeMeta> {
 fn read_header(r: &mut Reader<'_>) -> Result<ChangeMeta> {
     let version = r.u8()?;
     if version != HEADER_VERSION {
-        return Err(corrupt(format!("unknown header version {version}")));
+        return Err(Error::UnsupportedVersion {
+            what: "change record",
+            found: u32::from(version),
+            supported: u32::from(HEADER_VERSION),
+            hint: if version == 1 {
+                "format v1 ids do not cover the signature and cannot be converted; \
+                 re-create this data from a peer or source that runs format v2"
+            } else {
+                "it was written by a newer version of Cairn; upgrade to read it"
+            }
+            .to_owned(),
+        });
     }
     let kind =
         ChangeKind::from_code(r.u8()?).ok_or_else(|| corrupt("unknown change kind".to_owned()))?;
@@ -232,11 +274,8 @@ mod tests {
     use crate::{ChangeBuilder, Keypair};
     use proptest::prelude::*;
 
-    #[test]
-    fn header_layout_is_stable() {
-        // A fixed change must keep its id across releases: this is the wire
-        // and disk contract. If this test fails, bump HEADER_VERSION instead.
-        let meta = ChangeMeta {
+    fn fixed_meta() -> ChangeMeta {
+        ChangeMeta {
             id: ChangeId::MIN,
             kind: ChangeKind::Change,
             doc_id: DocId::new("doc").unwrap(),
@@ -247,16 +286,74 @@ mod tests {
             payload_hash: Digest::of(b"hello"),
             payload_len: 5,
             signature: None,
-        };
+        }
+    }
+
+    #[test]
+    fn header_layout_is_stable() {
+        // A fixed change must keep its id across releases: this is the wire
+        // and disk contract. If this test fails, bump HEADER_VERSION instead.
+        let meta = fixed_meta();
         let h = encode_header(&meta);
-        assert_eq!(&h[..4], &[1, 2, 0, 3]);
+        assert_eq!(&h[..4], &[2, 2, 0, 3]);
         assert_eq!(&h[4..7], b"doc");
         assert_eq!(&h[7..11], &[0, 0, 0, 1]);
         assert_eq!(h.len(), 1 + 1 + 2 + 3 + 4 + 32 + 8 + 32 + 1 + 7 + 32 + 8);
+        // Unsigned: the record is the header plus a zero flag; the id is
+        // blake3 of the record.
+        let rec = encode_meta(&meta);
+        assert_eq!(rec.len(), h.len() + 1);
+        assert_eq!(rec.last(), Some(&0));
         assert_eq!(
             compute_id(&meta).to_string(),
-            blake3::hash(&h).to_hex().to_string()
+            blake3::hash(&rec).to_hex().to_string()
         );
+        assert_eq!(
+            compute_id(&meta).to_string(),
+            PINNED_UNSIGNED_ID,
+            "the unsigned example's id changed: that is a format change"
+        );
+        // Signed by the key of seed [3; 32]: flag 1, then the signature
+        // over the signing hash; Ed25519 is deterministic, so the id is
+        // fixed too.
+        let kp = Keypair::from_seed([3; 32]);
+        let mut signed = ChangeMeta {
+            author: kp.author(),
+            ..fixed_meta()
+        };
+        let sh = signing_hash(&signed);
+        assert_eq!(
+            sh,
+            blake3::derive_key(SIGNING_CONTEXT, &encode_header(&signed))
+        );
+        signed.signature = Some(kp.sign(&sh));
+        let rec = encode_meta(&signed);
+        assert_eq!(rec.len(), h.len() + 65);
+        assert_eq!(rec[h.len()], 1);
+        assert_eq!(
+            compute_id(&signed).to_string(),
+            PINNED_SIGNED_ID,
+            "the signed example's id changed: that is a format change"
+        );
+    }
+
+    const PINNED_UNSIGNED_ID: &str =
+        "c6a411852a342869743d4c6198f718cba525ae038c62f9a91902f1dd8a54f46b";
+    const PINNED_SIGNED_ID: &str =
+        "2ead32e35edcb4ca64124a75f228d93132b52fad21e1b84f4734e3dd68bdf023";
+
+    #[test]
+    fn version_1_records_are_refused_with_a_typed_error() {
+        let mut rec = encode_meta(&fixed_meta());
+        rec[0] = 1;
+        match decode_meta(&rec) {
+            Err(Error::UnsupportedVersion {
+                found: 1,
+                supported: 2,
+                ..
+            }) => {}
+            other => panic!("expected UnsupportedVersion, got {other:?}"),
+        }
     }
 
     #[test]

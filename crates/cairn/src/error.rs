@@ -1,6 +1,8 @@
 //! The one error type every Cairn store and the sync engine return.
 
-use crate::{ChangeId, StoreId};
+use std::time::Duration;
+
+use crate::{ChangeId, RejectReason, StoreId};
 
 /// A `Result` whose error is Cairn's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,6 +87,61 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// Data (a change record, a file, a protocol frame) in a format version
+    /// this library does not read.
+    #[error(
+        "{what} is format version {found}; this version of Cairn reads version {supported}: {hint}"
+    )]
+    UnsupportedVersion {
+        /// What was read ("change record", "redb file", "protocol").
+        what: &'static str,
+        /// The version found.
+        found: u32,
+        /// The version this library reads.
+        supported: u32,
+        /// What to do about it.
+        hint: String,
+    },
+    /// A change was refused by the policy (a [`Verifier`](crate::Verifier))
+    /// at this store's door: an append, a notification, a fetch. Nothing of
+    /// the batch that carried it was stored.
+    #[error("change {id} refused by policy: {reason}")]
+    Rejected {
+        /// The refused change.
+        id: ChangeId,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// The peer is over a rate limit; retrying after `retry_after` can
+    /// succeed.
+    #[error("rate limited ({what}); retry after {retry_after:?}")]
+    RateLimited {
+        /// Which limit ("appends per second", "bytes per second", …).
+        what: String,
+        /// How long to wait before trying again.
+        retry_after: Duration,
+    },
+    /// A stored-bytes (or similar) quota would be exceeded; nothing of the
+    /// batch was stored. Retrying does not help until the quota changes.
+    #[error("quota exceeded ({what}): {used} used + {requested} requested > limit {limit}")]
+    QuotaExceeded {
+        /// Which quota.
+        what: String,
+        /// The quota.
+        limit: u64,
+        /// What is used already.
+        used: u64,
+        /// What the refused operation needed.
+        requested: u64,
+    },
+    /// An operation did not finish within its deadline.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
     /// An I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -110,9 +167,10 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation can succeed.
     ///
-    /// Permanent errors (integrity, unauthorized, invalid input, corrupt
-    /// data) return `false`; transient ones (I/O interruptions, a closed
-    /// connection, a backend that said so) return `true`.
+    /// Permanent errors (integrity, a policy refusal, unauthorized, invalid
+    /// input, corrupt data, an unsupported version, a quota) return `false`;
+    /// transient ones (I/O interruptions, a closed connection, a timeout, a
+    /// rate limit, a backend that said so) return `true`.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Io(e) => matches!(
@@ -124,7 +182,7 @@ impl Error {
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::BrokenPipe
             ),
-            Error::Closed => true,
+            Error::Closed | Error::RateLimited { .. } | Error::Timeout { .. } => true,
             Error::Backend { retryable, .. } => *retryable,
             _ => false,
         }

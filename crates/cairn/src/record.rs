@@ -84,7 +84,8 @@ pub struct ChangeMeta {
     pub payload_hash: Digest,
     /// Payload length in bytes.
     pub payload_len: u64,
-    /// Ed25519 signature by `author` over the 32 id bytes, if signed.
+    /// Ed25519 signature by `author` over the header's signing hash
+    /// ([`encoding::signing_hash`]), if signed. The id covers it.
     pub signature: Option<ed25519_dalek::Signature>,
 }
 
@@ -105,8 +106,10 @@ impl fmt::Debug for ChangeMeta {
 }
 
 impl ChangeMeta {
-    /// Check that `id` is the hash of the header and that the fields are in
-    /// bounds. Does not look at the payload or the signature.
+    /// Check that `id` is the hash of the metadata record (header and
+    /// signature section, see [`crate::encoding`]) and that the fields are
+    /// in bounds. Does not look at the payload, and does not verify the
+    /// signature (that is policy: [`ChangeMeta::signature_valid`]).
     pub fn check_header(&self) -> Result<(), IntegrityError> {
         if self.deps.len() > MAX_DEPS {
             return Err(IntegrityError::FieldTooLong {
@@ -131,12 +134,15 @@ impl ChangeMeta {
         Ok(())
     }
 
-    /// Whether the signature is present and valid for `author` over `id`.
+    /// Whether the signature is present and valid for `author` over the
+    /// signing hash of the header ([`encoding::signing_hash`]). Strict
+    /// Ed25519 verification: non-canonical (malleated) signatures fail.
     pub fn signature_valid(&self) -> bool {
         let (Some(sig), Some(key)) = (&self.signature, self.author.verifying_key()) else {
             return false;
         };
-        key.verify_strict(self.id.as_bytes(), sig).is_ok()
+        key.verify_strict(&encoding::signing_hash(self), sig)
+            .is_ok()
     }
 }
 
@@ -364,11 +370,13 @@ impl ChangeBuilder {
         Ok(Change { meta, payload })
     }
 
-    /// Build a change authored and signed by `keypair`.
+    /// Build a change authored and signed by `keypair`: the signature is
+    /// over the header's signing hash, and the id covers the signature.
     pub fn sign(mut self, keypair: &Keypair) -> Result<Change> {
         self.author = keypair.author();
         let (mut meta, payload) = self.meta()?;
-        meta.signature = Some(keypair.sign(meta.id.as_bytes()));
+        meta.signature = Some(keypair.sign(&encoding::signing_hash(&meta)));
+        meta.id = encoding::compute_id(&meta);
         Ok(Change { meta, payload })
     }
 }
@@ -473,9 +481,58 @@ mod tests {
             .sign(&kp)
             .unwrap();
         assert!(c.meta.signature_valid());
-        c.meta.signature = Some(other.sign(c.meta.id.as_bytes()));
+        c.meta.signature = Some(other.sign(&encoding::signing_hash(&c.meta)));
         assert!(!c.meta.signature_valid());
         c.meta.signature = None;
         assert!(!c.meta.signature_valid());
+    }
+
+    #[test]
+    fn the_id_covers_the_signature() {
+        let kp = Keypair::from_seed([1; 32]);
+        let genuine = ChangeBuilder::new(ChangeKind::Create, doc())
+            .created_at(7)
+            .payload(b"p".to_vec())
+            .sign(&kp)
+            .unwrap();
+        // Deterministic: the same author and header give the same id.
+        let again = ChangeBuilder::new(ChangeKind::Create, doc())
+            .created_at(7)
+            .payload(b"p".to_vec())
+            .sign(&kp)
+            .unwrap();
+        assert_eq!(genuine.id(), again.id());
+        // Stripping, garbling or replacing the signature under the old id
+        // fails integrity...
+        let mut stripped = genuine.clone();
+        stripped.meta.signature = None;
+        assert!(matches!(
+            stripped.check_integrity(),
+            Err(Error::Integrity {
+                reason: IntegrityError::IdMismatch { .. },
+                ..
+            })
+        ));
+        let mut garbled = genuine.clone();
+        let mut b = genuine.meta.signature.unwrap().to_bytes();
+        b[0] ^= 1;
+        garbled.meta.signature = Some(ed25519_dalek::Signature::from_bytes(&b));
+        assert!(garbled.check_integrity().is_err());
+        // ...and with a recomputed id it is a different change, which
+        // passes integrity but whose signature does not verify.
+        garbled.meta.id = encoding::compute_id(&garbled.meta);
+        garbled.check_integrity().unwrap();
+        assert_ne!(garbled.id(), genuine.id());
+        assert!(!garbled.meta.signature_valid());
+        stripped.meta.id = encoding::compute_id(&stripped.meta);
+        assert_ne!(stripped.id(), genuine.id());
+        // The unsigned build of the same header is that stripped copy.
+        let unsigned = ChangeBuilder::new(ChangeKind::Create, doc())
+            .created_at(7)
+            .author(kp.author())
+            .payload(b"p".to_vec())
+            .build()
+            .unwrap();
+        assert_eq!(unsigned.id(), stripped.id());
     }
 }
