@@ -216,14 +216,18 @@ impl Inner {
 
     async fn sync_with(&self, link: &Arc<Link>) -> Result<SyncReport> {
         let remote = self.remote(link);
-        let state = *self.sync_state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self
+            .sync_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let opts = SyncOptions {
             state,
             batch_bytes: u64::from(link.send_limit() / 2),
             ..SyncOptions::default()
         };
         let report = cairn::sync::sync(&*self.cache, &remote, &opts).await?;
-        *self.sync_state.lock().unwrap_or_else(|e| e.into_inner()) = report.state;
+        *self.sync_state.lock().unwrap_or_else(|e| e.into_inner()) = report.state.clone();
         Ok(report)
     }
 }

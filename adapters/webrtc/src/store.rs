@@ -505,7 +505,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&conn.peer)
-            .copied()
+            .cloned()
             .unwrap_or_default();
         let opts = SyncOptions {
             state,
@@ -523,7 +523,7 @@ impl Inner {
         self.sync_states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.peer, report.state);
+            .insert(conn.peer, report.state.clone());
         Ok(report)
     }
 }

@@ -299,6 +299,88 @@ pub async fn sync_rejects_by_verifier_and_reports(f: &dyn StoreFactory) -> CaseR
     Ok(Outcome::Passed)
 }
 
+/// A verifier whose trusted set can grow (a directory that catches up).
+#[derive(Debug, Default)]
+struct Growing(std::sync::RwLock<TrustedAuthors>);
+
+impl cairn::Verifier for Growing {
+    fn verify(&self, meta: &cairn::ChangeMeta) -> Result<(), RejectReason> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(meta)
+    }
+}
+
+/// A change rejected under yesterday's policy is re-examined by the next
+/// sync (the saved state remembers it), in both directions, and delivered
+/// once the policy accepts it.
+pub async fn rejected_change_is_reexamined_by_the_next_sync(f: &dyn StoreFactory) -> CaseResult {
+    let local = f.create(&sid()).await?;
+    let remote = f.create(&sid()).await?;
+    let (alice, bob) = (Keypair::generate(), Keypair::generate());
+    let from_bob_remote = signed(&bob, &doc("d"), &[]);
+    let from_bob_local = signed(&bob, &doc("e"), &[]);
+    let from_alice = signed(&alice, &doc("d"), &[]);
+    remote
+        .append(vec![from_alice.clone(), from_bob_remote.clone()])
+        .await?;
+    local.append(vec![from_bob_local.clone()]).await?;
+    let policy = Arc::new(Growing::default());
+    policy
+        .0
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(alice.author());
+    let mut opts = SyncOptions {
+        verifier: policy.clone(),
+        ..SyncOptions::default()
+    };
+    let r = sync(local.as_ref(), remote.as_ref(), &opts).await?;
+    ensure_eq!(r.pulled.changes, 1, "alice's change pulled");
+    ensure_eq!(r.pulled.rejected.len(), 1, "bob's remote change rejected");
+    ensure_eq!(r.pushed.rejected.len(), 1, "bob's local change rejected");
+    ensure_eq!(
+        r.state.retry_pull,
+        vec![from_bob_remote.id()],
+        "the state remembers the rejected pull"
+    );
+    ensure_eq!(
+        r.state.retry_push,
+        vec![from_bob_local.id()],
+        "the state remembers the rejected push"
+    );
+    // Nothing new on either side; the directory admits bob.
+    policy
+        .0
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(bob.author());
+    opts.state = r.state;
+    let r = sync(local.as_ref(), remote.as_ref(), &opts).await?;
+    ensure_eq!(
+        r.pulled.changes,
+        1,
+        "bob's remote change delivered on the next sync"
+    );
+    ensure_eq!(
+        r.pushed.changes,
+        1,
+        "bob's local change delivered on the next sync"
+    );
+    ensure!(
+        r.state.retry_pull.is_empty() && r.state.retry_push.is_empty(),
+        "nothing left to retry: {:?}",
+        r.state
+    );
+    ensure_eq!(
+        id_set(local.as_ref()).await?,
+        id_set(remote.as_ref()).await?,
+        "both hold everything"
+    );
+    Ok(Outcome::Passed)
+}
+
 /// A saved cursor from another epoch (the remote was reset) is ignored and
 /// the sync starts over; nothing is missed.
 pub async fn stale_cursor_from_other_epoch_restarts(f: &dyn StoreFactory) -> CaseResult {
@@ -311,7 +393,7 @@ pub async fn stale_cursor_from_other_epoch_restarts(f: &dyn StoreFactory) -> Cas
             epoch: epoch.wrapping_add(1),
             seq: 6,
         }),
-        pushed: None,
+        ..SyncState::default()
     };
     let r = pull(
         local.as_ref(),
@@ -326,7 +408,7 @@ pub async fn stale_cursor_from_other_epoch_restarts(f: &dyn StoreFactory) -> Cas
     );
     let future = SyncState {
         pulled: Some(Head { epoch, seq: 1_000 }),
-        pushed: None,
+        ..SyncState::default()
     };
     let other = f.create(&sid()).await?;
     let r = pull(

@@ -21,8 +21,8 @@ pub use store::{
     ScanItem, prepare_batch, scan_all,
 };
 pub use sync::{
-    Direction, ProgressFn, RECONCILE_MIN, Reconcile, Rejected, SyncEvent, SyncOptions, SyncReport,
-    SyncState, TransferReport,
+    Direction, MAX_RETRY, ProgressFn, RECONCILE_MIN, Reconcile, Rejected, SyncEvent, SyncOptions,
+    SyncReport, SyncState, TransferReport,
 };
 pub use verify::{AcceptAll, RejectReason, RequireSignature, TrustedAuthors, Verifier};
 

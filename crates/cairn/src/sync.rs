@@ -55,13 +55,31 @@ impl fmt::Display for Direction {
 
 /// Where previous syncs between two stores got to. Save it (it is serde)
 /// and pass it back in [`SyncOptions::state`] to resume incrementally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// Besides the two cursors it remembers the changes the [`Verifier`]
+/// refused (and those refused for integrity), so that the next sync
+/// examines them again: a change rejected under yesterday's policy (a
+/// directory that had not yet admitted its author) is accepted under
+/// today's. Each list keeps at most [`MAX_RETRY`] ids; when a sync would
+/// leave more, the oldest are dropped (logged as a warning). A dropped id is
+/// examined again only by a sync from [`SyncState::default`] (a full scan or
+/// reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SyncState {
     /// The remote's position up to which everything was pulled.
     pub pulled: Option<Head>,
     /// The local store's position up to which everything was pushed.
     pub pushed: Option<Head>,
+    /// Remote changes refused by earlier pulls, oldest first.
+    #[serde(default)]
+    pub retry_pull: Vec<ChangeId>,
+    /// Local changes refused by earlier pushes, oldest first.
+    #[serde(default)]
+    pub retry_push: Vec<ChangeId>,
 }
+
+/// Most refused ids a [`SyncState`] remembers per direction.
+pub const MAX_RETRY: usize = 10_000;
 
 /// Something that happened during a sync, for progress display.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,7 +370,7 @@ async fn run(
     }
     let start = Instant::now();
     let mut report = SyncReport {
-        state: opts.state,
+        state: opts.state.clone(),
         ..SyncReport::default()
     };
     let (rh, lh) = futures::future::try_join(remote.head(), local.head()).await?;
@@ -364,7 +382,7 @@ async fn run(
         None
     };
     if pull {
-        let (t, cursor) = match &diff {
+        let (mut t, cursor) = match &diff {
             Some(d) if pull_rec => {
                 let ids = d.remote_only.clone();
                 let mut t = transfer_ids(remote, local, Direction::Pull, ids, opts).await?;
@@ -373,11 +391,13 @@ async fn run(
             }
             _ => transfer(remote, local, Direction::Pull, opts.state.pulled, rh, opts).await?,
         };
+        retry(remote, local, &opts.state.retry_pull, opts, &mut t).await?;
+        report.state.retry_pull = remember(&t.rejected, Direction::Pull);
         report.pulled = t;
         report.state.pulled = Some(cursor);
     }
     if push {
-        let (t, cursor) = match diff {
+        let (mut t, cursor) = match diff {
             Some(d) if push_rec => {
                 let mut t =
                     transfer_ids(local, remote, Direction::Push, d.local_only, opts).await?;
@@ -400,11 +420,61 @@ async fn run(
                 .await?
             }
         };
+        retry(local, remote, &opts.state.retry_push, opts, &mut t).await?;
+        report.state.retry_push = remember(&t.rejected, Direction::Push);
         report.pushed = t;
         report.state.pushed = Some(cursor);
     }
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Examine again the changes refused by earlier syncs (`ids`, from the
+/// saved state): those the source still holds and the target still lacks
+/// are fetched, screened and appended like any other; refusals are added to
+/// `rep.rejected` again.
+async fn retry(
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    ids: &[ChangeId],
+    opts: &SyncOptions,
+    rep: &mut TransferReport,
+) -> Result<()> {
+    // Bounded: at most MAX_RETRY ids, in pages of `batch_changes`.
+    for chunk in ids.chunks(opts.batch_changes) {
+        if opts.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let metas = source.get_metas(chunk).await?;
+        if metas.is_empty() {
+            continue;
+        }
+        rep.examined += metas.len() as u64;
+        rep.rounds += 1;
+        apply_page(source, target, metas, opts, rep).await?;
+    }
+    Ok(())
+}
+
+/// The refused ids to remember for the next sync: each once, oldest first,
+/// at most [`MAX_RETRY`] (the oldest beyond that are dropped).
+fn remember(rejected: &[Rejected], direction: Direction) -> Vec<ChangeId> {
+    let mut seen = std::collections::HashSet::with_capacity(rejected.len());
+    let mut ids: Vec<ChangeId> = rejected
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| seen.insert(*id))
+        .collect();
+    if ids.len() > MAX_RETRY {
+        let dropped = ids.len() - MAX_RETRY;
+        tracing::warn!(
+            %direction,
+            dropped,
+            "more refused changes than the sync state remembers; the oldest are no longer retried"
+        );
+        ids.drain(..dropped);
+    }
+    ids
 }
 
 /// Copy the changes with these ids (found by reconciliation) from `source`
