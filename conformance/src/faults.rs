@@ -139,3 +139,67 @@ impl AppendOnlyStore for FailingStore {
         self.inner.subscribe().await
     }
 }
+
+/// Wraps a store and answers its first `n` appends with a retryable
+/// backend error (a server that is busy for a moment), then behaves.
+#[derive(Debug)]
+pub struct FlakyAppends {
+    inner: Arc<DynAppendOnlyStore>,
+    left: AtomicU64,
+    /// Appends refused so far.
+    pub refused: AtomicU64,
+}
+
+impl FlakyAppends {
+    /// Refuse the first `n` appends to `inner`.
+    pub fn new(inner: Arc<DynAppendOnlyStore>, n: u64) -> Self {
+        FlakyAppends {
+            inner,
+            left: AtomicU64::new(n),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl AppendOnlyStore for FlakyAppends {
+    fn store_id(&self) -> &StoreId {
+        self.inner.store_id()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::backend(
+                "flaky",
+                true,
+                std::io::Error::other("busy for a moment; try again"),
+            ));
+        }
+        self.inner.append(changes).await
+    }
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        self.inner.get_changes(ids).await
+    }
+    async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
+        self.inner.get_metas(ids).await
+    }
+    async fn has_changes(&self, ids: &[ChangeId]) -> Result<Vec<bool>> {
+        self.inner.has_changes(ids).await
+    }
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.inner.scan(after, limit).await
+    }
+    async fn head(&self) -> Result<Head> {
+        self.inner.head().await
+    }
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        self.inner.subscribe().await
+    }
+}

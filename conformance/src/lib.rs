@@ -4,6 +4,7 @@
 pub mod cases;
 mod factory;
 pub mod faults;
+pub mod network;
 pub mod util;
 
 use std::fmt;

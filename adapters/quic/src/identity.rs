@@ -20,9 +20,7 @@ use rustls::pki_types::{
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// A peer's id: its Ed25519 public key. Printed as 64 lowercase hex
-/// characters; parses back with `str::parse`.
-pub type PeerId = AuthorId;
+pub(crate) use cairn_protocol::PeerId;
 
 /// The ALPN protocol id Cairn speaks over QUIC.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -7,10 +7,14 @@ mod link;
 mod server;
 mod store;
 
+pub use cairn_protocol::{
+    AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreEvent, StoreProvider,
+    Stores,
+};
 pub use client::QuicClient;
-pub use identity::{ALPN, PeerId, certificate, key_of_certificate, peer_id};
-pub use server::{AccessPolicy, Acl, Permission, QuicServer, ServerOptions, StoreProvider, Stores};
-pub use store::{ConnectionState, QuicStore, QuicStoreOptions};
+pub use identity::{ALPN, certificate, key_of_certificate, peer_id};
+pub use server::{QuicServer, ServerOptions};
+pub use store::{QuicStore, QuicStoreOptions};
 
 /// quinn configurations with Cairn's pinned-key TLS, for custom endpoints
 /// (benchmarks, tools).

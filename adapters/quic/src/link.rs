@@ -3,16 +3,26 @@
 
 use cairn::{Error, Result, StoreId};
 use cairn_protocol::{
-    FrameDecoder, Hello, MIN_MAX_FRAME, Message, Request, Response, check_hello, client_hello,
-    encode,
+    FrameDecoder, FrameEncoder, Hello, MIN_MAX_FRAME, Message, Request, Response, check_hello,
+    client_hello, encode, error_reply,
 };
 
-/// Map a quinn connection error. TLS and application refusals are permanent;
+/// The words an [`Error::Unauthorized`] starts with when the server's key
+/// is not the one pinned.
+pub(crate) const PIN_MISMATCH: &str = "the server's key is not the pinned peer id";
+
+/// Map a quinn connection error. TLS and application refusals are permanent
+/// (a server key that is not the pinned one is [`Error::Unauthorized`]);
 /// losing the path is retryable.
 pub(crate) fn conn_err(e: quinn::ConnectionError) -> Error {
     use quinn::ConnectionError as C;
     match &e {
         C::LocallyClosed => Error::Closed,
+        C::TransportError(t) if t.to_string().contains("does not match the pinned peer id") => {
+            Error::Unauthorized {
+                reason: format!("{PIN_MISMATCH} ({t})"),
+            }
+        }
         C::TransportError(_) | C::VersionMismatch => Error::backend("quic", false, e),
         _ => Error::backend("quic", true, e),
     }
@@ -50,6 +60,40 @@ pub(crate) async fn write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<
         Err(quinn::WriteError::ConnectionLost(e)) => Err(conn_err(e)),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Write `msg` as frames of at most `limit` bytes, one frame at a time: the
+/// sender holds the message and one frame, never the whole encoding.
+pub(crate) async fn write_message(
+    send: &mut quinn::SendStream,
+    msg: &Message,
+    limit: u32,
+) -> Result<()> {
+    for frame in FrameEncoder::new(msg, limit) {
+        write(send, &frame?).await?;
+    }
+    Ok(())
+}
+
+/// Write the response to request `id`, streamed frame by frame; a response
+/// that cannot be framed at all becomes its error response.
+pub(crate) async fn write_response(
+    send: &mut quinn::SendStream,
+    id: u32,
+    body: Response,
+    limit: u32,
+) -> Result<()> {
+    let msg = Message::Response { id, body };
+    let mut frames = FrameEncoder::new(&msg, limit);
+    match frames.next() {
+        Some(Ok(first)) => write(send, &first).await?,
+        Some(Err(e)) => return write(send, &error_reply(id, &e, limit)).await,
+        None => return Ok(()),
+    }
+    for frame in frames {
+        write(send, &frame?).await?;
+    }
+    Ok(())
 }
 
 /// An established, greeted connection to a server for one store.
@@ -103,15 +147,13 @@ impl Link {
     /// and its decoder stay open for what follows.
     async fn start(&self, request: Request) -> Result<(quinn::RecvStream, FrameDecoder, Response)> {
         let want = request.expected_response();
-        let bytes = encode(
-            &Message::Request {
-                id: 1,
-                body: request,
-            },
-            self.send_limit(),
-        )?;
+        let msg = Message::Request {
+            id: 1,
+            body: request,
+        };
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-        write(&mut send, &bytes).await?;
+        write_message(&mut send, &msg, self.send_limit()).await?;
+        drop(msg);
         let _ = send.finish();
         let mut dec = FrameDecoder::new(self.max_frame);
         match read_message(&mut recv, &mut dec).await? {

@@ -1,152 +1,26 @@
 //! [`QuicServer`]: serve stores over QUIC to authenticated, authorised peers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use cairn::{DynAppendOnlyStore, Error, Keypair, Result, StoreId};
+use cairn::{AcceptAll, DynAppendOnlyStore, Error, Keypair, Result, StoreId, Verifier};
 use cairn_protocol::{
-    Access, DEFAULT_MAX_FRAME, FrameDecoder, MIN_MAX_FRAME, Message, Request, Response, WireError,
-    check_hello, dispatch, encode, error_reply, reply, server_hello,
+    AccessPolicy, DEFAULT_MAX_FRAME, FrameDecoder, MIN_MAX_FRAME, Message, PeerId, Permission,
+    Request, Response, ServeOptions, StoreProvider, WireError, check_hello, dispatch, encode,
+    error_reply, server_hello,
 };
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::identity::{PeerId, remote_peer, server_config};
-use crate::link::{read_message, write};
-
-/// Finds the store a client asks for by store id.
-pub trait StoreProvider: Send + Sync + 'static {
-    /// The store with this id, if served.
-    fn get(&self, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>>;
-
-    /// The store `peer` reaches under `store_id`. Called only after the
-    /// access policy allowed the peer. Defaults to [`get`](Self::get):
-    /// every peer sees the same store. A provider can override it to give
-    /// each peer its own store (a test server, a per-user mailbox).
-    fn get_for(&self, peer: &PeerId, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>> {
-        let _ = peer;
-        self.get(store_id)
-    }
-}
-
-/// A fixed set of stores, keyed by their store ids.
-#[derive(Debug, Default)]
-pub struct Stores {
-    map: RwLock<HashMap<StoreId, Arc<DynAppendOnlyStore>>>,
-}
-
-impl Stores {
-    /// No stores.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Serve `store` (under its own store id).
-    pub fn with(self, store: Arc<DynAppendOnlyStore>) -> Self {
-        self.insert(store);
-        self
-    }
-
-    /// Serve `store` from now on.
-    pub fn insert(&self, store: Arc<DynAppendOnlyStore>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(store.store_id().clone(), store);
-    }
-}
-
-impl StoreProvider for Stores {
-    fn get(&self, store_id: &StoreId) -> Option<Arc<DynAppendOnlyStore>> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(store_id).cloned()
-    }
-}
-
-/// What a peer may do with a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Permission {
-    /// Nothing: the connection is refused.
-    None,
-    /// Every read request, subscriptions included.
-    Read,
-    /// Reads and appends.
-    ReadWrite,
-}
-
-impl Permission {
-    /// Whether this permission allows `access`.
-    pub fn allows(self, access: Access) -> bool {
-        match access {
-            Access::Read => self >= Permission::Read,
-            Access::Write => self == Permission::ReadWrite,
-        }
-    }
-}
-
-/// Decides what each peer may do with each store.
-pub trait AccessPolicy: Send + Sync + 'static {
-    /// `peer`'s permission on `store`.
-    fn permission(&self, peer: &PeerId, store: &StoreId) -> Permission;
-}
-
-/// A list of grants: per store, which peers may read and which may write,
-/// plus an optional default for everyone.
-#[derive(Debug, Clone, Default)]
-pub struct Acl {
-    grants: HashMap<StoreId, HashMap<PeerId, Permission>>,
-    everyone: HashMap<StoreId, Permission>,
-    default: Option<Permission>,
-}
-
-impl Acl {
-    /// Nobody may do anything.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Every authenticated peer may read and write every store (for tests
-    /// and trusted networks).
-    pub fn open() -> Self {
-        Acl {
-            default: Some(Permission::ReadWrite),
-            ..Self::default()
-        }
-    }
-
-    /// Grant `peer` `permission` on `store`.
-    pub fn allow(mut self, store: &StoreId, peer: PeerId, permission: Permission) -> Self {
-        self.grants
-            .entry(store.clone())
-            .or_default()
-            .insert(peer, permission);
-        self
-    }
-
-    /// Grant every peer `permission` on `store` (a peer's own grant wins).
-    pub fn allow_everyone(mut self, store: &StoreId, permission: Permission) -> Self {
-        self.everyone.insert(store.clone(), permission);
-        self
-    }
-}
-
-impl AccessPolicy for Acl {
-    fn permission(&self, peer: &PeerId, store: &StoreId) -> Permission {
-        if let Some(p) = self.grants.get(store).and_then(|g| g.get(peer)) {
-            return *p;
-        }
-        if let Some(p) = self.everyone.get(store) {
-            return *p;
-        }
-        self.default.unwrap_or(Permission::None)
-    }
-}
+use crate::identity::{remote_peer, server_config};
+use crate::link::{read_message, write, write_message, write_response};
 
 /// Limits and settings of a [`QuicServer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Most simultaneous connections; more are refused (default 1024).
     pub max_connections: usize,
@@ -158,6 +32,13 @@ pub struct ServerOptions {
     pub max_message: u64,
     /// How long [`QuicServer::shutdown`] waits for requests in flight (default 5 s).
     pub shutdown_grace: Duration,
+    /// The policy every appended change must pass before it enters a
+    /// served store (default [`AcceptAll`]: every change that passes its
+    /// integrity check). A relay that cannot read payloads can still
+    /// require signatures (`RequireSignature`) or trusted authors. A
+    /// refused change fails its append with `Error::Rejected`; nothing of
+    /// that batch is stored.
+    pub verifier: Arc<dyn Verifier>,
 }
 
 impl Default for ServerOptions {
@@ -168,11 +49,26 @@ impl Default for ServerOptions {
             max_frame: DEFAULT_MAX_FRAME,
             max_message: cairn_protocol::DEFAULT_MAX_MESSAGE,
             shutdown_grace: Duration::from_secs(5),
+            verifier: Arc::new(AcceptAll),
         }
     }
 }
 
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("max_connections", &self.max_connections)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_frame", &self.max_frame)
+            .field("max_message", &self.max_message)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("verifier", &self.verifier)
+            .finish()
+    }
+}
+
 struct Shared {
+    serve: ServeOptions,
     stores: Arc<dyn StoreProvider>,
     policy: Arc<dyn AccessPolicy>,
     opts: ServerOptions,
@@ -213,6 +109,9 @@ impl QuicServer {
         let tracker = TaskTracker::new();
         let grace = opts.shutdown_grace;
         let shared = Arc::new(Shared {
+            serve: ServeOptions {
+                verifier: opts.verifier.clone(),
+            },
             stores,
             policy,
             opts,
@@ -324,8 +223,17 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
     // cannot learn which store ids exist.
     let perm = s.policy.permission(&peer, &hello.store_id);
     if perm == Permission::None {
-        let e = Error::Unauthorized {
-            reason: format!("peer {peer} may not access store {}", hello.store_id),
+        // A peer the policy knows (for some store) learns that this store
+        // id is not served, rather than a misleading refusal; a stranger
+        // learns nothing about which store ids exist.
+        let e = if s.policy.knows(&peer) && s.stores.get(&hello.store_id).is_none() {
+            Error::NotFound {
+                what: format!("store {} (this server does not serve it)", hello.store_id),
+            }
+        } else {
+            Error::Unauthorized {
+                reason: format!("peer {peer} may not access store {}", hello.store_id),
+            }
         };
         return refuse(&peer, &mut send, &conn, e).await;
     }
@@ -436,7 +344,7 @@ async fn serve_stream(
             body.name(),
             ctx.store_id
         )));
-        write(&mut send, &reply(id, resp, ctx.out_limit)).await?;
+        write_response(&mut send, id, resp, ctx.out_limit).await?;
         let _ = send.finish();
         return Ok(());
     }
@@ -444,13 +352,13 @@ async fn serve_stream(
         Request::Subscribe => serve_subscription(id, send, ctx, s, conn).await,
         Request::Unsubscribe { .. } => {
             // On QUIC a subscription ends when its stream is stopped.
-            write(&mut send, &reply(id, Response::Done, ctx.out_limit)).await?;
+            write_response(&mut send, id, Response::Done, ctx.out_limit).await?;
             let _ = send.finish();
             Ok(())
         }
         body => {
-            let resp = dispatch(&*ctx.store, body).await;
-            write(&mut send, &reply(id, resp, ctx.out_limit)).await?;
+            let resp = dispatch(&*ctx.store, body, &s.serve).await;
+            write_response(&mut send, id, resp, ctx.out_limit).await?;
             let _ = send.finish();
             Ok(())
         }
@@ -475,7 +383,7 @@ async fn serve_subscription(
             return Err(e);
         }
     };
-    write(&mut send, &reply(id, Response::Done, ctx.out_limit)).await?;
+    write_response(&mut send, id, Response::Done, ctx.out_limit).await?;
     let stopped = send.stopped();
     tokio::pin!(stopped);
     loop {
@@ -498,8 +406,7 @@ async fn serve_subscription(
             subscription: id,
             metas,
         };
-        let bytes = encode(&msg, ctx.out_limit)?;
-        write(&mut send, &bytes).await?;
+        write_message(&mut send, &msg, ctx.out_limit).await?;
     }
     let _ = send.finish();
     Ok(())

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn::*;
@@ -146,22 +147,24 @@ async fn server_restart_client_reconnects_and_catches_up_both_ways() {
     srv.shutdown().await;
 }
 
-async fn refused(store: &QuicStore) {
-    let mut st = store.state();
-    // The first attempt fails and the store backs off; it never connected.
-    let mut connected = false;
-    tokio::time::timeout(
-        T,
-        st.wait_for(|s| {
-            connected |= *s == ConnectionState::Connected;
-            matches!(s, ConnectionState::Retrying { attempt, .. } if *attempt >= 2)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!connected);
+/// The store is refused with `want`: `wait_connected` returns the typed
+/// error within 2 s (not after its whole timeout), the state says why, and
+/// it never connected.
+async fn refused(store: &QuicStore, want: Refusal) -> Error {
+    let err = store
+        .wait_connected(Duration::from_secs(2))
+        .await
+        .expect_err("a refused store must not connect");
+    assert!(
+        !matches!(err, Error::Timeout { .. }),
+        "the refusal must be reported at once, not as a timeout: {err}"
+    );
+    match *store.state().borrow() {
+        ConnectionState::Refused { reason, .. } => assert_eq!(reason, want),
+        other => panic!("state {other:?}, expected Refused({want:?})"),
+    }
     assert!(store.sync().await.is_err());
+    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +186,10 @@ async fn wrong_server_key_is_refused() {
         fast(),
     )
     .unwrap();
-    refused(&c).await;
+    match refused(&c, Refusal::WrongPeerKey).await {
+        Error::Unauthorized { reason } => assert!(reason.contains("pinned"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     srv.shutdown().await;
 }
 
@@ -194,9 +200,123 @@ async fn unauthorized_client_is_refused() {
     let acl = Acl::new().allow(&sid(), friend.author(), Permission::ReadWrite);
     let srv = server(local(), &skey, Arc::new(MemoryStore::new(sid())), acl);
     let stranger = client(&srv, &Keypair::generate());
-    refused(&stranger).await;
+    assert!(matches!(
+        refused(&stranger, Refusal::Unauthorized).await,
+        Error::Unauthorized { .. }
+    ));
     let ok = client(&srv, &friend);
     ok.wait_connected(T).await.unwrap();
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_peer_asking_for_an_unknown_store_is_told_so() {
+    let skey = Keypair::generate();
+    let friend = Keypair::generate();
+    let other = StoreId::new("tenant/other").unwrap();
+    let acl = Acl::new().allow(&sid(), friend.author(), Permission::ReadWrite);
+    let srv = server(local(), &skey, Arc::new(MemoryStore::new(sid())), acl);
+    let c = QuicStore::new(
+        Arc::new(MemoryStore::new(other)),
+        srv.local_addr(),
+        srv.peer_id(),
+        &friend,
+        fast(),
+    )
+    .unwrap();
+    match refused(&c, Refusal::UnknownStore).await {
+        Error::NotFound { what } => assert!(what.contains("tenant/other"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // A stranger asking for the same store learns nothing about it.
+    let s = QuicStore::new(
+        Arc::new(MemoryStore::new(StoreId::new("tenant/other").unwrap())),
+        srv.local_addr(),
+        srv.peer_id(),
+        &Keypair::generate(),
+        fast(),
+    )
+    .unwrap();
+    refused(&s, Refusal::Unauthorized).await;
+    srv.shutdown().await;
+}
+
+/// An access policy that records when it was asked (one ask per
+/// connection attempt).
+struct Counting {
+    inner: Acl,
+    asked: std::sync::Mutex<Vec<std::time::Instant>>,
+    notify: Notify,
+}
+
+impl AccessPolicy for Counting {
+    fn permission(&self, peer: &PeerId, store: &StoreId) -> Permission {
+        self.asked.lock().unwrap().push(std::time::Instant::now());
+        self.notify.notify_waiters();
+        self.inner.permission(peer, store)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_retries_at_the_backoff_cap_not_in_a_loop() {
+    let policy = Arc::new(Counting {
+        inner: Acl::new(),
+        asked: Default::default(),
+        notify: Notify::new(),
+    });
+    let skey = Keypair::generate();
+    let srv = QuicServer::bind(
+        local(),
+        &skey,
+        Arc::new(Stores::new().with(Arc::new(MemoryStore::new(sid())))),
+        policy.clone(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let cap = Duration::from_millis(300);
+    let opts = QuicStoreOptions {
+        backoff_min: Duration::from_millis(1),
+        backoff_max: cap,
+        ..QuicStoreOptions::default()
+    };
+    let c = QuicStore::new(
+        Arc::new(MemoryStore::new(sid())),
+        srv.local_addr(),
+        srv.peer_id(),
+        &Keypair::generate(),
+        opts,
+    )
+    .unwrap();
+    // Wait (bounded) until the server was asked four times.
+    tokio::time::timeout(T, async {
+        loop {
+            let n = policy.notify.notified();
+            if policy.asked.lock().unwrap().len() >= 4 {
+                break;
+            }
+            n.await;
+        }
+    })
+    .await
+    .unwrap();
+    let asked = policy.asked.lock().unwrap().clone();
+    for w in asked.windows(2) {
+        // Refusals wait the cap at once: never the 1 ms minimum, never
+        // ~20 attempts a second.
+        assert!(
+            w[1] - w[0] >= cap - Duration::from_millis(20),
+            "attempts {:?} apart",
+            w[1] - w[0]
+        );
+    }
+    assert!(matches!(
+        *c.state().borrow(),
+        ConnectionState::Refused {
+            reason: Refusal::Unauthorized,
+            ..
+        } | ConnectionState::Connecting
+    ));
+    c.close().await;
     srv.shutdown().await;
 }
 
@@ -211,10 +331,31 @@ async fn read_only_peer_writes_are_refused() {
     let c = client(&srv, &reader);
     c.wait_connected(T).await.unwrap();
     assert_eq!(c.head().await.unwrap().seq, 5, "reads work");
-    match c.append(changes("x", 1, 10)).await {
+    // The append lands in the cache; the server's refusal is reported by
+    // flush, once, and the connection stays up (no reconnect loop).
+    let mut st = c.state();
+    st.borrow_and_update();
+    c.append(changes("x", 1, 10)).await.unwrap();
+    match c.flush(T).await {
         Err(Error::Unauthorized { .. }) => {}
         other => panic!("{other:?}"),
     }
+    assert_eq!(c.pending(), 0);
+    assert_eq!(c.delivery_failures().len(), 1);
+    assert_eq!(backing.head().await.unwrap().seq, 5);
+    assert_eq!(c.head().await.unwrap().seq, 6, "the cache keeps it");
+    assert!(!st.has_changed().unwrap(), "the connection stayed up");
+    assert_eq!(*st.borrow(), ConnectionState::Connected);
+    // A reconnect does not turn the refused change into a loop either: the
+    // catch-up push is refused, reported, and the session stays up.
+    let addr = srv.local_addr();
+    srv.shutdown().await;
+    let acl = Acl::new().allow(&sid(), reader.author(), Permission::Read);
+    let srv = server(addr, &skey, backing.clone(), acl);
+    wait_state(&mut st, |s| *s == ConnectionState::Connected).await;
+    // An explicit sync reports the refusal; the session stays up.
+    assert!(matches!(c.sync().await, Err(Error::Unauthorized { .. })));
+    assert_eq!(*c.state().borrow(), ConnectionState::Connected);
     assert_eq!(backing.head().await.unwrap().seq, 5);
     srv.shutdown().await;
 }
@@ -276,15 +417,10 @@ async fn oversized_frame_is_a_clear_error_and_server_keeps_serving() {
     c.wait_connected(T).await.unwrap();
     let cs = changes("d", 3, 10);
     c.append(cs.clone()).await.unwrap();
+    c.flush(T).await.unwrap();
     let other = client(&srv, &Keypair::generate());
     other.wait_connected(T).await.unwrap();
     assert_eq!(other.head().await.unwrap().seq, 3);
-    // A change too large for the server's frames is refused up front.
-    let big = changes("big", 1, 17 << 20);
-    match c.append(big).await {
-        Err(Error::TooLarge { what: "change", .. }) => {}
-        other => panic!("{other:?}"),
-    }
     conn.close(0u32.into(), b"");
     srv.shutdown().await;
 }

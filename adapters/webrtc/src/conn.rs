@@ -14,10 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn::{ChangeMeta, DynAppendOnlyStore, Error, Keypair, Result, StoreId};
 use cairn_protocol::{
-    Call, Correlator, FrameDecoder, Hello, Incoming, MIN_MAX_FRAME, Message, Request, Response,
-    WireError, check_hello, dispatch, encode, error_reply, reply, server_hello,
+    AccessPolicy, Call, Correlator, FrameDecoder, FrameEncoder, Hello, Incoming, MIN_MAX_FRAME,
+    Message, PeerId, Permission, Request, Response, ServeOptions, WireError, check_hello, dispatch,
+    encode, error_reply, server_hello,
 };
-use cairn_quic::{AccessPolicy, PeerId, Permission};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ pub(crate) struct ConnConfig {
     pub(crate) keypair: Keypair,
     pub(crate) roles: u8,
     pub(crate) store: Arc<DynAppendOnlyStore>,
+    pub(crate) serve: ServeOptions,
     pub(crate) policy: Arc<dyn AccessPolicy>,
     pub(crate) max_frame: u32,
     pub(crate) max_message: u64,
@@ -93,6 +94,42 @@ async fn next_msg(
             }
         }
     }
+}
+
+/// Send `msg` as frames of at most `limit` bytes, one byte string per frame:
+/// the sender holds the message and one frame, and the channel's bound
+/// gives backpressure. Frames of other messages may come between them.
+async fn send_message(out: &mpsc::Sender<Vec<u8>>, msg: &Message, limit: u32) -> Result<()> {
+    for frame in FrameEncoder::new(msg, limit) {
+        out.send(frame?).await.map_err(|_| closed())?;
+    }
+    Ok(())
+}
+
+/// Send the response to request `id`, frame by frame; a response that
+/// cannot be framed at all becomes its error response.
+async fn send_response(
+    out: &mpsc::Sender<Vec<u8>>,
+    id: u32,
+    body: Response,
+    limit: u32,
+) -> Result<()> {
+    let msg = Message::Response { id, body };
+    let mut frames = FrameEncoder::new(&msg, limit);
+    match frames.next() {
+        Some(Ok(first)) => out.send(first).await.map_err(|_| closed())?,
+        Some(Err(e)) => {
+            return out
+                .send(error_reply(id, &e, limit))
+                .await
+                .map_err(|_| closed());
+        }
+        None => return Ok(()),
+    }
+    for frame in frames {
+        out.send(frame?).await.map_err(|_| closed())?;
+    }
+    Ok(())
 }
 
 /// Longest a refusing side keeps the channel open for its refusal to be read.
@@ -227,21 +264,17 @@ impl Conn {
                 .cancel(id);
             return Err(closed());
         }
-        let bytes = match encode(&msg, self.send_limit()) {
-            Ok(b) => b,
-            Err(e) => {
-                self.corr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .cancel(id);
-                return Err(e);
+        if let Err(e) = send_message(&self.out, &msg, self.send_limit()).await {
+            self.corr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cancel(id);
+            if matches!(e, Error::Closed) {
+                self.close();
             }
-        };
-        drop(msg);
-        if self.out.send(bytes).await.is_err() {
-            self.close();
-            return Err(closed());
+            return Err(e);
         }
+        drop(msg);
         tokio::select! {
             r = wrx => r.unwrap_or_else(|_| Err(closed())),
             _ = self.closed.cancelled() => Err(closed()),
@@ -290,9 +323,10 @@ async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg:
                     };
                     let conn2 = conn.clone();
                     let store = cfg.store.clone();
+                    let opts = cfg.serve.clone();
                     let subs = served_subs.clone();
                     tokio::spawn(async move {
-                        serve(&conn2, &*store, &subs, id, body, out_limit).await;
+                        serve(&conn2, &*store, &opts, &subs, id, body, out_limit).await;
                         drop(permit);
                     });
                 }
@@ -358,6 +392,7 @@ async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg:
 async fn serve(
     conn: &Arc<Conn>,
     store: &DynAppendOnlyStore,
+    opts: &ServeOptions,
     subs: &Arc<Mutex<HashMap<u32, CancellationToken>>>,
     id: u32,
     body: Request,
@@ -371,7 +406,7 @@ async fn serve(
             body.name(),
             store.store_id()
         )));
-        let _ = conn.out.send(reply(id, resp, out_limit)).await;
+        let _ = send_response(&conn.out, id, resp, out_limit).await;
         return;
     }
     match body {
@@ -387,9 +422,7 @@ async fn serve(
             subs.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, token.clone());
-            if conn
-                .out
-                .send(reply(id, Response::Done, out_limit))
+            if send_response(&conn.out, id, Response::Done, out_limit)
                 .await
                 .is_err()
             {
@@ -412,10 +445,7 @@ async fn serve(
                     subscription: id,
                     metas,
                 };
-                let Ok(bytes) = encode(&msg, out_limit) else {
-                    break;
-                };
-                if conn.out.send(bytes).await.is_err() {
+                if send_message(&conn.out, &msg, out_limit).await.is_err() {
                     break;
                 }
             }
@@ -428,11 +458,11 @@ async fn serve(
             {
                 t.cancel();
             }
-            let _ = conn.out.send(reply(id, Response::Done, out_limit)).await;
+            let _ = send_response(&conn.out, id, Response::Done, out_limit).await;
         }
         body => {
-            let resp = dispatch(store, body).await;
-            let _ = conn.out.send(reply(id, resp, out_limit)).await;
+            let resp = dispatch(store, body, opts).await;
+            let _ = send_response(&conn.out, id, resp, out_limit).await;
         }
     }
 }

@@ -10,8 +10,9 @@ mod signal;
 mod store;
 
 pub use auth::{AUTH_CONTEXT, AUTH_LEN, AUTH_MAGIC, ROLE_CALLS, ROLE_SERVES};
-pub use cairn_quic::{
-    AccessPolicy, Acl, ConnectionState, PeerId, Permission, StoreProvider, Stores,
+pub use cairn_protocol::{
+    AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreEvent, StoreProvider,
+    Stores,
 };
 pub use rtc::{CHUNK, LABEL, RawChannel};
 pub use server::{SignalingOptions, SignalingServer};

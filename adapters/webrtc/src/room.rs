@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cairn::{Error, Result};
 use cairn_protocol::Backoff;
-use cairn_quic::{ConnectionState, PeerId};
+use cairn_protocol::{ConnectionState, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};

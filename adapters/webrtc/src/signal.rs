@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn::{Error, Result};
 use cairn_protocol::Backoff;
-use cairn_quic::PeerId;
+use cairn_protocol::PeerId;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;

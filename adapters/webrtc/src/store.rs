@@ -1,22 +1,20 @@
 //! [`WebRtcStore`]: a local cache that serves itself to, and pulls from,
 //! every peer it is paired with over WebRTC.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cairn::sync::SyncOptions;
 use cairn::{
-    AppendOutcome, Change, ChangeId, DynAppendOnlyStore, Error, Keypair, Result, StoreId,
-    SyncReport, SyncState,
+    AcceptAll, DynAppendOnlyStore, Error, Keypair, Result, StoreId, SyncReport, SyncState, Verifier,
 };
 use cairn_protocol::{
-    Access, CacheFirst, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, RemoteCalls, RemoteStore, Transport,
+    Access, AccessPolicy, Backoff, CacheFirst, CatchUp, ConnectionState, DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_MESSAGE, DeliveryFailure, DeliveryOptions, Node, PeerId, RemoteStore, ServeOptions,
+    StoreEvent, Transport,
 };
-use cairn_quic::{AccessPolicy, ConnectionState, PeerId};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -26,6 +24,7 @@ use crate::rtc::{Channel, PendingOffer, Setup};
 
 /// Settings of a [`WebRtcStore`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WebRtcStoreOptions {
     /// Largest frame accepted (default 16 MiB); peers send no larger.
     pub max_frame: u32,
@@ -43,6 +42,12 @@ pub struct WebRtcStoreOptions {
     pub backoff_min: Duration,
     /// Longest delay between attempts (default 5 s).
     pub backoff_max: Duration,
+    /// The policy every change must pass before it enters the cache: from
+    /// a peer (catch-up, notifications, fetches on a cache miss, a peer's
+    /// append) or from a local append (default [`AcceptAll`]: every change
+    /// that passes its integrity check). An app that signs its changes
+    /// should use `RequireSignature` or `TrustedAuthors`.
+    pub verifier: Arc<dyn Verifier>,
 }
 
 impl Default for WebRtcStoreOptions {
@@ -55,7 +60,16 @@ impl Default for WebRtcStoreOptions {
             handshake_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            verifier: Arc::new(AcceptAll),
         }
+    }
+}
+
+impl WebRtcStoreOptions {
+    /// Use `verifier` at the cache's door.
+    pub fn verifier(mut self, verifier: impl Verifier + 'static) -> Self {
+        self.verifier = Arc::new(verifier);
+        self
     }
 }
 
@@ -65,7 +79,7 @@ struct PeerEntry {
 
 pub(crate) struct Inner {
     pub(crate) store_id: StoreId,
-    pub(crate) cache: Arc<DynAppendOnlyStore>,
+    pub(crate) node: Arc<Node>,
     pub(crate) keypair: Keypair,
     policy: Arc<dyn AccessPolicy>,
     pub(crate) opts: WebRtcStoreOptions,
@@ -73,7 +87,7 @@ pub(crate) struct Inner {
     peers_tx: watch::Sender<Vec<PeerId>>,
     state: watch::Sender<ConnectionState>,
     pub(crate) cancel: CancellationToken,
-    sync_states: Mutex<HashMap<PeerId, SyncState>>,
+    sync_states: Mutex<HashMap<PeerId, Arc<Mutex<SyncState>>>>,
     /// Told when a session with a peer ends (the room re-pairs).
     pub(crate) lost: Mutex<Option<mpsc::UnboundedSender<PeerId>>>,
 }
@@ -82,8 +96,13 @@ pub(crate) struct Inner {
 /// (any [`AppendOnlyStore`](cairn::AppendOnlyStore)); the cache is served to every paired peer
 /// (under the [`AccessPolicy`]) and kept up to date from them: each peer
 /// pulls what it lacks on pairing, then live through a subscription.
-/// Appends are pushed to connected peers at once; offline appends reach
-/// them on the next pairing. Paired through a [`Signaling`](crate::Signaling)
+/// Every change from a peer passes the [`WebRtcStoreOptions::verifier`]
+/// first; a refused one never enters the cache and is reported on
+/// [`events`](WebRtcStore::events). `append` writes the cache and an
+/// outbox and never waits on a peer; each paired peer's delivery loop
+/// sends it in the background ([`pending`](WebRtcStore::pending),
+/// [`flush`](WebRtcStore::flush)); offline appends reach peers on the next
+/// pairing. Paired through a [`Signaling`](crate::Signaling)
 /// room ([`join`](WebRtcStore::join)), with automatic re-pairing, or by hand
 /// ([`offer`](WebRtcStore::offer) / [`answer`](WebRtcStore::answer)).
 pub struct WebRtcStore {
@@ -167,9 +186,10 @@ impl WebRtcStore {
         policy: Arc<dyn AccessPolicy>,
         opts: WebRtcStoreOptions,
     ) -> Self {
+        let node = Node::new(cache, opts.verifier.clone());
         let inner = Arc::new(Inner {
-            store_id: cache.store_id().clone(),
-            cache,
+            store_id: node.cache().store_id().clone(),
+            node,
             keypair: keypair.clone(),
             policy,
             opts,
@@ -181,7 +201,7 @@ impl WebRtcStore {
             lost: Mutex::new(None),
         });
         WebRtcStore {
-            store: CacheFirst::new(inner.cache.clone(), inner.clone()),
+            store: CacheFirst::new(inner.node.clone(), inner.clone()),
             inner,
         }
     }
@@ -193,7 +213,35 @@ impl WebRtcStore {
 
     /// The local cache.
     pub fn cache(&self) -> &Arc<DynAppendOnlyStore> {
-        &self.inner.cache
+        self.inner.node.cache()
+    }
+
+    /// Local appends not yet confirmed by every paired peer (and by at
+    /// least one).
+    pub fn pending(&self) -> usize {
+        self.inner.node.outbox().pending()
+    }
+
+    /// Wait until every local append so far is delivered, at most
+    /// `timeout` (see [`cairn_protocol::Outbox::flush`]).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        self.inner.node.outbox().flush(timeout).await
+    }
+
+    /// Local changes a peer refused for good (the most recent 64).
+    pub fn delivery_failures(&self) -> Vec<DeliveryFailure> {
+        self.inner.node.outbox().failures()
+    }
+
+    /// Events: changes from peers refused by the local policy, and local
+    /// changes a peer refused.
+    pub fn events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.node.events()
+    }
+
+    /// How many changes from peers the local policy refused so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.node.refused()
     }
 
     /// Connection state: `Connected` while at least one peer is paired and
@@ -310,7 +358,10 @@ pub(crate) async fn start(
     let cfg = ConnConfig {
         keypair: inner.keypair.clone(),
         roles: ROLE_SERVES | ROLE_CALLS,
-        store: inner.cache.clone(),
+        store: inner.node.cache().clone(),
+        serve: ServeOptions {
+            verifier: inner.node.verifier().clone(),
+        },
         policy: inner.policy.clone(),
         max_frame: inner.opts.max_frame,
         max_message: inner.opts.max_message,
@@ -370,18 +421,40 @@ async fn session(
     }
     inner.insert(conn.clone());
     let _ = ready.send(Ok(()));
-    let Some(mut sub) = sub else {
-        conn.closed.cancelled().await;
-        return Ok(());
-    };
     let remote = inner.remote(conn);
-    loop {
-        let metas = tokio::select! {
-            _ = conn.closed.cancelled() => return Ok(()),
-            m = sub.recv() => m,
+    let delivery = DeliveryOptions {
+        backoff: Backoff {
+            min: inner.opts.backoff_min,
+            max: inner.opts.backoff_max,
+        },
+        max_bytes: u64::from(conn.send_limit() / 2),
+        ..DeliveryOptions::default()
+    };
+    // Deliver the outbox to every peer that serves a store.
+    let deliver = async {
+        if conn.roles & ROLE_SERVES != 0 {
+            inner.node.deliver(conn.peer, &remote, &delivery).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let follow = async {
+        let Some(mut sub) = sub else {
+            return std::future::pending().await;
         };
-        let Some(metas) = metas else { return Ok(()) };
-        cairn_protocol::ingest(&*inner.cache, &remote, &metas).await?;
+        // Bounded by the connection: `recv` ends when it closes.
+        while let Some(metas) = sub.recv().await {
+            inner
+                .node
+                .follow(conn.peer, &remote, &metas, &delivery.backoff, 8)
+                .await?;
+        }
+        Ok(())
+    };
+    tokio::select! {
+        _ = conn.closed.cancelled() => Ok(()),
+        r = follow => r,
+        r = deliver => r,
     }
 }
 
@@ -504,75 +577,28 @@ impl Inner {
             .sync_states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&conn.peer)
-            .cloned()
-            .unwrap_or_default();
-        let opts = SyncOptions {
-            state,
+            .entry(conn.peer)
+            .or_default()
+            .clone();
+        let opts = CatchUp {
+            pull: conn.perm.allows(Access::Write),
+            push: both,
             batch_bytes: u64::from(conn.send_limit() / 2),
-            ..SyncOptions::default()
+            // An explicit sync reports a refused push; the pairing's
+            // catch-up only pulls.
+            strict: both,
         };
-        let pulls = conn.perm.allows(Access::Write);
-        let report = if both && pulls {
-            cairn::sync::sync(&*self.cache, &remote, &opts).await?
-        } else if both {
-            cairn::sync::push(&*self.cache, &remote, &opts).await?
-        } else {
-            cairn::sync::pull(&*self.cache, &remote, &opts).await?
-        };
-        self.sync_states
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.peer, report.state.clone());
-        Ok(report)
+        self.node.catch_up(conn.peer, &remote, &state, opts).await
     }
 }
 
-#[async_trait]
 impl Transport for Inner {
-    fn max_frame(&self) -> usize {
-        self.opts.max_frame as usize
-    }
-
     /// The paired peers that serve us and that we pull from.
-    fn remotes(&self) -> Vec<Arc<DynAppendOnlyStore>> {
+    fn remotes(&self) -> Vec<(PeerId, Arc<DynAppendOnlyStore>)> {
         let conns = self.conns().into_iter();
         conns
             .filter(|c| c.roles & ROLE_SERVES != 0 && c.perm.allows(Access::Write))
-            .map(|c| Arc::new(self.remote(&c)) as _)
+            .map(|c| (c.peer, Arc::new(self.remote(&c)) as _))
             .collect()
-    }
-
-    /// The cache, then the new changes to every paired peer that serves us;
-    /// a peer that fails pulls them later.
-    async fn append(
-        &self,
-        cache: &DynAppendOnlyStore,
-        changes: Vec<Change>,
-    ) -> Result<AppendOutcome> {
-        let out = cache.append(changes.clone()).await?;
-        if out.new.is_empty() {
-            return Ok(out);
-        }
-        let fresh: HashSet<ChangeId> = out.new.iter().copied().collect();
-        let fresh: Vec<Change> = changes
-            .into_iter()
-            .filter(|c| fresh.contains(&c.id()))
-            .collect();
-        // To every serving peer at once: one round trip, not one per peer.
-        let pushes = self
-            .conns()
-            .into_iter()
-            .filter(|c| c.roles & ROLE_SERVES != 0)
-            .map(|conn| {
-                let fresh = fresh.clone();
-                async move {
-                    if let Err(e) = conn.remote_append(fresh).await {
-                        debug!(peer = %conn.peer, error = %e, "append kept locally; the peer pulls it later");
-                    }
-                }
-            });
-        futures::future::join_all(pushes).await;
-        Ok(out)
     }
 }

@@ -303,7 +303,13 @@ async fn a_read_only_peer_cannot_append() {
     pending.accept(&answer).await.unwrap();
     let x = change(&doc("x"), ChangeKind::Create, &[], 10);
     b.append(vec![x.clone()]).await.unwrap();
-    // B's push is refused; a full sync reports it.
+    // B's delivery is refused: flush reports it, and so does a full sync.
+    let e = b
+        .flush(std::time::Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
+    assert_eq!(b.pending(), 0);
     let e = b.sync().await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
     assert!(!a.cache().has_changes(&[x.id()]).await.unwrap()[0]);

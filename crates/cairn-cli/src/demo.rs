@@ -59,6 +59,14 @@ async fn connect(d: &Device, server: &QuicServer, config: &TenantConfig) -> Resu
 }
 
 impl Online {
+    /// Wait until the relay has confirmed every local append (appends
+    /// return once the change is in the local cache and its outbox).
+    async fn flush(&self) -> Result<()> {
+        self.dir.flush(PATIENCE).await?;
+        self.db.flush(PATIENCE).await?;
+        Ok(())
+    }
+
     async fn close(self) {
         self.dir.close().await;
         self.db.close().await;
@@ -155,6 +163,7 @@ pub async fn run(notes: usize) -> Result<()> {
         .add_user(&admin, "bob (phone)", devices[1].user.author())
         .await?;
     let contact = laptop.contacts.create(put("name", "Ada Lovelace")).await?;
+    laptop.flush().await?;
     let phone = connect(&devices[1], &server, &config).await?;
     let seen = phone.contacts.load(&contact).await?;
     println!(

@@ -24,6 +24,17 @@ pub const HEADER_LEN: usize = 6;
 /// Flag bit: another frame of the same message follows.
 pub const FLAG_MORE: u8 = 0x01;
 
+/// Flag bit: the frame ends with the first bytes of a list item that
+/// continues in the next frames of the message (`CONT` frames); the split
+/// section is `item_len:u64` then the item's first bytes.
+pub const FLAG_SPLIT: u8 = 0x02;
+
+/// Flag bit: the frame carries only more bytes of the item split by an
+/// earlier frame of the message (no fixed fields, no count).
+pub const FLAG_CONT: u8 = 0x04;
+
+const KNOWN_FLAGS: u8 = FLAG_MORE | FLAG_SPLIT | FLAG_CONT;
+
 enum Items<'a> {
     None,
     Ids(&'a [ChangeId]),
@@ -33,7 +44,7 @@ enum Items<'a> {
     Scan(&'a [ScanItem]),
 }
 
-impl Items<'_> {
+impl<'a> Items<'a> {
     fn len(&self) -> Option<usize> {
         match self {
             Items::None => None,
@@ -45,18 +56,65 @@ impl Items<'_> {
         }
     }
 
-    fn write(&self, i: usize, out: &mut Vec<u8>) {
-        match self {
-            Items::None => {}
-            Items::Ids(v) => out.extend_from_slice(v[i].as_bytes()),
-            Items::Changes(v) => write_change(&v[i], out),
-            Items::Metas(v) => write_meta(&v[i], out),
-            Items::Bools(v) => out.push(u8::from(v[i])),
-            Items::Scan(v) => {
-                put_u64(out, v[i].seq);
-                write_meta(&v[i].meta, out);
+    /// Item `i`'s encoding as a head written here and a tail borrowed from
+    /// the message (a change's payload), so that a large payload is copied
+    /// once per frame, never into an intermediate buffer.
+    fn item(&self, i: usize) -> Result<(Vec<u8>, &'a [u8])> {
+        let mut out = Vec::new();
+        let tail: &'a [u8] = match self {
+            Items::None => &[],
+            Items::Ids(v) => {
+                if let Some(id) = v.get(i) {
+                    out.extend_from_slice(id.as_bytes());
+                }
+                &[]
             }
-        }
+            Items::Changes(v) => match v.get(i) {
+                Some(c) => {
+                    write_meta(&c.meta, &mut out);
+                    let len = u32::try_from(c.payload.len()).map_err(|_| Error::TooLarge {
+                        what: "payload",
+                        limit: u64::from(u32::MAX),
+                        actual: c.payload.len() as u64,
+                    })?;
+                    put_u32(&mut out, len);
+                    &c.payload[..]
+                }
+                None => &[],
+            },
+            Items::Metas(v) => {
+                if let Some(m) = v.get(i) {
+                    write_meta(m, &mut out);
+                }
+                &[]
+            }
+            Items::Bools(v) => {
+                if let Some(b) = v.get(i) {
+                    out.push(u8::from(*b));
+                }
+                &[]
+            }
+            Items::Scan(v) => {
+                if let Some(item) = v.get(i) {
+                    put_u64(&mut out, item.seq);
+                    write_meta(&item.meta, &mut out);
+                }
+                &[]
+            }
+        };
+        Ok((out, tail))
+    }
+}
+
+/// Copy bytes `from..from + n` of `head ‖ tail` to `out`.
+fn copy_span(head: &[u8], tail: &[u8], from: usize, n: usize, out: &mut Vec<u8>) {
+    let end = from + n;
+    if from < head.len() {
+        out.extend_from_slice(&head[from..end.min(head.len())]);
+    }
+    if end > head.len() {
+        let s = from.saturating_sub(head.len());
+        out.extend_from_slice(&tail[s..end - head.len()]);
     }
 }
 
@@ -64,14 +122,6 @@ fn write_meta(meta: &ChangeMeta, out: &mut Vec<u8>) {
     let rec = encode_meta(meta);
     put_u32(out, u32::try_from(rec.len()).unwrap_or(u32::MAX));
     out.extend_from_slice(&rec);
-}
-
-fn write_change(c: &Change, out: &mut Vec<u8>) {
-    write_meta(&c.meta, out);
-    // A payload over 4 GiB cannot be framed; the frame limit catches it
-    // first (it is at most 4 GiB), so saturating here is never sent.
-    put_u32(out, u32::try_from(c.payload.len()).unwrap_or(u32::MAX));
-    out.extend_from_slice(&c.payload);
 }
 
 fn read_meta(r: &mut Reader<'_>) -> Result<ChangeMeta> {
@@ -230,14 +280,197 @@ fn too_large(what: &'static str, limit: u32, actual: usize) -> Error {
     }
 }
 
-/// Encode `msg` as one or more frames, back to back, none larger than
-/// `max_frame` bytes (the length prefix excluded).
+/// An item split across frames, in progress.
+struct Split<'a> {
+    head: Vec<u8>,
+    tail: &'a [u8],
+    sent: usize,
+}
+
+impl Split<'_> {
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+}
+
+/// Encodes one message as frames, one at a time, none larger than the frame
+/// limit (the length prefix excluded): a sender holds the message and one
+/// frame, never the whole encoding.
 ///
 /// A list too long for one frame is split across frames: every frame but the
-/// last has the `MORE` flag and repeats the message's fixed fields. A single
-/// list item (one change, say) that cannot fit in a frame on its own is an
-/// [`Error::TooLarge`] with `what == "change"` (or `"message"` for fixed
-/// fields); nothing is produced then.
+/// last has the `MORE` flag and repeats the message's fixed fields. A list
+/// item too large for a frame of its own (a big change) is split too: its
+/// first bytes end a frame flagged `SPLIT` (after `item_len:u64`), and
+/// `CONT` frames carry the rest. So any message travels, whatever its size;
+/// the receiver bounds what it reassembles ([`FrameDecoder`]).
+///
+/// ```
+/// use cairn_protocol::{FrameEncoder, Message, Request, LEN_PREFIX};
+/// let msg = Message::Request { id: 3, body: Request::GetChanges(vec![cairn::ChangeId::MIN; 1000]) };
+/// let frames: Vec<Vec<u8>> = FrameEncoder::new(&msg, 4096).collect::<Result<_, _>>()?;
+/// assert!(frames.len() > 1);
+/// assert!(frames.iter().all(|f| f.len() - LEN_PREFIX <= 4096));
+/// # Ok::<(), cairn::Error>(())
+/// ```
+pub struct FrameEncoder<'a> {
+    ty: u8,
+    id: u32,
+    fixed: Vec<u8>,
+    items: Items<'a>,
+    limit: usize,
+    next: usize,
+    split: Option<Split<'a>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for FrameEncoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameEncoder")
+            .field("type", &self.ty)
+            .field("id", &self.id)
+            .field("next_item", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> FrameEncoder<'a> {
+    /// Frames of `msg`, each at most `max_frame` bytes after the length
+    /// prefix (at least [`MIN_MAX_FRAME`] is used).
+    pub fn new(msg: &'a Message, max_frame: u32) -> Self {
+        let (fixed, items) = parts(msg);
+        FrameEncoder {
+            ty: msg.type_byte(),
+            id: msg.id(),
+            fixed,
+            items,
+            limit: max_frame.max(MIN_MAX_FRAME) as usize,
+            next: 0,
+            split: None,
+            done: false,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.items.len().unwrap_or(0)
+    }
+
+    fn header(&self, out: &mut Vec<u8>, flags: u8) {
+        put_u32(out, 0);
+        out.push(self.ty);
+        out.push(flags);
+        put_u32(out, self.id);
+    }
+
+    fn seal(out: &mut [u8], flags: u8) {
+        let body_len = (out.len() - LEN_PREFIX) as u32;
+        out[..4].copy_from_slice(&body_len.to_be_bytes());
+        out[5] = flags;
+    }
+
+    /// The next frame of a split item.
+    fn cont_frame(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.limit.min(1 << 20) + LEN_PREFIX);
+        self.header(&mut out, 0);
+        let room = self.limit - HEADER_LEN;
+        let mut flags = FLAG_CONT;
+        if let Some(sp) = &mut self.split {
+            let n = room.min(sp.len() - sp.sent);
+            copy_span(&sp.head, sp.tail, sp.sent, n, &mut out);
+            sp.sent += n;
+            if sp.sent == sp.len() {
+                self.split = None;
+            }
+        }
+        if self.split.is_some() || self.next < self.total() {
+            flags |= FLAG_MORE;
+        } else {
+            self.done = true;
+        }
+        Self::seal(&mut out, flags);
+        out
+    }
+
+    fn list_frame(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.limit.min(1 << 20) + LEN_PREFIX);
+        self.header(&mut out, 0);
+        out.extend_from_slice(&self.fixed);
+        let count_pos = self.items.len().map(|_| {
+            let p = out.len();
+            put_u32(&mut out, 0);
+            p
+        });
+        let empty = out.len() - LEN_PREFIX;
+        if empty > self.limit {
+            self.done = true;
+            return Err(too_large("message", self.limit as u32, empty));
+        }
+        let mut flags = 0u8;
+        let mut n: u32 = 0;
+        while self.next < self.total() && n < u32::MAX {
+            let (head, tail) = self.items.item(self.next)?;
+            let size = head.len() + tail.len();
+            let room = self.limit - (out.len() - LEN_PREFIX);
+            if size <= room {
+                out.extend_from_slice(&head);
+                out.extend_from_slice(tail);
+                n += 1;
+                self.next += 1;
+                continue;
+            }
+            // It fits an empty frame: start the next frame with it.
+            if n > 0 && size <= self.limit - empty {
+                break;
+            }
+            // Too large for any frame, or too large for what is left: split
+            // it, starting here (an item length, then its first bytes).
+            if room < 8 + 1 {
+                break;
+            }
+            put_u64(&mut out, size as u64);
+            let first = room - 8;
+            copy_span(&head, tail, 0, first, &mut out);
+            self.split = Some(Split {
+                head,
+                tail,
+                sent: first,
+            });
+            self.next += 1;
+            flags |= FLAG_SPLIT;
+            break;
+        }
+        if let Some(p) = count_pos {
+            out[p..p + 4].copy_from_slice(&n.to_be_bytes());
+        }
+        if self.split.is_some() || self.next < self.total() {
+            flags |= FLAG_MORE;
+        } else {
+            self.done = true;
+        }
+        Self::seal(&mut out, flags);
+        Ok(out)
+    }
+}
+
+impl Iterator for FrameEncoder<'_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if self.done {
+            return None;
+        }
+        if self.split.is_some() {
+            return Some(Ok(self.cont_frame()));
+        }
+        Some(self.list_frame())
+    }
+}
+
+/// Encode `msg` as one or more frames, back to back, none larger than
+/// `max_frame` bytes (the length prefix excluded). See [`FrameEncoder`],
+/// which yields the same frames one at a time without holding them all.
+///
+/// Only fixed fields too large for a frame fail ([`Error::TooLarge`] with
+/// `what == "message"`); nothing is produced then.
 pub fn encode(msg: &Message, max_frame: u32) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     encode_into(msg, max_frame, &mut out)?;
@@ -245,105 +478,114 @@ pub fn encode(msg: &Message, max_frame: u32) -> Result<Vec<u8>> {
 }
 
 /// Like [`encode`], but each frame (length prefix included) in its own
-/// buffer, for transports that send discrete messages (WebRTC data channels).
+/// buffer.
 pub fn encode_frames(msg: &Message, max_frame: u32) -> Result<Vec<Vec<u8>>> {
-    let buf = encode(msg, max_frame)?;
-    let mut frames = Vec::new();
-    let mut rest = &buf[..];
-    while rest.len() >= LEN_PREFIX {
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let end = (LEN_PREFIX + len).min(rest.len());
-        frames.push(rest[..end].to_vec());
-        rest = &rest[end..];
-    }
-    Ok(frames)
+    FrameEncoder::new(msg, max_frame).collect()
 }
 
 /// Like [`encode`], appending to `out`. On error `out` is left as it was.
 pub fn encode_into(msg: &Message, max_frame: u32, out: &mut Vec<u8>) -> Result<()> {
     let start_len = out.len();
-    let res = encode_inner(msg, max_frame, out);
-    if res.is_err() {
-        out.truncate(start_len);
+    for frame in FrameEncoder::new(msg, max_frame) {
+        match frame {
+            Ok(f) => out.extend_from_slice(&f),
+            Err(e) => {
+                out.truncate(start_len);
+                return Err(e);
+            }
+        }
     }
-    res
+    Ok(())
 }
 
-fn encode_inner(msg: &Message, max_frame: u32, out: &mut Vec<u8>) -> Result<()> {
-    let ty = msg.type_byte();
-    let id = msg.id();
-    let (fixed, items) = parts(msg);
-    let limit = max_frame as usize;
-    // Start a frame; returns (frame start, count position if any).
-    let begin = |out: &mut Vec<u8>| -> (usize, Option<usize>) {
-        let start = out.len();
-        put_u32(out, 0);
-        out.push(ty);
-        out.push(0);
-        put_u32(out, id);
-        out.extend_from_slice(&fixed);
-        let count_pos = items.len().map(|_| {
-            let p = out.len();
-            put_u32(out, 0);
-            p
-        });
-        (start, count_pos)
-    };
-    let finish = |out: &mut Vec<u8>, start: usize, count_pos: Option<usize>, n: u32, more: bool| {
-        let body_len = (out.len() - start - LEN_PREFIX) as u32;
-        out[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
-        if more {
-            out[start + 5] = FLAG_MORE;
-        }
-        if let Some(p) = count_pos {
-            out[p..p + 4].copy_from_slice(&n.to_be_bytes());
-        }
-    };
-    let (mut start, mut count_pos) = begin(out);
-    let empty_frame = out.len() - start - LEN_PREFIX;
-    if empty_frame > limit {
-        return Err(too_large("message", max_frame, empty_frame));
-    }
-    let total = items.len().unwrap_or(0);
-    let mut n: u32 = 0;
-    for i in 0..total {
-        let mark = out.len();
-        items.write(i, out);
-        if out.len() - start - LEN_PREFIX > limit || n == u32::MAX {
-            if n == 0 {
-                let size = out.len() - mark + empty_frame;
-                return Err(too_large("change", max_frame, size));
-            }
-            out.truncate(mark);
-            finish(out, start, count_pos, n, true);
-            (start, count_pos) = begin(out);
-            n = 0;
-            let mark = out.len();
-            items.write(i, out);
-            if out.len() - start - LEN_PREFIX > limit {
-                let size = out.len() - mark + empty_frame;
-                return Err(too_large("change", max_frame, size));
-            }
-        }
-        n += 1;
-    }
-    finish(out, start, count_pos, n, false);
-    Ok(())
+/// Whether messages of type `ty` carry a list (and may be split).
+fn is_list(ty: u8) -> bool {
+    matches!(
+        ty,
+        t::APPEND
+            | t::GET_CHANGES
+            | t::GET_METAS
+            | t::HAS_CHANGES
+            | t::FIND_NEW_CHANGES
+            | t::FIND_NEW_CHANGES_FOR_DOC
+            | t::APPENDED
+            | t::CHANGES
+            | t::METAS
+            | t::BOOLS
+            | t::SCAN_ITEMS
+            | t::IDS
+            | t::NOTIFY
+    )
+}
+
+/// One decoded frame.
+enum Frame<'a> {
+    /// A message frame: its fixed fields and whole items, whether more
+    /// frames follow, and the start of a split item (its length and first
+    /// bytes) if the frame ends with one.
+    Msg {
+        msg: Message,
+        more: bool,
+        split: Option<(u64, &'a [u8])>,
+    },
+    /// More bytes of a split item.
+    Cont {
+        ty: u8,
+        id: u32,
+        more: bool,
+        bytes: &'a [u8],
+    },
 }
 
 /// Decode one frame body (the bytes after the length prefix): the message
 /// it carries (for a chunked message, only this chunk's part of the list)
 /// and whether the `MORE` flag is set. Never panics; malformed input is an
-/// [`Error::Protocol`].
+/// [`Error::Protocol`]. A frame that splits an item across frames (`SPLIT`
+/// or `CONT`) cannot be read alone: that is an [`Error::Protocol`] here;
+/// [`FrameDecoder`] reassembles them.
 pub fn decode_body(body: &[u8]) -> Result<(Message, bool)> {
+    match decode_frame(body)? {
+        Frame::Msg {
+            msg,
+            more,
+            split: None,
+        } => Ok((msg, more)),
+        _ => Err(proto(
+            "the frame carries part of a split item; reassemble it with a FrameDecoder",
+        )),
+    }
+}
+
+fn decode_frame(body: &[u8]) -> Result<Frame<'_>> {
     let mut r = Reader::new(body);
     let ty = r.u8()?;
     let flags = r.u8()?;
-    if flags & !FLAG_MORE != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(proto(format!("reserved flag bits set: {flags:#04x}")));
     }
     let more = flags & FLAG_MORE != 0;
+    let split = flags & FLAG_SPLIT != 0;
     let id = r.u32()?;
+    if flags & FLAG_CONT != 0 {
+        if split {
+            return Err(proto("a frame cannot both continue and start a split item"));
+        }
+        if !is_list(ty) {
+            return Err(proto(format!(
+                "message type {ty:#04x} has no list and cannot be split"
+            )));
+        }
+        let bytes = r.take(r.remaining())?;
+        if bytes.is_empty() {
+            return Err(proto("an empty continuation frame"));
+        }
+        return Ok(Frame::Cont {
+            ty,
+            id,
+            more,
+            bytes,
+        });
+    }
     let ids = |r: &mut Reader<'_>| -> Result<Vec<ChangeId>> {
         let n = r.count(32)?;
         (0..n).map(|_| r.id()).collect()
@@ -488,13 +730,93 @@ pub fn decode_body(body: &[u8]) -> Result<(Message, bool)> {
             }
         }
     };
-    r.finish()?;
-    if more && !has_list {
+    if (more || split) && !has_list {
         return Err(proto(format!(
             "message type {ty:#04x} has no list and cannot be split"
         )));
     }
-    Ok((msg, more))
+    let split = if split {
+        if !more {
+            return Err(proto("a frame splits an item but says no frame follows"));
+        }
+        let len = r.u64()?;
+        let first = r.take(r.remaining())?;
+        if first.is_empty() || first.len() as u64 >= len {
+            return Err(proto(format!(
+                "a split item of {len} bytes starts with {} bytes",
+                first.len()
+            )));
+        }
+        Some((len, first))
+    } else {
+        r.finish()?;
+        None
+    };
+    Ok(Frame::Msg { msg, more, split })
+}
+
+/// Add one item, reassembled from a split, to the list of `msg`. A
+/// change's payload is a slice of `item`, not a copy.
+fn push_item(msg: &mut Message, item: Bytes) -> Result<()> {
+    use Message as M;
+    use Request as Q;
+    use Response as R;
+    let mut r = Reader::new(&item);
+    match msg {
+        M::Request {
+            body: Q::Append(v), ..
+        }
+        | M::Response {
+            body: R::Changes(v),
+            ..
+        } => {
+            let meta = read_meta(&mut r)?;
+            let n = r.u32()? as usize;
+            let start = item.len() - r.remaining();
+            r.take(n)?;
+            r.finish()?;
+            v.push(Change {
+                meta,
+                payload: item.slice(start..start + n),
+            });
+            return Ok(());
+        }
+        M::Request {
+            body:
+                Q::GetChanges(v)
+                | Q::GetMetas(v)
+                | Q::HasChanges(v)
+                | Q::FindNewChanges(v)
+                | Q::FindNewChangesForDoc { have: v, .. },
+            ..
+        }
+        | M::Response {
+            body: R::Ids(v), ..
+        } => v.push(r.id()?),
+        M::Response {
+            body: R::Appended(o),
+            ..
+        } => o.new.push(r.id()?),
+        M::Response {
+            body: R::Metas(v), ..
+        }
+        | M::Notify { metas: v, .. } => v.push(read_meta(&mut r)?),
+        M::Response {
+            body: R::Bools(v), ..
+        } => v.push(r.bool()?),
+        M::Response {
+            body: R::ScanItems(v),
+            ..
+        } => {
+            let seq = r.u64()?;
+            v.push(ScanItem {
+                seq,
+                meta: read_meta(&mut r)?,
+            });
+        }
+        _ => return Err(proto("a split item in a message without a list")),
+    }
+    r.finish()
 }
 
 /// Append the list of `chunk` to the list of `acc` (same message type).
@@ -650,9 +972,20 @@ pub struct FrameDecoder {
     pos: usize,
     max_frame: u32,
     max_message: u64,
-    partial: HashMap<(u8, u32), (Message, u64)>,
+    partial: HashMap<(u8, u32), Partial>,
     partial_bytes: u64,
     failed: Option<(u64, u64)>,
+}
+
+/// A message being reassembled.
+#[derive(Debug)]
+struct Partial {
+    msg: Message,
+    /// Bytes counted against the budget: frame bodies, plus the whole
+    /// length of a split item from its first frame on.
+    size: u64,
+    /// A split item in progress: its bytes so far and its full length.
+    split: Option<(Vec<u8>, usize)>,
 }
 
 impl FrameDecoder {
@@ -729,34 +1062,99 @@ impl FrameDecoder {
             }
             let body_start = self.pos + LEN_PREFIX;
             self.pos = body_start + len;
-            let (msg, more) = decode_body(&self.buf[body_start..body_start + len])?;
-            let key = (msg.type_byte(), msg.id());
-            let size = len as u64;
-            let pending = self.partial.remove(&key);
-            let (msg, size) = match pending {
-                Some((mut acc, acc_size)) => {
-                    self.partial_bytes -= acc_size;
-                    merge(&mut acc, msg)?;
-                    (acc, acc_size + size)
+            let body = &self.buf[body_start..body_start + len];
+            match decode_frame(body)? {
+                Frame::Cont {
+                    ty,
+                    id,
+                    more,
+                    bytes,
+                } => {
+                    let Some(mut p) = self.partial.remove(&(ty, id)) else {
+                        return Err(proto("a continuation frame with no split item before it"));
+                    };
+                    self.partial_bytes -= p.size;
+                    let Some((buf, want)) = p.split.as_mut() else {
+                        return Err(proto("a continuation frame with no split item before it"));
+                    };
+                    if buf.len() + bytes.len() > *want {
+                        return Err(proto("a continuation frame runs past the end of its item"));
+                    }
+                    buf.extend_from_slice(bytes);
+                    if buf.len() == *want {
+                        let item = Bytes::from(std::mem::take(buf));
+                        p.split = None;
+                        push_item(&mut p.msg, item)?;
+                    }
+                    if more {
+                        self.partial_bytes += p.size;
+                        self.partial.insert((ty, id), p);
+                        continue;
+                    }
+                    if p.split.is_some() {
+                        return Err(proto("the message ended inside a split item"));
+                    }
+                    return Ok(Some(p.msg));
                 }
-                None => (msg, size),
-            };
-            if more {
-                if self.partial_bytes + size > self.max_message {
-                    return Err(Error::TooLarge {
-                        what: "message",
-                        limit: self.max_message,
-                        actual: self.partial_bytes + size,
-                    });
+                Frame::Msg { msg, more, split } => {
+                    let key = (msg.type_byte(), msg.id());
+                    let size = len as u64;
+                    let mut p = match self.partial.remove(&key) {
+                        Some(mut acc) => {
+                            self.partial_bytes -= acc.size;
+                            if acc.split.is_some() {
+                                return Err(proto(
+                                    "a new frame of a message whose split item is unfinished",
+                                ));
+                            }
+                            merge(&mut acc.msg, msg)?;
+                            acc.size += size;
+                            acc
+                        }
+                        None => Partial {
+                            msg,
+                            size,
+                            split: None,
+                        },
+                    };
+                    if let Some((item_len, first)) = split {
+                        // Bound the item by the budget before reserving it.
+                        let total = self
+                            .partial_bytes
+                            .saturating_add(p.size)
+                            .saturating_add(item_len);
+                        if total > self.max_message {
+                            return Err(Error::TooLarge {
+                                what: "message",
+                                limit: self.max_message,
+                                actual: total,
+                            });
+                        }
+                        let want = usize::try_from(item_len)
+                            .map_err(|_| proto(format!("a split item of {item_len} bytes")))?;
+                        let mut buf = Vec::with_capacity(want);
+                        buf.extend_from_slice(first);
+                        p.split = Some((buf, want));
+                        p.size = p.size.saturating_add(item_len);
+                    }
+                    if more {
+                        if self.partial_bytes + p.size > self.max_message {
+                            return Err(Error::TooLarge {
+                                what: "message",
+                                limit: self.max_message,
+                                actual: self.partial_bytes + p.size,
+                            });
+                        }
+                        if self.partial.len() >= MAX_PARTIAL_MESSAGES {
+                            return Err(proto("too many split messages in flight"));
+                        }
+                        self.partial_bytes += p.size;
+                        self.partial.insert(key, p);
+                        continue;
+                    }
+                    return Ok(Some(p.msg));
                 }
-                if self.partial.len() >= MAX_PARTIAL_MESSAGES {
-                    return Err(proto("too many split messages in flight"));
-                }
-                self.partial_bytes += size;
-                self.partial.insert(key, (msg, size));
-                continue;
             }
-            return Ok(Some(msg));
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The server side: answer a request from any store, identically for every
 //! transport.
 
-use cairn::{AppendOnlyStore, Capabilities, Error, Head, Result};
-use tracing::debug;
+use std::fmt;
+use std::sync::Arc;
+
+use cairn::{AcceptAll, AppendOnlyStore, Capabilities, Error, Head, Result, Verifier};
+use tracing::{debug, warn};
 
 use crate::codec::encode;
 use crate::error::WireError;
@@ -12,16 +15,48 @@ fn clamp(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-/// Answer one request from `store`.
+/// What a serving side applies to every request it answers, whatever the
+/// transport.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// The policy every appended change must pass (default [`AcceptAll`]:
+    /// every change that passes its integrity check). A refused change
+    /// fails the whole append with [`Error::Rejected`] and nothing of the
+    /// batch is stored.
+    pub verifier: Arc<dyn Verifier>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            verifier: Arc::new(AcceptAll),
+        }
+    }
+}
+
+impl fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("verifier", &self.verifier)
+            .finish()
+    }
+}
+
+/// Answer one request from `store`, under `opts`.
 ///
 /// Every store method maps to one request; a store error becomes an
-/// [`Response::Error`] with its code. `Subscribe` and `Unsubscribe` keep
+/// [`Response::Error`] with its code. An append is checked against
+/// `opts.verifier` first. `Subscribe` and `Unsubscribe` keep
 /// per-connection state, so the transport handles them (it calls
 /// [`AppendOnlyStore::subscribe`] and sends [`Message::Notify`]); here they
 /// answer a protocol error.
-pub async fn dispatch(store: &dyn AppendOnlyStore, request: Request) -> Response {
+pub async fn dispatch(
+    store: &dyn AppendOnlyStore,
+    request: Request,
+    opts: &ServeOptions,
+) -> Response {
     let name = request.name();
-    match run(store, request).await {
+    match run(store, request, opts).await {
         Ok(r) => r,
         Err(e) => {
             debug!(request = name, error = %e, "request failed");
@@ -30,9 +65,23 @@ pub async fn dispatch(store: &dyn AppendOnlyStore, request: Request) -> Response
     }
 }
 
-async fn run(store: &dyn AppendOnlyStore, request: Request) -> Result<Response> {
+async fn run(
+    store: &dyn AppendOnlyStore,
+    request: Request,
+    opts: &ServeOptions,
+) -> Result<Response> {
     Ok(match request {
-        Request::Append(changes) => Response::Appended(store.append(changes).await?),
+        Request::Append(changes) => {
+            for c in &changes {
+                if let Err(reason) = opts.verifier.verify(&c.meta) {
+                    // Report what any store would first (limits, integrity).
+                    cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
+                    warn!(id = %c.id(), %reason, "appended change refused by the serving policy");
+                    return Err(Error::Rejected { id: c.id(), reason });
+                }
+            }
+            Response::Appended(store.append(changes).await?)
+        }
         Request::GetChanges(ids) => Response::Changes(store.get_changes(&ids).await?),
         Request::GetMetas(ids) => Response::Metas(store.get_metas(&ids).await?),
         Request::HasChanges(ids) => Response::Bools(store.has_changes(&ids).await?),

@@ -4,25 +4,35 @@
 mod cache;
 mod client;
 mod codec;
+mod dialer;
 mod dispatch;
 mod error;
 mod message;
+mod outbox;
+mod peer;
 mod remote;
 mod wire;
 
-pub use cache::{Backoff, CacheFirst, Transport, ingest};
+pub use cache::{Arrival, Backoff, CacheFirst, CatchUp, Node, StoreEvent, Transport};
 pub use client::{Call, Correlator, Incoming, RemoteCalls};
 pub use codec::{
-    FLAG_MORE, FrameDecoder, HEADER_LEN, LEN_PREFIX, MAX_PARTIAL_MESSAGES, decode_body, encode,
-    encode_frames, encode_into,
+    FLAG_CONT, FLAG_MORE, FLAG_SPLIT, FrameDecoder, FrameEncoder, HEADER_LEN, LEN_PREFIX,
+    MAX_PARTIAL_MESSAGES, decode_body, encode, encode_frames, encode_into,
 };
-pub use dispatch::{check_hello, client_hello, dispatch, error_reply, reply, server_hello};
+pub use dialer::{Dialer, classify};
+pub use dispatch::{
+    ServeOptions, check_hello, client_hello, dispatch, error_reply, reply, server_hello,
+};
 pub use error::{WireError, WireIntegrity, code, io_kind};
 pub use message::{
     Access, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, Hello, MAGIC, MIN_MAX_FRAME, Message, Request,
     Response, VERSION, msg_type,
 };
-pub use remote::{RemoteStore, check_frame_size, framed_size};
+pub use outbox::{DeliveryFailure, DeliveryOptions, Outbox, deliver};
+pub use peer::{
+    AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreProvider, Stores,
+};
+pub use remote::{RemoteStore, framed_size};
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,5 +1,5 @@
-//! The remote side of a connection as a store, and the frame arithmetic a
-//! client needs before sending an append.
+//! The remote side of a connection as a store, and the frame arithmetic of
+//! an append.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,31 +17,10 @@ use crate::message::Hello;
 
 /// Bytes `change` takes in an `Append` request frame of its own: length
 /// prefix, header, item count, then the change (meta length, meta, payload
-/// length, payload).
+/// length, payload). A change larger than the frame limit is split across
+/// frames ([`FrameEncoder`](crate::FrameEncoder)).
 pub fn framed_size(change: &Change) -> usize {
     LEN_PREFIX + HEADER_LEN + 4 + 4 + encode_meta(&change.meta).len() + 4 + change.payload.len()
-}
-
-/// Refuse a batch holding a change that cannot travel in one frame of
-/// `max_frame` bytes ([`framed_size`]), before anything is written.
-///
-/// A batch that any store would refuse anyway (limits, integrity) gets that
-/// error first; otherwise the error is [`Error::TooLarge`] with the frame
-/// limit and the change's framed size.
-pub fn check_frame_size(changes: &[Change], max_frame: usize) -> Result<()> {
-    for c in changes {
-        let size = framed_size(c);
-        if size > max_frame {
-            // Report what any store would first (limits, integrity).
-            cairn::prepare_batch(changes.to_vec(), &cairn::Limits::DEFAULT)?;
-            return Err(Error::TooLarge {
-                what: "change",
-                limit: max_frame as u64,
-                actual: size as u64,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The peer at the other end of a [`Call`] as an [`AppendOnlyStore`]: every

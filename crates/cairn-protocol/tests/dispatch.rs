@@ -30,7 +30,11 @@ impl Call for Loopback {
         let Some(Message::Request { id, body }) = server.pop()? else {
             panic!("no request")
         };
-        let bytes = reply(id, dispatch(&self.store, body).await, MAX);
+        let bytes = reply(
+            id,
+            dispatch(&self.store, body, &ServeOptions::default()).await,
+            MAX,
+        );
         let mut client = FrameDecoder::new(MAX);
         client.push(&bytes);
         let msg = client.pop()?.expect("a response");

@@ -286,12 +286,31 @@ proptest! {
 
     #[test]
     fn small_frames_split_and_reassemble(msg in arb_message(), max in 4096u32..6000) {
-        // Every generated item fits 4 KiB, so any list is split, never refused.
         let bytes = encode(&msg, max).unwrap();
         for f in encode_frames(&msg, max).unwrap() {
             prop_assert!(f.len() - LEN_PREFIX <= max as usize);
         }
         prop_assert_eq!(decode_all(&bytes, max, 997), vec![msg]);
+    }
+
+    #[test]
+    fn items_of_any_size_split_and_reassemble(
+        sizes in prop::collection::vec(0usize..20_000, 0..6),
+        max in 4096u32..9000,
+        step in 1usize..5000,
+        request in any::<bool>(),
+    ) {
+        let cs: Vec<Change> = sizes.iter().enumerate().map(|(i, n)| change(i as u32, *n)).collect();
+        let msg = if request {
+            Message::Request { id: 4, body: Request::Append(cs) }
+        } else {
+            Message::Response { id: 4, body: Response::Changes(cs) }
+        };
+        for f in encode_frames(&msg, max).unwrap() {
+            prop_assert!(f.len() - LEN_PREFIX <= max as usize);
+        }
+        let bytes = encode(&msg, max).unwrap();
+        prop_assert_eq!(decode_all(&bytes, max, step), vec![msg]);
     }
 
     #[test]
@@ -405,31 +424,215 @@ fn interleaved_split_messages_reassemble_by_id() {
 }
 
 #[test]
-fn a_change_larger_than_a_frame_is_a_typed_error() {
-    let msg = Message::Response {
-        id: 1,
-        body: Response::Changes(vec![change(1, 10_000)]),
-    };
-    match encode(&msg, 4096) {
-        Err(Error::TooLarge {
-            what: "change",
-            limit: 4096,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
+fn a_change_larger_than_a_frame_is_split_across_frames() {
+    // 10 KB under a 4 KiB limit, between small changes, in both a request
+    // and a response.
+    let cs = vec![change(1, 10), change(2, 10_000), change(3, 10)];
+    for msg in [
+        Message::Response {
+            id: 1,
+            body: Response::Changes(cs.clone()),
+        },
+        Message::Request {
+            id: 2,
+            body: Request::Append(cs.clone()),
+        },
+    ] {
+        let frames = encode_frames(&msg, 4096).unwrap();
+        assert!(frames.iter().all(|f| f.len() - LEN_PREFIX <= 4096));
+        assert!(
+            frames.iter().any(|f| f[5] & FLAG_SPLIT != 0),
+            "one frame starts the split"
+        );
+        assert!(frames.iter().filter(|f| f[5] & FLAG_CONT != 0).count() >= 2);
+        let bytes = encode(&msg, 4096).unwrap();
+        for step in [1, 97, 4100, 1 << 20] {
+            assert_eq!(decode_all(&bytes, 4096, step), vec![msg.clone()]);
+        }
+        // A frame that splits an item cannot be decoded alone.
+        let split = frames.iter().find(|f| f[5] & FLAG_SPLIT != 0).unwrap();
+        assert!(matches!(
+            decode_body(&split[LEN_PREFIX..]),
+            Err(Error::Protocol { .. })
+        ));
     }
-    // The server helper answers with the error instead.
+    // 17 MiB under the default 16 MiB limit: the frames are streamed one
+    // at a time by the encoder, never all at once.
+    let big = Message::Response {
+        id: 5,
+        body: Response::Changes(vec![change(7, 17 << 20), change(8, 100)]),
+    };
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let mut got = Vec::new();
+    let mut frames = 0;
+    for f in FrameEncoder::new(&big, DEFAULT_MAX_FRAME) {
+        let f = f.unwrap();
+        assert!(f.len() - LEN_PREFIX <= DEFAULT_MAX_FRAME as usize);
+        frames += 1;
+        dec.push(&f);
+        while let Some(m) = dec.pop().unwrap() {
+            got.push(m);
+        }
+    }
+    // The split start (16 MiB), its continuation, then the small change.
+    assert_eq!(frames, 3);
+    assert_eq!(got, vec![big]);
+    assert!(dec.is_idle());
+}
+
+#[test]
+fn reply_frames_a_response_of_any_size() {
     let bytes = reply(1, Response::Changes(vec![change(1, 10_000)]), 4096);
     let got = decode_all(&bytes, 4096, 100);
-    match &got[..] {
-        [
-            Message::Response {
-                id: 1,
-                body: Response::Error(WireError::TooLarge { what, .. }),
-            },
-        ] => {
-            assert_eq!(what, "change")
+    assert_eq!(
+        got,
+        vec![Message::Response {
+            id: 1,
+            body: Response::Changes(vec![change(1, 10_000)]),
+        }]
+    );
+}
+
+#[test]
+fn interleaved_split_items_reassemble_by_id() {
+    let a = Message::Request {
+        id: 1,
+        body: Request::Append(vec![change(1, 20_000), change(2, 5)]),
+    };
+    let b = Message::Request {
+        id: 2,
+        body: Request::Append(vec![change(3, 9_000)]),
+    };
+    let fa = encode_frames(&a, 4096).unwrap();
+    let fb = encode_frames(&b, 4096).unwrap();
+    let mut dec = FrameDecoder::new(4096);
+    let mut got = Vec::new();
+    for i in 0..fa.len().max(fb.len()) {
+        for f in [fa.get(i), fb.get(i)].into_iter().flatten() {
+            dec.push(f);
+            while let Some(m) = dec.pop().unwrap() {
+                got.push(m);
+            }
         }
+    }
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&a) && got.contains(&b));
+    assert!(dec.is_idle());
+}
+
+/// A frame with the given type, flags and id, and `rest` after the header.
+fn raw_frame(ty: u8, flags: u8, id: u32, rest: &[u8]) -> Vec<u8> {
+    let mut f = ((HEADER_LEN + rest.len()) as u32).to_be_bytes().to_vec();
+    f.push(ty);
+    f.push(flags);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(rest);
+    f
+}
+
+#[test]
+fn malformed_splits_are_protocol_errors() {
+    let ty = msg_type::CHANGES;
+    let split_start = |len: u64, first: &[u8]| {
+        let mut rest = 0u32.to_be_bytes().to_vec(); // count 0
+        rest.extend_from_slice(&len.to_be_bytes());
+        rest.extend_from_slice(first);
+        rest
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "a continuation with nothing before it",
+            vec![raw_frame(ty, FLAG_CONT | FLAG_MORE, 1, b"abc")],
+        ),
+        (
+            "a split without MORE",
+            vec![raw_frame(ty, FLAG_SPLIT, 1, &split_start(10, b"ab"))],
+        ),
+        (
+            "a split whose first part is the whole item",
+            vec![raw_frame(
+                ty,
+                FLAG_SPLIT | FLAG_MORE,
+                1,
+                &split_start(2, b"ab"),
+            )],
+        ),
+        (
+            "a continuation past the item's end",
+            vec![
+                raw_frame(ty, FLAG_SPLIT | FLAG_MORE, 1, &split_start(4, b"ab")),
+                raw_frame(ty, FLAG_CONT, 1, b"cde"),
+            ],
+        ),
+        (
+            "the message ends inside the item",
+            vec![
+                raw_frame(ty, FLAG_SPLIT | FLAG_MORE, 1, &split_start(6, b"ab")),
+                raw_frame(ty, FLAG_CONT, 1, b"cd"),
+            ],
+        ),
+        (
+            "a new list frame before the item is finished",
+            vec![
+                raw_frame(ty, FLAG_SPLIT | FLAG_MORE, 1, &split_start(6, b"ab")),
+                raw_frame(ty, FLAG_MORE, 1, &0u32.to_be_bytes()),
+            ],
+        ),
+        (
+            "a continuation and a split at once",
+            vec![raw_frame(ty, FLAG_CONT | FLAG_SPLIT | FLAG_MORE, 1, b"ab")],
+        ),
+        (
+            "a continuation of a type without a list",
+            vec![raw_frame(msg_type::HEAD_IS, FLAG_CONT, 1, b"ab")],
+        ),
+        (
+            "a reassembled item that is not a change",
+            vec![
+                raw_frame(ty, FLAG_SPLIT | FLAG_MORE, 1, &split_start(4, b"ab")),
+                raw_frame(ty, FLAG_CONT, 1, b"cd"),
+            ],
+        ),
+    ];
+    for (what, frames) in cases {
+        let mut dec = FrameDecoder::new(4096);
+        let mut err = None;
+        for f in frames {
+            dec.push(&f);
+            match dec.pop() {
+                Ok(Some(m)) => panic!("{what}: decoded {m:?}"),
+                Ok(None) => {}
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(err, Some(Error::Protocol { .. })),
+            "{what}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_split_item_larger_than_the_budget_is_refused_before_it_is_buffered() {
+    let mut rest = 0u32.to_be_bytes().to_vec();
+    rest.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    rest.extend_from_slice(b"x");
+    let mut dec = FrameDecoder::new(4096).with_max_message(1 << 20);
+    dec.push(&raw_frame(
+        msg_type::APPEND,
+        FLAG_SPLIT | FLAG_MORE,
+        1,
+        &rest,
+    ));
+    match dec.pop() {
+        Err(Error::TooLarge {
+            what: "message",
+            limit,
+            ..
+        }) => assert_eq!(limit, 1 << 20),
         other => panic!("{other:?}"),
     }
 }

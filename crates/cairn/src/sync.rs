@@ -105,6 +105,17 @@ pub enum SyncEvent {
         /// Payload bytes appended so far.
         bytes: u64,
     },
+    /// Everything up to `cursor` in the source's arrival order was
+    /// examined and appended (or refused): saving it as the direction's
+    /// cursor lets an interrupted sync resume here. Emitted after each page
+    /// of a scanning transfer (not by reconciliation, which finds the
+    /// remaining difference again cheaply).
+    Checkpoint {
+        /// Which way.
+        direction: Direction,
+        /// The source position reached.
+        cursor: Head,
+    },
     /// A transfer finished.
     Finished {
         /// Which way.
@@ -596,6 +607,16 @@ async fn transfer(
         prefetched = next?;
         after = page_end;
         emit_progress(opts, direction, total, &rep);
+        emit(
+            opts,
+            SyncEvent::Checkpoint {
+                direction,
+                cursor: Head {
+                    epoch: head.epoch,
+                    seq: after,
+                },
+            },
+        );
     }
     emit_finished(opts, direction, &rep);
     Ok((
@@ -667,40 +688,56 @@ async fn apply_page(
 }
 
 /// Append `batch`, whose integrity the target checks anyway (every store
-/// runs `prepare_batch`), so it is not hashed twice. Only if the target
-/// refuses the batch for integrity is each change checked here: the bad
-/// ones are reported as rejected and the rest appended.
+/// runs `prepare_batch`), so it is not hashed twice. If the target refuses
+/// the batch for integrity, each change is checked here: the bad ones are
+/// reported as rejected and the rest appended. If the target's own policy
+/// refuses a change ([`Error::Rejected`]), that change is reported as
+/// rejected and the rest appended.
 async fn append_checked(
     target: &dyn AppendOnlyStore,
-    batch: Vec<Change>,
+    mut batch: Vec<Change>,
     rep: &mut TransferReport,
 ) -> Result<AppendOutcome> {
-    let bytes: u64 = batch.iter().map(|c| c.payload.len() as u64).sum();
-    // The clone shares the payloads (`Bytes`); it keeps the batch for the
-    // rare fallback, and costs far less than hashing every change twice.
-    match target.append(batch.clone()).await {
-        Ok(out) => {
-            rep.bytes += bytes;
-            Ok(out)
+    // Bounded: each refusal removes one change from the batch.
+    loop {
+        if batch.is_empty() {
+            return Ok(AppendOutcome::default());
         }
-        Err(Error::Integrity { .. }) => {
-            let mut good = Vec::with_capacity(batch.len());
-            for c in batch {
-                match c.check_integrity() {
-                    Ok(()) => good.push(c),
-                    Err(e) => rep.rejected.push(Rejected {
-                        id: c.id(),
-                        reason: RejectReason::Integrity(e.to_string()),
-                    }),
+        let bytes: u64 = batch.iter().map(|c| c.payload.len() as u64).sum();
+        // The clone shares the payloads (`Bytes`); it keeps the batch for the
+        // rare fallback, and costs far less than hashing every change twice.
+        match target.append(batch.clone()).await {
+            Ok(out) => {
+                rep.bytes += bytes;
+                return Ok(out);
+            }
+            Err(Error::Integrity { .. }) => {
+                let before = batch.len();
+                batch.retain(|c| match c.check_integrity() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        rep.rejected.push(Rejected {
+                            id: c.id(),
+                            reason: RejectReason::Integrity(e.to_string()),
+                        });
+                        false
+                    }
+                });
+                if batch.len() == before {
+                    // The target says integrity, every change checks out
+                    // here: the target is wrong; give up on the batch.
+                    return Err(Error::Protocol {
+                        reason: "the target refused a batch for integrity, but every change in it is intact".into(),
+                    });
                 }
             }
-            rep.bytes += good.iter().map(|c| c.payload.len() as u64).sum::<u64>();
-            if good.is_empty() {
-                return Ok(AppendOutcome::default());
+            Err(Error::Rejected { id, reason }) if batch.iter().any(|c| c.id() == id) => {
+                tracing::debug!(%id, %reason, "the target's policy refused a change");
+                rep.rejected.push(Rejected { id, reason });
+                batch.retain(|c| c.id() != id);
             }
-            target.append(good).await
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
 }
 
