@@ -91,6 +91,16 @@ impl Permission {
 pub trait AccessPolicy: Send + Sync + 'static {
     /// `peer`'s permission on `store`.
     fn permission(&self, peer: &PeerId, store: &StoreId) -> Permission;
+
+    /// Whether `peer` has been granted anything on at least one store. Such
+    /// a peer asking for a store id nobody serves is told the store is
+    /// unknown (a typo is reported as one); any other peer is only told it
+    /// is unauthorized, so it cannot learn which store ids exist. Defaults
+    /// to `false` (every refusal says unauthorized).
+    fn knows(&self, peer: &PeerId) -> bool {
+        let _ = peer;
+        false
+    }
 }
 
 /// A list of grants: per store, which peers may read and which may write,
@@ -142,6 +152,14 @@ impl AccessPolicy for Acl {
             return *p;
         }
         self.default.unwrap_or(Permission::None)
+    }
+
+    /// A peer with a grant of its own on some store (grants to everyone do
+    /// not count).
+    fn knows(&self, peer: &PeerId) -> bool {
+        self.grants
+            .values()
+            .any(|g| g.get(peer).is_some_and(|p| *p != Permission::None))
     }
 }
 
@@ -321,11 +339,18 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
         Err(e) => return refuse(&peer, &mut send, &conn, e).await,
     };
     // Authorise before looking the store up, so a peer without access
-    // cannot learn which store ids exist.
+    // cannot learn which store ids exist; only a peer the policy knows for
+    // some store is told that a store id is not served (say, a typo).
     let perm = s.policy.permission(&peer, &hello.store_id);
     if perm == Permission::None {
-        let e = Error::Unauthorized {
-            reason: format!("peer {peer} may not access store {}", hello.store_id),
+        let e = if s.policy.knows(&peer) && s.stores.get(&hello.store_id).is_none() {
+            Error::NotFound {
+                what: format!("store {}", hello.store_id),
+            }
+        } else {
+            Error::Unauthorized {
+                reason: format!("peer {peer} may not access store {}", hello.store_id),
+            }
         };
         return refuse(&peer, &mut send, &conn, e).await;
     }
