@@ -195,7 +195,7 @@ impl Call for Remote {
 }
 
 /// Open every URL; they must agree on one store id (see
-/// [`crate::url::URL_HELP`]).
+/// [`crate::url_help`]).
 pub async fn open(
     specs: Vec<(StoreUrl, Access)>,
     flag: Option<&StoreId>,

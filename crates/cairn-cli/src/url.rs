@@ -1,5 +1,5 @@
 //! Store URLs: one enum, one parser. Every form is described in
-//! [`URL_HELP`], shown by `--help`.
+//! [`url_help!`](crate::url_help), shown by `--help`.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -9,8 +9,12 @@ use cairn_webrtc::RoomCode;
 
 use crate::error::{Result, usage};
 
-/// The store-URL forms, for `--help` (every command that takes a URL).
-pub const URL_HELP: &str = "\
+/// The store-URL forms, for `--help` of every command that takes a URL
+/// (a macro, so `concat!` can put it after each command's examples).
+#[macro_export]
+macro_rules! url_help {
+    () => {
+        "\
 Store URLs:
   memory:                                  a fresh in-memory store, gone when the command ends
   redb:PATH                                a redb file; it must exist (commands that write take --create)
@@ -24,7 +28,10 @@ Store URLs:
                                            the offer on stdin and prints the answer on stderr
 A store id comes from the URL (quic://, webrtc://), from the file (redb:), or from --store-id;
 when several name one, they must agree. The old `quic://…&cache=FILE` form is gone: sync into a
-local store explicitly (`cairn sync --from quic://… --to redb:FILE`).";
+local store explicitly (`cairn sync --from quic://… --to redb:FILE`)."
+    };
+}
+
 
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,12 +16,13 @@ use crate::{note, outln};
 
 /// `cairn export`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn export redb:notes.redb --out notes.cairn
   cairn export redb:notes.redb --doc shopping --to 9e0d… --out for-bob.cairn   # only bob can read it
   cairn export redb:notes.redb --since 250 --out - | ssh host cairn import redb:notes.redb -
 
-Run `cairn export --help` for the store URL forms and docs/cli.md for the format.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct ExportArgs {
     /// The store to export from.
     pub url: String,
@@ -145,13 +146,15 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 /// `cairn import`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn import redb:notes.redb notes.cairn
   cairn import redb:new.redb for-bob.cairn --create --trust 5f1c…
   cat notes.cairn | cairn import 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' - --json
 
 Every change is checked (id, payload hash, and the policy flags) before anything is
-appended; exit 3 if some were rejected. Run `cairn import --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+appended; exit 3 if some were rejected.
+
+", crate::url_help!()))]
 pub struct ImportArgs {
     /// The store to import into.
     pub url: String,

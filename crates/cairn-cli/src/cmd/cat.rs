@@ -8,12 +8,13 @@ use crate::output::{self, meta_json};
 
 /// `cairn cat`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn cat redb:notes.redb 3f2a9c > note.txt
   cairn cat redb:notes.redb 3f2a9c --meta
   cairn cat 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' 3f2a9c --json
 
-Run `cairn cat --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store to read.
     pub url: String,

@@ -13,14 +13,16 @@ use crate::output::{self, thousands};
 
 /// `cairn check`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn check redb:notes.redb
   cairn check 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --json
 
 Checks: sequence numbers 1..=head without gaps; every change is held and passes its
 integrity check (id and payload hash recomputed); signatures verify; the id list agrees
 with the arrival order; for redb files, the file's own consistency check. Exit 1 on any
-problem. Run `cairn check --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+problem.
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store to check.
     pub url: String,

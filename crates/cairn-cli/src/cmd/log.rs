@@ -10,7 +10,7 @@ use crate::{note, outln};
 
 /// `cairn log`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn log redb:notes.redb
   cairn log redb:notes.redb --reverse --limit 10 --full
   cairn log redb:notes.redb --since 250 --json | jq .id
@@ -18,7 +18,8 @@ use crate::{note, outln};
 
 Columns: SEQ (arrival order in this store), ID, KIND, DOC, AUTHOR, DEPS (how many),
 SIZE (payload bytes), SIGNED (yes, no, INVALID), CREATED (the author's clock, UTC).
-Run `cairn log --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store to list.
     pub url: String,

@@ -32,7 +32,7 @@ pub struct StoreIdArg {
     pub store_id: Option<StoreId>,
 }
 
-fn parse_store_id(s: &str) -> std::result::Result<StoreId, String> {
+pub fn parse_store_id(s: &str) -> std::result::Result<StoreId, String> {
     crate::url::store_id(s).map_err(|e| e.msg)
 }
 

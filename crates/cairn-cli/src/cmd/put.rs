@@ -14,11 +14,11 @@ use crate::{identity, outln};
 
 /// `cairn put`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = concat!("Examples:
+#[command(after_long_help = concat!("Examples:
   echo 'buy milk' | cairn put redb:notes.redb --create --store-id acme/notes --doc shopping
   cairn put 'quic://relay.example:4433/acme/notes?peer=5f1c…' photo.jpg --doc album-7 --kind snapshot
 
-", "Run `cairn put --help` for the store URL forms."), after_long_help = crate::url::URL_HELP)]
+", crate::url_help!()))]
 pub struct Args {
     /// The store to append to.
     pub url: String,

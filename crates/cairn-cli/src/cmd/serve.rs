@@ -59,6 +59,10 @@ pub struct Args {
     /// Let every authenticated peer read and write (trusted networks only).
     #[arg(long)]
     pub open: bool,
+    /// The store id for `--store` specs that name none (a new redb file,
+    /// memory:); a redb file that records another is refused.
+    #[arg(long, value_name = "ID", value_parser = super::parse_store_id)]
+    pub store_id: Option<StoreId>,
     /// The server's host key [default: $CAIRN_SERVER_KEY, or
     /// ~/.config/cairn/server-identity; created if missing].
     #[arg(long, value_name = "FILE")]
@@ -215,7 +219,11 @@ fn plan(a: &Args) -> Result<Plan> {
         let specs = a
             .stores
             .iter()
-            .map(|s| parse_spec(s, a.create))
+            .map(|s| {
+                let mut spec = parse_spec(s, a.create)?;
+                spec.id = spec.id.or_else(|| a.store_id.clone());
+                Ok(spec)
+            })
             .collect::<Result<Vec<_>>>()?;
         if specs.is_empty() && !a.ephemeral {
             return usage("nothing to serve: give --store SPEC (or --config FILE, or --ephemeral)");

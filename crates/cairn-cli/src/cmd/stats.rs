@@ -13,12 +13,13 @@ use crate::output::{self, head_json, size, thousands};
 
 /// `cairn stats`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn stats redb:notes.redb
   cairn stats 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --json
 
 Reads every change's metadata (not the payloads); `cairn status` reads only the head.
-Run `cairn stats --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store to summarise.
     pub url: String,

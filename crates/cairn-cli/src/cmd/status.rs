@@ -13,13 +13,14 @@ use crate::output::{self, head_json};
 
 /// `cairn status`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn status 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…'
   cairn status --wait --timeout 30 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…'   # in scripts
   cairn status redb:notes.redb --json
 
 A plain connection: nothing is downloaded or cached.
-Run `cairn status --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store.
     pub url: String,

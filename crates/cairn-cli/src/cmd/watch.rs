@@ -14,14 +14,15 @@ use crate::{note, outln};
 
 /// `cairn watch`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(after_long_help = concat!("Examples:
   cairn watch 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…'
   cairn watch 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --since 0 --json   # everything, then live
   cairn watch webrtc://127.0.0.1:8765/ABC-DEF/acme/notes --count 1
 
 Runs until Ctrl-C or SIGTERM (or --count changes). A redb file or memory: store gets
 no changes from elsewhere while this command holds it, so watch a server instead.
-Run `cairn watch --help` for the store URL forms.", after_long_help = crate::url::URL_HELP)]
+
+", crate::url_help!()))]
 pub struct Args {
     /// The store to follow (quic:// or webrtc://).
     pub url: String,
