@@ -32,7 +32,6 @@ local store explicitly (`cairn sync --from quic://… --to redb:FILE`)."
     };
 }
 
-
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {

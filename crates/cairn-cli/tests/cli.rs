@@ -17,11 +17,22 @@ fn p1_network_failures_are_one_clear_line_and_fast() {
     let served = home.join("served.redb");
     let (mut srv, url) = serve(
         &home,
-        &["--store", &format!("acme/db={}", redb(&served)), "--create", "--allow", &me],
+        &[
+            "--store",
+            &format!("acme/db={}", redb(&served)),
+            "--create",
+            "--allow",
+            &me,
+        ],
     );
     let server_peer = url.rsplit("peer=").next().unwrap().to_owned();
     assert_ne!(server_peer, me, "the server has its own identity");
-    let port = url.trim_start_matches("quic://").split('/').next().unwrap().to_owned();
+    let port = url
+        .trim_start_matches("quic://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let other = "ab".repeat(32);
     let cases = [
         (
@@ -37,7 +48,10 @@ fn p1_network_failures_are_one_clear_line_and_fast() {
             // only by luck, so bind one and drop it.
             format!(
                 "quic://{}/acme/db?peer={server_peer}",
-                std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+                std::net::UdpSocket::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
             ),
             "nothing is listening",
         ),
@@ -46,7 +60,11 @@ fn p1_network_failures_are_one_clear_line_and_fast() {
         let start = Instant::now();
         let e = one_error(&home.run(&["stats", u]), 1);
         assert!(e.contains(want), "{u}: {e}");
-        assert!(start.elapsed() < Duration::from_secs(5), "{u}: took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{u}: took {:?}",
+            start.elapsed()
+        );
     }
     // A peer the server does not know: refused, saying who and why.
     home.run(&["id", "new", "--key", "stranger.key"]);
@@ -58,7 +76,11 @@ fn p1_network_failures_are_one_clear_line_and_fast() {
     let start = Instant::now();
     let e = one_error(&home.run(&["conformance", &url]), 1);
     assert!(e.contains("--ephemeral"), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     srv.term();
     assert!(srv.wait(T).success());
 }
@@ -72,11 +94,20 @@ fn p1_silence_honours_timeout() {
     let addr = silent.local_addr().unwrap();
     let start = Instant::now();
     let e = one_error(
-        &home.run(&["stats", "--timeout", "1", &format!("quic://{addr}/a/b?peer={}", "ab".repeat(32))]),
+        &home.run(&[
+            "stats",
+            "--timeout",
+            "1",
+            &format!("quic://{addr}/a/b?peer={}", "ab".repeat(32)),
+        ]),
         1,
     );
     assert!(e.contains("no answer") && e.contains("--timeout"), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     drop(silent);
 }
 
@@ -88,14 +119,24 @@ fn p2_put_cat_log_export_import_check_on_redb() {
     home.id_new(false);
     let a = redb(&home.join("a.redb"));
     let id = ok(&home.run_stdin(
-        &["put", &a, "--create", "--store-id", "acme/notes", "--doc", "note-1"],
+        &[
+            "put",
+            &a,
+            "--create",
+            "--store-id",
+            "acme/notes",
+            "--doc",
+            "note-1",
+        ],
         b"hello, cairn\n",
     ))
     .trim()
     .to_owned();
     assert_eq!(id.len(), 64, "{id}");
     std::fs::write(home.join("second.txt"), b"second").unwrap();
-    let id2 = ok(&home.run(&["put", &a, "second.txt", "--doc", "note-1"])).trim().to_owned();
+    let id2 = ok(&home.run(&["put", &a, "second.txt", "--doc", "note-1"]))
+        .trim()
+        .to_owned();
     assert_eq!(ok(&home.run(&["cat", &a, &id])), "hello, cairn\n");
     assert_eq!(ok(&home.run(&["cat", &a, &id2[..8]])), "second");
     let meta = ok(&home.run(&["cat", &a, &id2, "--json"]));
@@ -109,10 +150,16 @@ fn p2_put_cat_log_export_import_check_on_redb() {
     ok(&home.run(&["export", &a, "--out", "all.cairn"]));
     let b = redb(&home.join("b.redb"));
     let out = ok(&home.run(&["import", &b, "all.cairn", "--create"]));
-    assert!(out.contains("2 new, 0 already present, 0 rejected"), "{out}");
+    assert!(
+        out.contains("2 new, 0 already present, 0 rejected"),
+        "{out}"
+    );
     let again = ok(&home.run(&["import", &b, "all.cairn", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&again).unwrap();
-    assert_eq!((v["new"].as_u64(), v["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (v["new"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
     let check = ok(&home.run(&["check", &b]));
     assert!(check.contains("ok: no problems"), "{check}");
     // a damaged bundle is refused
@@ -128,18 +175,43 @@ fn p2_put_cat_log_export_import_check_on_redb() {
 fn p2_sealed_export_opens_only_for_its_recipient() {
     let home = Home::new();
     home.id_new(false);
-    let bob = ok(&home.run(&["id", "new", "--key", "bob.key"])).lines().next().unwrap().to_owned();
+    let bob = ok(&home.run(&["id", "new", "--key", "bob.key"]))
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     let a = redb(&home.join("a.redb"));
-    ok(&home.run_stdin(&["put", &a, "--create", "--store-id", "x/y", "--doc", "d"], b"secret"));
-    let json = ok(&home.run(&["export", &a, "--to", &bob, "--out", "for-bob.cairn", "--json"]));
+    ok(&home.run_stdin(
+        &["put", &a, "--create", "--store-id", "x/y", "--doc", "d"],
+        b"secret",
+    ));
+    let json = ok(&home.run(&[
+        "export",
+        &a,
+        "--to",
+        &bob,
+        "--out",
+        "for-bob.cairn",
+        "--json",
+    ]));
     assert!(json.contains(&bob), "{json}");
     let bytes = std::fs::read(home.join("for-bob.cairn")).unwrap();
-    assert!(!bytes.windows(6).any(|w| w == b"secret"), "the payload is encrypted");
+    assert!(
+        !bytes.windows(6).any(|w| w == b"secret"),
+        "the payload is encrypted"
+    );
     let b = redb(&home.join("b.redb"));
     let e = one_error(&home.run(&["import", &b, "for-bob.cairn", "--create"]), 1);
     assert!(e.contains("sealed to peer") && e.contains(&bob), "{e}");
     assert!(!home.join("b.redb").exists());
-    let out = ok(&home.run(&["import", &b, "for-bob.cairn", "--create", "--key", "bob.key"]));
+    let out = ok(&home.run(&[
+        "import",
+        &b,
+        "for-bob.cairn",
+        "--create",
+        "--key",
+        "bob.key",
+    ]));
     assert!(out.contains("1 new"), "{out}");
 }
 
@@ -152,7 +224,15 @@ fn p2_import_rejects_by_policy_and_exits_partial() {
     ok(&home.run_stdin(&["put", &redb(&a), "--doc", "d"], b"signed"));
     ok(&home.run(&["export", &redb(&a), "--out", "all.cairn"]));
     let b = redb(&home.join("b.redb"));
-    let o = home.run(&["import", &b, "all.cairn", "--create", "--trust", &me, "--json"]);
+    let o = home.run(&[
+        "import",
+        &b,
+        "all.cairn",
+        "--create",
+        "--trust",
+        &me,
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["new"], 1);
@@ -192,7 +272,10 @@ fn p3_a_closed_pipe_ends_quietly() {
     ] {
         let (code, err) = first_line_then_close(&home, &args);
         assert_eq!(code, Some(0), "{args:?}: {err}");
-        assert!(err.is_empty() || !err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.is_empty() || !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("error"), "{args:?}: {err}");
     }
 }
@@ -229,16 +312,26 @@ fn p4_damaged_and_empty_files_are_one_typed_line() {
             let err = stderr(&o);
             // Rust's panic hook output ("thread … panicked at …") and
             // backtraces never show; the typed error may name the panic.
-            assert!(!err.contains("panicked at") && !err.contains("stack backtrace"), "{cmd} d{i}: {err}");
+            assert!(
+                !err.contains("panicked at") && !err.contains("stack backtrace"),
+                "{cmd} d{i}: {err}"
+            );
             if !o.status.success() {
                 one_error(&o, 1);
             }
         }
-        assert_eq!(std::fs::read(&p).unwrap(), d, "read commands left d{i} alone");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            d,
+            "read commands left d{i} alone"
+        );
     }
     std::fs::write(home.join("empty.redb"), b"").unwrap();
     let e = one_error(&home.run(&["stats", "redb:empty.redb"]), 1);
-    assert!(e.contains("empty.redb") && e.contains("empty (0 bytes)"), "{e}");
+    assert!(
+        e.contains("empty.redb") && e.contains("empty (0 bytes)"),
+        "{e}"
+    );
 }
 
 // ---- 5. read commands never write ----------------------------------------
@@ -250,12 +343,24 @@ fn p5_read_commands_write_nothing() {
     assert!(e.contains("typo.redb") && e.contains("no such file"), "{e}");
     assert!(!home.join("typo.redb").exists());
     let e = one_error(
-        &home.run(&["sync", "--from", "redb:missing.redb", "--to", "redb:b.redb", "--create", "--store-id", "a/b"]),
+        &home.run(&[
+            "sync",
+            "--from",
+            "redb:missing.redb",
+            "--to",
+            "redb:b.redb",
+            "--create",
+            "--store-id",
+            "a/b",
+        ]),
         1,
     );
     assert!(e.contains("missing.redb"), "{e}");
     assert!(!home.join("missing.redb").exists() && !home.join("b.redb").exists());
-    let e = one_error(&home.run(&["sync", "--from", "memory:", "--to", "redb:b.redb"]), 1);
+    let e = one_error(
+        &home.run(&["sync", "--from", "memory:", "--to", "redb:b.redb"]),
+        1,
+    );
     assert!(e.contains("--create"), "{e}");
     // No identity is made by anything but `id new`.
     let url = format!("quic://127.0.0.1:9/a/b?peer={}", "ab".repeat(32));
@@ -287,7 +392,10 @@ fn p5_remote_reads_download_nothing_and_upload_nothing() {
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(v["head"]["seq"], 30);
     assert_eq!(v["capabilities"]["remote"], true);
-    let files: Vec<_> = std::fs::read_dir(home.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let files: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(files.len(), 2, "no cache files: {files:?}"); // .config and served.redb
     srv.term();
     assert!(srv.wait(T).success());
@@ -301,21 +409,61 @@ fn p6_errors_name_the_file_or_address() {
     let me = home.id_new(false);
     std::fs::write(home.join("payload"), b"p").unwrap();
     let e = one_error(
-        &home.run(&["put", "redb:no/such/dir/x.redb", "--create", "--store-id", "a/b", "--doc", "d", "payload"]),
+        &home.run(&[
+            "put",
+            "redb:no/such/dir/x.redb",
+            "--create",
+            "--store-id",
+            "a/b",
+            "--doc",
+            "d",
+            "payload",
+        ]),
         1,
     );
     assert!(e.contains("no/such/dir/x.redb"), "{e}");
     let served = home.join("served.redb");
-    let (mut srv, url) = serve(&home, &["--store", &format!("acme/db={}", redb(&served)), "--create", "--allow", &me]);
-    let port = url.trim_start_matches("quic://").split('/').next().unwrap().to_owned();
+    let (mut srv, url) = serve(
+        &home,
+        &[
+            "--store",
+            &format!("acme/db={}", redb(&served)),
+            "--create",
+            "--allow",
+            &me,
+        ],
+    );
+    let port = url
+        .trim_start_matches("quic://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let e = one_error(
-        &home.run(&["serve", "--listen", &port, "--store", "acme/db=memory:", "--allow", &me]),
+        &home.run(&[
+            "serve",
+            "--listen",
+            &port,
+            "--store",
+            "acme/db=memory:",
+            "--allow",
+            &me,
+        ]),
         1,
     );
-    assert!(e.contains(&port) && e.to_lowercase().contains("in use"), "{e}");
+    assert!(
+        e.contains(&port) && e.to_lowercase().contains("in use"),
+        "{e}"
+    );
     let e = one_error(&home.run(&["stats", &redb(&served)]), 1);
-    assert!(e.contains("served.redb") && e.contains("already open"), "{e}");
-    let e = one_error(&home.run(&["cat", &redb(&home.join("nope.redb")), "abcd"]), 1);
+    assert!(
+        e.contains("served.redb") && e.contains("already open"),
+        "{e}"
+    );
+    let e = one_error(
+        &home.run(&["cat", &redb(&home.join("nope.redb")), "abcd"]),
+        1,
+    );
     assert!(e.contains("nope.redb"), "{e}");
     srv.term();
     assert!(srv.wait(T).success());
@@ -330,8 +478,14 @@ fn p7_store_id_comes_from_the_file_and_is_checked() {
     seed_redb(&p, "one/store", 1);
     let s = ok(&home.run(&["stats", &redb(&p)]));
     assert!(s.contains("one/store"), "{s}");
-    let e = one_error(&home.run(&["stats", "--store-id", "other/store", &redb(&p)]), 2);
-    assert!(e.contains("--store-id") && e.contains("one/store") && e.contains("other/store"), "{e}");
+    let e = one_error(
+        &home.run(&["stats", "--store-id", "other/store", &redb(&p)]),
+        2,
+    );
+    assert!(
+        e.contains("--store-id") && e.contains("one/store") && e.contains("other/store"),
+        "{e}"
+    );
     let url = format!("quic://127.0.0.1:9/acme/db?peer={}", "ab".repeat(32));
     let e = one_error(&home.run(&["stats", "--store-id", "other/store", &url]), 2);
     assert!(e.contains("--store-id") && e.contains("acme/db"), "{e}");
@@ -345,25 +499,45 @@ fn p8_output_is_plain_words_named_columns_and_no_surprises() {
     let a = home.join("a.redb");
     seed_redb(&a, "x/y", 1200);
     let s = ok(&home.run(&["stats", &redb(&a)]));
-    assert!(!s.contains("Capabilities {") && !s.contains("Connected"), "{s}");
+    assert!(
+        !s.contains("Capabilities {") && !s.contains("Connected"),
+        "{s}"
+    );
     assert!(s.contains("changes      1,200"), "{s}");
     let o = home.run(&["log", &redb(&a)]);
     let log = ok(&o);
     let header: Vec<&str> = log.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["SEQ", "ID", "KIND", "DOC", "AUTHOR", "DEPS", "SIZE", "SIGNED", "CREATED"]
+        [
+            "SEQ", "ID", "KIND", "DOC", "AUTHOR", "DEPS", "SIZE", "SIGNED", "CREATED"
+        ]
     );
     assert_eq!(log.lines().count(), 1001, "default limit 1000");
-    assert!(stderr(&o).contains("200 more") && stderr(&o).contains("--since 1000"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("200 more") && stderr(&o).contains("--since 1000"),
+        "{}",
+        stderr(&o)
+    );
     let rev = ok(&home.run(&["log", &redb(&a), "--reverse", "--limit", "2", "--full"]));
     let rows: Vec<&str> = rev.lines().skip(1).collect();
-    assert!(rows[0].trim_start().starts_with("1200 ") && rows[1].trim_start().starts_with("1199 "), "{rev}");
-    assert_eq!(rows[0].split_whitespace().nth(1).unwrap().len(), 64, "full ids");
+    assert!(
+        rows[0].trim_start().starts_with("1200 ") && rows[1].trim_start().starts_with("1199 "),
+        "{rev}"
+    );
+    assert_eq!(
+        rows[0].split_whitespace().nth(1).unwrap().len(),
+        64,
+        "full ids"
+    );
     let since = ok(&home.run(&["log", &redb(&a), "--since", "1198", "--json"]));
     let seqs: Vec<u64> = since
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(seqs, [1199, 1200]);
     // QR codes only on terminals.
@@ -373,10 +547,22 @@ fn p8_output_is_plain_words_named_columns_and_no_surprises() {
     let o = home.run(&["-vv", "stats", &redb(&a)]);
     assert!(!stderr(&o).contains('\x1b'), "{:?}", stderr(&o));
     // An invalid RUST_LOG is an error, --batch 0 too.
-    let o = home.cmd(&["stats", &redb(&a)]).env("RUST_LOG", "cairn=loud").output().unwrap();
+    let o = home
+        .cmd(&["stats", &redb(&a)])
+        .env("RUST_LOG", "cairn=loud")
+        .output()
+        .unwrap();
     let e = one_error(&o, 2);
     assert!(e.contains("RUST_LOG"), "{e}");
-    let o = home.run(&["sync", "--from", &redb(&a), "--to", "memory:", "--batch", "0"]);
+    let o = home.run(&[
+        "sync",
+        "--from",
+        &redb(&a),
+        "--to",
+        "memory:",
+        "--batch",
+        "0",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // A passing conformance run prints no warnings.
     let o = home.run(&["conformance", "memory:", "--filter", "sync::"]);
@@ -392,7 +578,16 @@ fn p9_serve_stops_cleanly_and_refuses_bad_stores() {
     let me = home.id_new(false);
     let served = home.join("s.redb");
     // host names for --listen
-    let mut srv = home.spawn(&["serve", "--listen", "localhost:0", "--store", &format!("acme/db={}", redb(&served)), "--create", "--allow", &me]);
+    let mut srv = home.spawn(&[
+        "serve",
+        "--listen",
+        "localhost:0",
+        "--store",
+        &format!("acme/db={}", redb(&served)),
+        "--create",
+        "--allow",
+        &me,
+    ]);
     srv.err_line(T, |l| l.starts_with("listening on "));
     let url = srv.out_line(T, |l| l.starts_with("quic://"));
     ok(&home.run_stdin(&["put", &url, "--doc", "d"], b"x"));
@@ -403,15 +598,36 @@ fn p9_serve_stops_cleanly_and_refuses_bad_stores() {
     // A clean shutdown leaves a file that opens read-only (no repair).
     let s = ok(&home.run(&["stats", &redb(&served)]));
     assert!(s.contains("changes      1"), "{s}");
-    let e = one_error(&home.run(&["serve", "--store", "a b=memory:", "--allow", &me]), 2);
+    let e = one_error(
+        &home.run(&["serve", "--store", "a b=memory:", "--allow", &me]),
+        2,
+    );
     assert!(e.contains("invalid store id"), "{e}");
     let e = one_error(
-        &home.run(&["serve", "--listen", "127.0.0.1:0", "--store", "x/y=memory:", "--store", "x/y=memory:", "--allow", &me]),
+        &home.run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "x/y=memory:",
+            "--store",
+            "x/y=memory:",
+            "--allow",
+            &me,
+        ]),
         2,
     );
     assert!(e.contains("given twice"), "{e}");
     let e = one_error(
-        &home.run(&["serve", "--listen", "127.0.0.1:0", "--store", &redb(&served), "--store", &format!("other/id={}", redb(&served))]),
+        &home.run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &redb(&served),
+            "--store",
+            &format!("other/id={}", redb(&served)),
+        ]),
         2,
     );
     assert!(e.contains("twice"), "{e}");
@@ -421,7 +637,11 @@ fn p9_serve_stops_cleanly_and_refuses_bad_stores() {
 fn p9_serve_from_a_config_file() {
     let home = Home::new();
     let me = home.id_new(false);
-    let reader = ok(&home.run(&["id", "new", "--key", "reader.key"])).lines().next().unwrap().to_owned();
+    let reader = ok(&home.run(&["id", "new", "--key", "reader.key"]))
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     std::fs::write(
         home.join("cairn.toml"),
         format!(
@@ -450,7 +670,10 @@ shutdown_grace_secs = 2
     ok(&home.run_stdin(&["put", &url, "--doc", "d"], b"x"));
     let s = ok(&home.run(&["stats", "--key", "reader.key", &url]));
     assert!(s.contains("changes      1"), "{s}");
-    let e = one_error(&home.run_stdin(&["put", "--key", "reader.key", &url, "--doc", "d"], b"y"), 1);
+    let e = one_error(
+        &home.run_stdin(&["put", "--key", "reader.key", &url, "--doc", "d"], b"y"),
+        1,
+    );
     assert!(e.contains("unauthorized") || e.contains("may not"), "{e}");
     srv.term();
     assert!(srv.wait(T).success());
@@ -464,14 +687,21 @@ shutdown_grace_secs = 2
 #[test]
 fn p10_conformance_filter_and_cleanup() {
     let home = Home::new();
-    let e = one_error(&home.run(&["conformance", "memory:", "--filter", "nothing-matches"]), 2);
+    let e = one_error(
+        &home.run(&["conformance", "memory:", "--filter", "nothing-matches"]),
+        2,
+    );
     assert!(e.contains("no case matches"), "{e}");
     let out = ok(&home.run(&["conformance", "memory:", "--filter", "contract::"]));
     assert!(out.contains("21 passed, 0 failed"), "{out}");
     let dir = home.join("cases");
     let out = ok(&home.run(&["conformance", &redb(&dir), "--filter", "durability::"]));
     assert!(out.contains("3 passed, 0 failed"), "{out}");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "redb:DIR left clean");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "redb:DIR left clean"
+    );
 }
 
 #[test]
@@ -482,7 +712,10 @@ fn conformance_over_quic_against_an_ephemeral_server() {
     let out = ok(&o);
     assert!(out.contains(" 0 failed"), "{out}");
     let want = format!("{} passed", cairn_conformance::all_cases().len() - 3);
-    assert!(out.contains(&want), "{want} (all but the 3 durability cases):\n{out}");
+    assert!(
+        out.contains(&want),
+        "{want} (all but the 3 durability cases):\n{out}"
+    );
     srv.term();
     assert!(srv.wait(T).success());
 }
@@ -495,34 +728,64 @@ fn p11_help_describes_urls_with_examples_and_only_real_flags() {
     let top = ok(&home.run(&["--help"]));
     assert!(top.contains("append-only"), "{top}");
     assert!(top.contains("Exit codes"), "{top}");
-    for cmd in ["put", "cat", "log", "stats", "status", "sync", "export", "import", "check", "watch"] {
+    for cmd in [
+        "put", "cat", "log", "stats", "status", "sync", "export", "import", "check", "watch",
+    ] {
         let h = ok(&home.run(&[cmd, "--help"]));
         assert!(h.contains("Examples:"), "{cmd}: {h}");
-        for form in ["memory:", "redb:PATH", "quic://HOST:PORT/STORE_ID?peer=PEER_ID", "webrtc://HOST:PORT/ROOM/STORE_ID", "webrtc:offer"] {
+        for form in [
+            "memory:",
+            "redb:PATH",
+            "quic://HOST:PORT/STORE_ID?peer=PEER_ID",
+            "webrtc://HOST:PORT/ROOM/STORE_ID",
+            "webrtc:offer",
+        ] {
             assert!(h.contains(form), "{cmd} --help lacks {form}");
         }
     }
     for cmd in ["serve", "signal", "conformance"] {
-        assert!(ok(&home.run(&[cmd, "--help"])).contains("Examples:"), "{cmd}");
+        assert!(
+            ok(&home.run(&[cmd, "--help"])).contains("Examples:"),
+            "{cmd}"
+        );
     }
-    for cmd in [&["demo", "--help"][..], &["id", "show", "--help"], &["signal", "--help"], &["conformance", "--help"], &["completions", "--help"]] {
+    for cmd in [
+        &["demo", "--help"][..],
+        &["id", "show", "--help"],
+        &["signal", "--help"],
+        &["conformance", "--help"],
+        &["completions", "--help"],
+    ] {
         let h = ok(&home.run(cmd));
         assert!(!h.contains("--store-id"), "{cmd:?} shows --store-id");
     }
-    for cmd in [&["demo", "--help"][..], &["signal", "--help"], &["completions", "--help"], &["man", "--help"]] {
+    for cmd in [
+        &["demo", "--help"][..],
+        &["signal", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+    ] {
         assert!(!ok(&home.run(cmd)).contains("--key"), "{cmd:?} shows --key");
     }
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let mut in_rust = false;
     for line in readme.lines() {
         if line.starts_with("```") {
             in_rust = line.starts_with("```rust");
             continue;
         }
-        assert!(!(in_rust && (line.starts_with("# ") || line == "#")), "hidden rustdoc line shown: {line}");
+        assert!(
+            !(in_rust && (line.starts_with("# ") || line == "#")),
+            "hidden rustdoc line shown: {line}"
+        );
     }
-    assert!(readme.contains("~/.config/cairn/identity") && readme.contains("--key"), "identity location");
-    let cargo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
+    assert!(
+        readme.contains("~/.config/cairn/identity") && readme.contains("--key"),
+        "identity location"
+    );
+    let cargo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
     assert!(!cargo.contains("example.invalid"), "placeholder URL");
 }
 
@@ -530,7 +793,10 @@ fn p11_help_describes_urls_with_examples_and_only_real_flags() {
 fn completions_and_man_page() {
     let home = Home::new();
     let bash = ok(&home.run(&["completions", "bash"]));
-    assert!(bash.contains("cairn") && bash.contains("conformance"), "{bash}");
+    assert!(
+        bash.contains("cairn") && bash.contains("conformance"),
+        "{bash}"
+    );
     let man = ok(&home.run(&["man"]));
     assert!(man.contains(".TH cairn"), "{man}");
     ok(&home.run(&["man", "--out", "man"]));

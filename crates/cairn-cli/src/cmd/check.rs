@@ -138,7 +138,7 @@ pub async fn run(a: Args) -> Result<Exit> {
     let consistency = match s.redb() {
         Some(r) => match r.check_consistency().await {
             Ok(rep) => Some(format!(
-                "redb file consistent: {} changes, {} documents",
+                "redb file consistent: {} change(s), {} document(s)",
                 rep.changes, rep.docs
             )),
             Err(e) => {
@@ -162,7 +162,7 @@ pub async fn run(a: Args) -> Result<Exit> {
         }))?;
     } else {
         outln!(
-            "{} changes checked ({} signed, {} unsigned), {}",
+            "{} change(s) checked ({} signed, {} unsigned), {}",
             thousands(count),
             thousands(signed),
             thousands(count - signed),

@@ -106,7 +106,10 @@ pub fn one_error(o: &Output, code: i32) -> String {
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(lines.len(), 1, "one error line: {err}");
     assert!(!err.contains('\x1b'), "no ANSI: {err:?}");
-    assert!(!err.contains("panicked at") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked at") && !err.contains("backtrace"),
+        "{err}"
+    );
     assert!(!err.contains(" WARN "), "no warnings: {err}");
     lines[0].to_owned()
 }
