@@ -351,11 +351,7 @@ async fn open_one(url: StoreUrl, id: &StoreId, net: &NetArgs) -> Result<Opened> 
                     net.timeout()
                 ))
             })?;
-            Ok(Opened {
-                store: w.clone(),
-                handle: Handle::WebRtc(w),
-                url,
-            })
+            Ok(webrtc_opened(w, url))
         }
         StoreUrl::WebRtcManual { offer, bind } => {
             let key = identity::load(&net.key_path())?;
@@ -384,12 +380,20 @@ async fn open_one(url: StoreUrl, id: &StoreId, net: &NetArgs) -> Result<Opened> 
                     ))
                 })?;
             }
-            Ok(Opened {
-                store: w.clone(),
-                handle: Handle::WebRtc(w),
-                url,
-            })
+            Ok(webrtc_opened(w, url))
         }
+    }
+}
+
+/// A webrtc store as a command sees it: its cache, which pairing filled
+/// and the peers keep current; appends go to the cache and reach the
+/// peers through [`Opened::deliver`], whose sync reports a failure (the
+/// store's own push would only log it).
+fn webrtc_opened(w: Arc<WebRtcStore>, url: StoreUrl) -> Opened {
+    Opened {
+        store: w.cache().clone(),
+        handle: Handle::WebRtc(w),
+        url,
     }
 }
 
