@@ -711,6 +711,11 @@ fn conformance_over_quic_against_an_ephemeral_server() {
     let o = home.run(&["conformance", &url]);
     let out = ok(&o);
     assert!(out.contains(" 0 failed"), "{out}");
+    assert!(
+        !stderr(&o).contains("WARN") && !stderr(&o).contains("ERROR"),
+        "a passing run is quiet: {}",
+        stderr(&o)
+    );
     let want = format!("{} passed", cairn_conformance::all_cases().len() - 3);
     assert!(
         out.contains(&want),
@@ -801,4 +806,36 @@ fn completions_and_man_page() {
     assert!(man.contains(".TH cairn"), "{man}");
     ok(&home.run(&["man", "--out", "man"]));
     assert!(home.join("man/cairn-sync.1").exists());
+}
+
+#[test]
+fn id_new_then_show_and_never_overwrite() {
+    let home = Home::new();
+    let peer = home.id_new(false);
+    assert_eq!(peer.len(), 64);
+    assert_eq!(ok(&home.run(&["id", "show", "--plain"])).trim(), peer);
+    let qr = ok(&home.run(&["id", "show", "--qr"]));
+    assert!(qr.lines().count() > 10, "a QR code follows");
+    let e = one_error(&home.run(&["id", "new"]), 1);
+    assert!(e.contains("already exists"), "{e}");
+    let server = home.id_new(true);
+    assert_ne!(server, peer, "the server's host key is its own");
+    assert!(home.join(".config/cairn/identity").exists());
+    assert!(home.join(".config/cairn/server-identity").exists());
+}
+
+#[test]
+fn demo_runs_and_converges() {
+    let home = Home::new();
+    let out = ok(&home.run(&["demo", "--notes", "5"]));
+    assert!(out.contains("plaintext found in 0 of them"), "{out}");
+    assert!(
+        out.contains("live: the laptop's edit reached the phone"),
+        "{out}"
+    );
+    let merged = out
+        .lines()
+        .filter(|l| l.contains("analytical") && l.contains("7946"))
+        .count();
+    assert!(merged >= 2, "both devices show the merged contact:\n{out}");
 }
