@@ -500,8 +500,9 @@ fn explain_connect(
 
 /// Resolves when the kernel reports that nothing listens on `addr` (ICMP
 /// port unreachable, seen as ECONNREFUSED on a connected UDP socket);
-/// never resolves otherwise. Sends three one-byte probes, which a QUIC
-/// server drops as too short to be a packet.
+/// never resolves otherwise (the caller races it against the dial and its
+/// timeout). Sends a one-byte probe every 100–400 ms, which a QUIC server
+/// drops as too short to be a packet.
 async fn refused(addr: SocketAddr) {
     let bind: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -515,7 +516,8 @@ async fn refused(addr: SocketAddr) {
         return std::future::pending().await;
     }
     let mut buf = [0u8; 64];
-    for wait in [50u64, 200, 500] {
+    let mut wait = 100u64;
+    loop {
         if let Err(e) = sock.send(&[0]).await {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 return;
@@ -525,8 +527,7 @@ async fn refused(addr: SocketAddr) {
         match tokio::time::timeout(Duration::from_millis(wait), sock.recv(&mut buf)).await {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
             Ok(_) => return std::future::pending().await, // something answered
-            Err(_) => {}
+            Err(_) => wait = (wait * 2).min(400),
         }
     }
-    std::future::pending().await
 }
