@@ -195,3 +195,31 @@ fn webrtc_pairing_by_hand() {
     bob.term();
     assert!(bob.wait(T).success());
 }
+
+#[test]
+fn a_refused_sync_reports_nothing_as_delivered() {
+    let home = Home::new();
+    let me = home.id_new(false);
+    let served = home.join("served.redb");
+    seed_redb(&served, "acme/db", 1);
+    let (mut srv, url) = serve(&home, &["--store", &redb(&served), "--allow-read", &me]);
+    let local = home.join("local.redb");
+    seed_redb(&local, "acme/db", 10);
+    let start = std::time::Instant::now();
+    let o = home.run(&["sync", "--from", &redb(&local), "--to", &url]);
+    let e = one_error(&o, 1);
+    assert!(
+        e.contains("0 change(s) were delivered") && e.contains("unauthorized"),
+        "{e}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        !stdout(&o).contains("copied"),
+        "nothing reported as copied: {}",
+        stdout(&o)
+    );
+    let s = json(&ok(&home.run(&["stats", &url, "--json"])));
+    assert_eq!(s["changes"], 1, "the server holds only what it had");
+    srv.term();
+    assert!(srv.wait(T).success());
+}
