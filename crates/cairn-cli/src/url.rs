@@ -16,19 +16,21 @@ macro_rules! url_help {
     () => {
         "\
 Store URLs:
-  memory:                                  a fresh in-memory store, gone when the command ends
-  redb:PATH                                a redb file; it must exist (commands that write take --create)
-  quic://HOST:PORT/STORE_ID?peer=PEER_ID   a store served by `cairn serve`; PEER_ID is the server's
-                                           peer id, which it prints at start (the key is pinned)
+  memory:           a fresh in-memory store, gone when the command ends
+  redb:PATH         a redb file; it must exist (commands that write take --create)
+  quic://HOST:PORT/STORE_ID?peer=PEER_ID
+                    a store served by `cairn serve`; PEER_ID is the server's peer id,
+                    which it prints at start (its key is pinned)
   webrtc://HOST:PORT/ROOM/STORE_ID[?password=PW][&peers=N][&bind=IP]
-                                           the peers in ROOM (ABC-DEF) of the signaling server
-                                           `cairn signal` at HOST:PORT; waits for N peers (default 1)
-  webrtc:offer | webrtc:answer[?bind=IP]   pair with one peer by hand: `offer` prints an offer line on
-                                           stderr and reads the answer line on stdin; `answer` reads
-                                           the offer on stdin and prints the answer on stderr
-A store id comes from the URL (quic://, webrtc://), from the file (redb:), or from --store-id;
-when several name one, they must agree. The old `quic://…&cache=FILE` form is gone: sync into a
-local store explicitly (`cairn sync --from quic://… --to redb:FILE`)."
+                    the peers in ROOM (like ABC-DEF) of the signaling server that
+                    `cairn signal` runs at HOST:PORT; waits for N peers (default 1)
+  webrtc:offer, webrtc:answer[?bind=IP]
+                    pair with one peer by hand: `offer` prints an offer line on stderr
+                    and reads the answer line on stdin; `answer` reads the offer on
+                    stdin and prints the answer on stderr
+A store id comes from the URL (quic://, webrtc://), from the file (redb:) or from
+--store-id; when several name one, they must agree. The old `quic://…&cache=FILE` form
+is gone: sync into a local store instead (cairn sync --from quic://… --to redb:FILE)."
     };
 }
 

@@ -18,7 +18,7 @@ use crate::{note, outln};
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = concat!("Examples:
   cairn export redb:notes.redb --out notes.cairn
-  cairn export redb:notes.redb --doc shopping --to 9e0d… --out for-bob.cairn   # only bob can read it
+  cairn export redb:notes.redb --doc shopping --to 9e0d… --out bob.cairn  # for bob's eyes
   cairn export redb:notes.redb --since 250 --out - | ssh host cairn import redb:notes.redb -
 
 

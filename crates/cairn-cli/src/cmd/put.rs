@@ -16,7 +16,7 @@ use crate::{identity, outln};
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = concat!("Examples:
   echo 'buy milk' | cairn put redb:notes.redb --create --store-id acme/notes --doc shopping
-  cairn put 'quic://relay.example:4433/acme/notes?peer=5f1c…' photo.jpg --doc album-7 --kind snapshot
+  cairn put 'quic://relay.example:4433/acme/notes?peer=5f1c…' photo.jpg --doc album-7
 
 ", crate::url_help!()))]
 pub struct Args {

@@ -18,7 +18,7 @@ use crate::{note, outln};
 #[command(after_long_help = concat!("Examples:
   cairn sync --from redb:laptop.redb --to 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…'
   cairn sync --from 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --to redb:phone.redb --create
-  cairn sync --from redb:a.redb --to redb:b.redb --both --trust 5f1c…   # only changes signed by 5f1c…
+  cairn sync --from redb:a.redb --to redb:b.redb --both --trust 5f1c…   # only 5f1c…'s changes
 
 A change is reported as pushed only once the target has stored it. If a sync stops
 part-way it exits 3 and says how many changes were delivered; run it again to finish.

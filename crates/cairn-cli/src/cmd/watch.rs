@@ -16,7 +16,7 @@ use crate::{note, outln};
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = concat!("Examples:
   cairn watch 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…'
-  cairn watch 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --since 0 --json   # everything, then live
+  cairn watch 'quic://127.0.0.1:4433/acme/notes?peer=5f1c…' --since 0 --json  # all, then live
   cairn watch webrtc://127.0.0.1:8765/ABC-DEF/acme/notes --count 1
 
 Runs until Ctrl-C or SIGTERM (or --count changes). A redb file or memory: store gets
