@@ -166,6 +166,8 @@ fn webrtc_pairing_by_hand() {
         "acme/notes",
         "--key",
         "bob.key",
+        "--since",
+        "0",
         "--json",
         "--timeout",
         "30",
