@@ -66,24 +66,29 @@ impl PolicyArgs {
     }
 }
 
-/// Wait for SIGINT (Ctrl-C) or SIGTERM; returns the signal's name.
-pub async fn shutdown_signal() -> Result<&'static str> {
+/// Watch for SIGINT (Ctrl-C) and SIGTERM from now on (the handlers are
+/// installed before this returns, so a signal sent right after the
+/// command announces itself is never the default "terminate at once");
+/// the future resolves with the signal's name.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).ctx("cannot watch for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).ctx("cannot watch for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .ctx("cannot watch for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 

@@ -378,6 +378,7 @@ async fn open_spec(spec: &Spec) -> Result<Arc<DynAppendOnlyStore>> {
 
 /// Serve until SIGTERM or Ctrl-C.
 pub async fn run(a: Args) -> Result<Exit> {
+    let stop = super::shutdown_signal()?;
     let p = plan(&a)?;
     let addr = resolve_listen(&p.listen).await?;
     // Refuse duplicates before opening anything.
@@ -408,7 +409,7 @@ pub async fn run(a: Args) -> Result<Exit> {
         let url = format!("quic://{a}/any?peer={}", server.peer_id());
         eprintln!("  {url}");
         outln!("{url}");
-        return stop_on_signal(server, Vec::new()).await;
+        return stop_on_signal(stop, server, Vec::new()).await;
     }
     let provider = Stores::new();
     let mut acl = if p.open { Acl::open() } else { Acl::new() };
@@ -469,7 +470,7 @@ pub async fn run(a: Args) -> Result<Exit> {
             rooms.push(join_room(w, id, store.clone(), &key, acl.clone()).await?);
         }
     }
-    stop_on_signal(server, rooms).await
+    stop_on_signal(stop, server, rooms).await
 }
 
 async fn join_room(
@@ -511,8 +512,12 @@ async fn join_room(
     Ok(w)
 }
 
-async fn stop_on_signal(server: QuicServer, rooms: Vec<WebRtcStore>) -> Result<Exit> {
-    let sig = super::shutdown_signal().await?;
+async fn stop_on_signal(
+    stop: impl std::future::Future<Output = &'static str>,
+    server: QuicServer,
+    rooms: Vec<WebRtcStore>,
+) -> Result<Exit> {
+    let sig = stop.await;
     note!("shutting down ({sig}): finishing requests in flight");
     for r in &rooms {
         r.close().await;

@@ -28,6 +28,7 @@ pub struct Args {
 
 /// Run until a signal.
 pub async fn run(a: Args) -> Result<Exit> {
+    let stop = super::shutdown_signal()?;
     let addr = super::serve::resolve_listen(&a.listen).await?;
     let server = SignalingServer::bind(
         addr,
@@ -41,7 +42,7 @@ pub async fn run(a: Args) -> Result<Exit> {
     .ctx(format!("cannot listen on {addr}"))?;
     eprintln!("listening on {} (signaling)", server.url());
     outln!("{}", server.url());
-    let sig = super::shutdown_signal().await?;
+    let sig = stop.await;
     note!("shutting down ({sig})");
     server.shutdown().await;
     note!("stopped");

@@ -64,6 +64,8 @@ pub async fn run(a: Args) -> Result<Exit> {
         ));
     }
     let s = open_single(url, Access::Read, a.sid.store_id.as_ref(), &a.net).await?;
+    let stop = super::shutdown_signal()?;
+    tokio::pin!(stop);
     let mut sub = subscribe(&s).await?;
     let head = s.store.head().await.ctx(&s.url)?;
     let limit = a.count.unwrap_or(u64::MAX);
@@ -100,12 +102,10 @@ pub async fn run(a: Args) -> Result<Exit> {
     }
     note!("watching {} (from seq {}; Ctrl-C stops)", s.url, head.seq);
     let mut seq = head.seq;
-    let stop = super::shutdown_signal();
-    tokio::pin!(stop);
     while shown < limit {
         let next = tokio::select! {
             sig = &mut stop => {
-                note!("stopped ({})", sig?);
+                note!("stopped ({sig})");
                 break;
             }
             n = sub.next() => n,

@@ -185,10 +185,15 @@ impl Bg {
                         return l;
                     }
                 }
-                Err(e) => panic!(
-                    "no such stdout line ({e:?}); saw: {:#?}; stderr: {:#?}",
-                    self.out_seen, self.err_seen
-                ),
+                Err(e) => {
+                    while let Ok(l) = self.err.try_recv() {
+                        self.err_seen.push(l);
+                    }
+                    panic!(
+                        "no such stdout line ({e:?}); saw: {:#?}; stderr: {:#?}",
+                        self.out_seen, self.err_seen
+                    )
+                }
             }
         }
     }
