@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use cairn::{Keypair, Result, StoreId};
+use cairn::{ChangeStream, Keypair, Result, StoreId};
 use cairn_protocol::{Call, Request, Response};
 
 use crate::identity::{PeerId, client_config};
@@ -47,6 +47,29 @@ impl QuicClient {
     /// The server's hello.
     pub fn hello(&self) -> &cairn_protocol::Hello {
         &self.link.hello
+    }
+
+    /// A live stream of the metadata of changes appended to the store from
+    /// now on, on a QUIC stream of its own; it yields an error and ends
+    /// when the connection is lost.
+    pub async fn subscribe(&self) -> Result<ChangeStream> {
+        let sub = self.link.subscribe().await?;
+        let state = (Some(sub), std::collections::VecDeque::new());
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut sub, mut queue)| async move {
+                loop {
+                    if let Some(m) = queue.pop_front() {
+                        return Some((Ok(m), (sub, queue)));
+                    }
+                    let s = sub.as_mut()?;
+                    match s.next().await {
+                        Ok(metas) => queue.extend(metas),
+                        Err(e) => return Some((Err(e), (None, queue))),
+                    }
+                }
+            },
+        )))
     }
 
     /// Close the connection.

@@ -13,6 +13,7 @@ pub use cairn_protocol::{
 };
 pub use client::QuicClient;
 pub use identity::{ALPN, certificate, key_of_certificate, peer_id};
+pub use link::is_wrong_server_key;
 pub use server::{QuicServer, ServerOptions};
 pub use store::{QuicStore, QuicStoreOptions};
 

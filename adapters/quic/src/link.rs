@@ -11,6 +11,12 @@ use cairn_protocol::{
 /// is not the one pinned.
 pub(crate) const PIN_MISMATCH: &str = "the server's key is not the pinned peer id";
 
+/// Whether `e` says the server's key is not the pinned peer id (the server
+/// is someone else, or the URL names the wrong peer).
+pub fn is_wrong_server_key(e: &Error) -> bool {
+    matches!(e, Error::Unauthorized { reason } if reason.starts_with(PIN_MISMATCH))
+}
+
 /// Map a quinn connection error. TLS and application refusals are permanent
 /// (a server key that is not the pinned one is [`Error::Unauthorized`]);
 /// losing the path is retryable.

@@ -220,7 +220,8 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
         Err(e) => return refuse(&peer, &mut send, &conn, e).await,
     };
     // Authorise before looking the store up, so a peer without access
-    // cannot learn which store ids exist.
+    // cannot learn which store ids exist; only a peer the policy knows for
+    // some store is told that a store id is not served (say, a typo).
     let perm = s.policy.permission(&peer, &hello.store_id);
     if perm == Permission::None {
         // A peer the policy knows (for some store) learns that this store
@@ -228,7 +229,7 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
         // learns nothing about which store ids exist.
         let e = if s.policy.knows(&peer) && s.stores.get(&hello.store_id).is_none() {
             Error::NotFound {
-                what: format!("store {} (this server does not serve it)", hello.store_id),
+                what: format!("store {}", hello.store_id),
             }
         } else {
             Error::Unauthorized {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::identity::client_config;
-use crate::link::{Link, PIN_MISMATCH};
+use crate::link::Link;
 
 /// How a [`QuicStore`] connects.
 #[derive(Debug, Clone)]
@@ -329,9 +329,7 @@ impl Transport for Inner {
 /// Whether a connection error is a refusal, and which.
 fn refusal(e: &Error) -> Option<Refusal> {
     match e {
-        Error::Unauthorized { reason } if reason.contains(PIN_MISMATCH) => {
-            Some(Refusal::WrongPeerKey)
-        }
+        e if crate::link::is_wrong_server_key(e) => Some(Refusal::WrongPeerKey),
         e => classify(e),
     }
 }

@@ -424,3 +424,63 @@ async fn oversized_frame_is_a_clear_error_and_server_keeps_serving() {
     conn.close(0u32.into(), b"");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_store_is_not_found_for_a_known_peer_and_unauthorized_for_a_stranger() {
+    let skey = Keypair::generate();
+    let friend = Keypair::generate();
+    let acl = Acl::new().allow(&sid(), friend.author(), Permission::ReadWrite);
+    let srv = server(local(), &skey, Arc::new(MemoryStore::new(sid())), acl);
+    let typo = StoreId::new("tenant/dbb").unwrap();
+    let connect = |key: Keypair, store: StoreId| {
+        let (addr, peer) = (srv.local_addr(), srv.peer_id());
+        async move {
+            QuicClient::connect(addr, peer, &key, &store, cairn_protocol::DEFAULT_MAX_FRAME).await
+        }
+    };
+    match connect(friend.clone(), typo.clone()).await {
+        Err(Error::NotFound { what }) => assert!(what.contains("tenant/dbb"), "{what}"),
+        other => panic!("a known peer's typo: {other:?}"),
+    }
+    match connect(Keypair::generate(), typo).await {
+        Err(Error::Unauthorized { .. }) => {}
+        other => panic!("a stranger learns nothing: {other:?}"),
+    }
+    match connect(Keypair::generate(), sid()).await {
+        Err(Error::Unauthorized { .. }) => {}
+        other => panic!("a stranger on a served store: {other:?}"),
+    }
+    let ok = connect(friend, sid()).await.unwrap();
+    ok.close().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_subscribes() {
+    let skey = Keypair::generate();
+    let backing = Arc::new(MemoryStore::new(sid()));
+    let srv = server(local(), &skey, backing.clone(), Acl::open());
+    let me = Keypair::generate();
+    let c = QuicClient::connect(
+        srv.local_addr(),
+        srv.peer_id(),
+        &me,
+        &sid(),
+        cairn_protocol::DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    let batch = changes("live", 3, 10);
+    backing.append(batch.clone()).await.unwrap();
+    for want in &batch {
+        let got = tokio::time::timeout(T, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, want.id());
+    }
+    c.close().await;
+    srv.shutdown().await;
+}

@@ -19,7 +19,9 @@ use cairn::{
     ChangeStream, DocId, Error, Fingerprint, FingerprintBuckets, Head, IdRange, Limits,
     RangeSummary, Result, ScanItem, StoreId,
 };
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{
+    Database, ReadOnlyDatabase, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+};
 use tokio::sync::oneshot;
 
 use crate::error::{corrupt, from_panic, map};
@@ -142,14 +144,49 @@ struct Inner {
     /// Declared before `writer`: fields drop in order, so this handle goes
     /// first and the writer thread, joined next, drops the last one (and so
     /// closes the file) under `catch_unwind`.
-    db: Arc<Database>,
-    /// Joined on drop.
-    writer: WriterHandle,
+    db: Db,
+    /// Joined on drop; `None` when opened read-only.
+    writer: Option<WriterHandle>,
     watch: Arc<SeqWatch>,
     counters: Arc<Counters>,
     /// Fingerprints per id bucket of everything committed, kept by the
     /// writer (checkpointed to the `buckets` table).
     buckets: Arc<RwLock<FingerprintBuckets>>,
+}
+
+/// The open database: shared with the writer thread, or read-only.
+enum Db {
+    Writable(Arc<Database>),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Writable(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+    }
+}
+
+/// Refuse a missing or empty file before redb sees it (redb would create
+/// a missing file, and treats an empty one as a new database).
+fn existing_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
+            what: format!("redb file {}", path.display()),
+        }),
+        Err(e) => Err(Error::Io(e)),
+        Ok(m) if m.is_dir() => Err(corrupt(format!(
+            "{} is a directory, not a store file",
+            path.display()
+        ))),
+        Ok(m) if m.len() == 0 => Err(corrupt(format!(
+            "{} is empty (0 bytes): not a Cairn store",
+            path.display()
+        ))),
+        Ok(_) => Ok(()),
+    }
 }
 
 impl fmt::Debug for RedbStore {
@@ -197,6 +234,85 @@ impl RedbStore {
         run_blocking(move || Self::open_blocking(path, store_id, options)).await
     }
 
+    /// Open an existing store for reading only, with the store id the file
+    /// records: nothing is ever written to the file, and
+    /// [`append`](AppendOnlyStore::append) fails with
+    /// [`Error::Unsupported`].
+    ///
+    /// Fails with [`Error::NotFound`] if the file does not exist,
+    /// [`Error::Corrupt`] if it is empty, not a Cairn store, damaged, of
+    /// another schema version, or was not closed cleanly (the repair that
+    /// needs is a write; open it with [`open_existing`] once), and
+    /// [`Error::Backend`] if another process has it open for writing.
+    ///
+    /// [`open_existing`]: RedbStore::open_existing
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        run_blocking(move || {
+            catch_unwind(AssertUnwindSafe(|| Self::open_read_only_inner(path)))
+                .unwrap_or_else(|p| Err(from_panic(p)))
+        })
+        .await
+    }
+
+    /// Open an existing store for reading and appending, with the store id
+    /// the file records; never creates a file. Fails like
+    /// [`open_read_only`](RedbStore::open_read_only) on a missing, empty or
+    /// foreign file (a file that was not closed cleanly is repaired).
+    pub async fn open_existing(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        run_blocking(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                existing_file(&path)?;
+                Self::open_inner(path.clone(), None, options)
+            }))
+            .unwrap_or_else(|p| Err(from_panic(p)))
+        })
+        .await
+    }
+
+    fn open_read_only_inner(path: PathBuf) -> Result<Self> {
+        existing_file(&path)?;
+        let db = Database::builder()
+            .open_read_only(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::RepairAborted => corrupt(format!(
+                    "{} was not closed cleanly and needs a repair, which a read-only open does not do; open it for writing once",
+                    path.display()
+                )),
+                e => map(e),
+            })?;
+        let rtx = db.begin_read().map_err(map)?;
+        let found = schema::read_existing(&rtx)?.ok_or_else(|| {
+            corrupt(format!(
+                "{} is an empty redb database: not a Cairn store",
+                path.display()
+            ))
+        })?;
+        let loaded = schema::load_buckets(&rtx, found.opened.head)?;
+        drop(rtx);
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                store_id: found.store_id,
+                path,
+                epoch: found.opened.epoch,
+                limits: Limits::DEFAULT,
+                durability: Durability::Immediate,
+                db: Db::ReadOnly(db),
+                writer: None,
+                watch: Arc::new(SeqWatch::new(found.opened.head)),
+                counters: Arc::new(Counters::default()),
+                buckets: Arc::new(RwLock::new(loaded.buckets)),
+            }),
+        })
+    }
+
+    /// Whether this store was opened with
+    /// [`open_read_only`](RedbStore::open_read_only).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.writer.is_none()
+    }
+
     /// Open synchronously (blocks the calling thread on file I/O). Prefer
     /// [`open_with`](RedbStore::open_with) inside an async runtime.
     pub fn open_blocking(
@@ -208,19 +324,38 @@ impl RedbStore {
         // redb may panic on a file damaged outside redb (unless
         // `verify_on_open`); report that as corrupt data.
         catch_unwind(AssertUnwindSafe(|| {
-            Self::open_inner(path.clone(), store_id, options)
+            Self::open_inner(path.clone(), Some(store_id), options)
         }))
         .unwrap_or_else(|p| Err(from_panic(p)))
     }
 
-    fn open_inner(path: PathBuf, store_id: StoreId, options: RedbOptions) -> Result<Self> {
+    /// Open (creating the file and the store when `store_id` is given) or,
+    /// with `store_id == None`, open an existing store with the id it
+    /// records.
+    fn open_inner(path: PathBuf, store_id: Option<StoreId>, options: RedbOptions) -> Result<Self> {
         let mut builder = Database::builder();
         builder.set_check_integrity_on_open(options.verify_on_open);
         if let Some(bytes) = options.cache_size {
             builder.set_cache_size(bytes);
         }
-        let db = Arc::new(builder.create(&path).map_err(map)?);
-        let opened = schema::open_or_init(&db, &store_id)?;
+        let (db, store_id, opened) = match store_id {
+            Some(store_id) => {
+                let db = Arc::new(builder.create(&path).map_err(map)?);
+                let opened = schema::open_or_init(&db, &store_id)?;
+                (db, store_id, opened)
+            }
+            None => {
+                let db = Arc::new(builder.open(&path).map_err(map)?);
+                let found =
+                    schema::read_existing(&db.begin_read().map_err(map)?)?.ok_or_else(|| {
+                        corrupt(format!(
+                            "{} is an empty redb database: not a Cairn store",
+                            path.display()
+                        ))
+                    })?;
+                (db, found.store_id, found.opened)
+            }
+        };
         let loaded = schema::load_buckets(&db.begin_read().map_err(map)?, opened.head)?;
         let buckets = Arc::new(RwLock::new(loaded.buckets));
         let watch = Arc::new(SeqWatch::new(opened.head));
@@ -244,8 +379,8 @@ impl RedbStore {
                 epoch: opened.epoch,
                 limits: options.limits,
                 durability: options.durability,
-                writer,
-                db,
+                writer: Some(writer),
+                db: Db::Writable(db),
                 watch,
                 counters,
                 buckets,
@@ -397,6 +532,12 @@ impl AppendOnlyStore for RedbStore {
     }
 
     async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        let Some(writer) = &self.inner.writer else {
+            return Err(Error::Unsupported {
+                store: "redb (opened read-only)",
+                what: "append",
+            });
+        };
         let limits = self.inner.limits;
         let size: usize = changes.iter().map(|c| c.payload.len()).sum();
         let (batch, repeats) = if size > INLINE_CHECK_BYTES {
@@ -411,7 +552,7 @@ impl AppendOnlyStore for RedbStore {
             });
         }
         let (reply, answer) = oneshot::channel();
-        self.inner.writer.send(Job {
+        writer.send(Job {
             batch,
             repeats,
             reply,

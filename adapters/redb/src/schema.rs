@@ -60,9 +60,31 @@ pub(crate) struct Opened {
     pub(crate) head: u64,
 }
 
+/// What an existing store file records about itself.
+pub(crate) struct Existing {
+    pub(crate) store_id: StoreId,
+    pub(crate) opened: Opened,
+}
+
 /// Read (and check) the meta table, or initialise an empty redb file.
 pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> {
     let rtx = db.begin_read().map_err(map)?;
+    let Some(found) = read_existing(&rtx)? else {
+        drop(rtx);
+        return init(db, store_id);
+    };
+    if &found.store_id != store_id {
+        return Err(Error::StoreMismatch {
+            expected: store_id.clone(),
+            found: found.store_id,
+        });
+    }
+    Ok(found.opened)
+}
+
+/// Read (and check) the meta table of an existing store; `None` for a redb
+/// database with no tables at all (a file redb just created).
+pub(crate) fn read_existing(rtx: &ReadTransaction) -> Result<Option<Existing>> {
     let meta = match rtx.open_table(META) {
         Ok(t) => t,
         Err(TableError::TableDoesNotExist(_)) => {
@@ -73,8 +95,7 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
                     "a redb database without cairn's `meta` table: not a Cairn store",
                 ));
             }
-            drop(rtx);
-            return init(db, store_id);
+            return Ok(None);
         }
         Err(e) => return Err(map(e)),
     };
@@ -116,12 +137,6 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
         .ok()
         .and_then(|s| StoreId::new(s).ok())
         .ok_or_else(|| corrupt("stored store id is not a valid store id"))?;
-    if &stored != store_id {
-        return Err(Error::StoreMismatch {
-            expected: store_id.clone(),
-            found: stored,
-        });
-    }
     let epoch = be_u64(&get(KEY_EPOCH)?, "epoch")?;
 
     // Cheap structural checks (redb keeps table lengths in the tree headers,
@@ -145,7 +160,10 @@ pub(crate) fn open_or_init(db: &Database, store_id: &StoreId) -> Result<Opened> 
             )));
         }
     }
-    Ok(Opened { epoch, head })
+    Ok(Some(Existing {
+        store_id: stored,
+        opened: Opened { epoch, head },
+    }))
 }
 
 fn init(db: &Database, store_id: &StoreId) -> Result<Opened> {

@@ -366,3 +366,59 @@ async fn bucket_checkpoints_stay_consistent_across_reopen() {
         assert_eq!(store.range_summary(r).await.unwrap(), walk(&ids, r));
     }
 }
+
+#[tokio::test]
+async fn read_only_and_existing_opens_never_create_and_take_the_id_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.redb");
+    for r in [
+        RedbStore::open_read_only(&missing).await.map(|_| ()),
+        RedbStore::open_existing(&missing, RedbOptions::default())
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+    }
+    assert!(!missing.exists(), "nothing was created");
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    for r in [
+        RedbStore::open_read_only(&empty).await.map(|_| ()),
+        RedbStore::open_existing(&empty, RedbOptions::default())
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    }
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "left alone");
+
+    let path = dir.path().join("s.redb");
+    let batch = chain(&doc("d"), 5, 10);
+    {
+        let s = RedbStore::open(&path, sid()).await.unwrap();
+        s.append(batch.clone()).await.unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    {
+        let ro = RedbStore::open_read_only(&path).await.unwrap();
+        assert!(ro.is_read_only());
+        assert_eq!(ro.store_id(), &sid());
+        assert_eq!(ro.head().await.unwrap().seq, 5);
+        assert_eq!(ro.scan(0, 10).await.unwrap().len(), 5);
+        ro.check_consistency().await.unwrap();
+        let r = ro.append(chain(&doc("e"), 1, 10)).await;
+        assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "read-only wrote nothing"
+    );
+    let rw = RedbStore::open_existing(&path, RedbOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rw.store_id(), &sid());
+    assert!(!rw.is_read_only());
+    rw.append(chain(&doc("e"), 1, 10)).await.unwrap();
+    assert_eq!(rw.head().await.unwrap().seq, 6);
+}

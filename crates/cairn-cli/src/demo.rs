@@ -132,7 +132,7 @@ pub async fn run(notes: usize) -> Result<()> {
     let server = QuicServer::bind(
         "127.0.0.1:0"
             .parse()
-            .map_err(|e| CliError(format!("{e}")))?,
+            .map_err(|e| CliError::new(format!("{e}")))?,
         &relay_key,
         Arc::new(Stores::new().with(relay_dir.clone()).with(relay_db.clone())),
         Arc::new(acl),
@@ -179,7 +179,7 @@ pub async fn run(notes: usize) -> Result<()> {
     let bar = ProgressBar::new((2 * notes) as u64);
     bar.set_style(
         ProgressStyle::with_template("   {bar:40} {pos}/{len} offline changes {msg}")
-            .map_err(|e| CliError(e.to_string()))?
+            .map_err(|e| CliError::new(e.to_string()))?
             .progress_chars("=> "),
     );
     let mut offline = Vec::new();

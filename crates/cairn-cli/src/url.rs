@@ -1,16 +1,38 @@
-//! Store URLs: `memory:`, `redb:PATH`, `quic://HOST:PORT/STORE_ID?peer=PEER_ID[&cache=PATH]`.
+//! Store URLs: one enum, one parser. Every form is described in
+//! [`url_help!`](crate::url_help), shown by `--help`.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use cairn::{AuthorId, DynAppendOnlyStore, Keypair, StoreId};
-use cairn_memory::MemoryStore;
-use cairn_quic::{QuicStore, QuicStoreOptions};
-use cairn_redb::RedbStore;
+use cairn::{AuthorId, StoreId};
+use cairn_webrtc::RoomCode;
 
-use crate::error::{CliError, Result, fail};
+use crate::error::{Result, usage};
+
+/// The store-URL forms, for `--help` of every command that takes a URL
+/// (a macro, so `concat!` can put it after each command's examples).
+#[macro_export]
+macro_rules! url_help {
+    () => {
+        "\
+Store URLs:
+  memory:           a fresh in-memory store, gone when the command ends
+  redb:PATH         a redb file; it must exist (commands that write take --create)
+  quic://HOST:PORT/STORE_ID?peer=PEER_ID
+                    a store served by `cairn serve`; PEER_ID is the server's peer id,
+                    which it prints at start (its key is pinned)
+  webrtc://HOST:PORT/ROOM/STORE_ID[?password=PW][&peers=N][&bind=IP]
+                    the peers in ROOM (like ABC-DEF) of the signaling server that
+                    `cairn signal` runs at HOST:PORT; waits for N peers (default 1)
+  webrtc:offer, webrtc:answer[?bind=IP]
+                    pair with one peer by hand: `offer` prints an offer line on stderr
+                    and reads the answer line on stdin; `answer` reads the offer on
+                    stdin and prints the answer on stderr
+A store id comes from the URL (quic://, webrtc://), from the file (redb:) or from
+--store-id; when several name one, they must agree. The old `quic://…&cache=FILE` form
+is gone: sync into a local store instead (cairn sync --from quic://… --to redb:FILE)."
+    };
+}
 
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,140 +41,241 @@ pub enum StoreUrl {
     Memory,
     /// A redb file.
     Redb(PathBuf),
-    /// A remote store over QUIC, with an optional redb cache file.
+    /// A remote store over QUIC.
     Quic {
-        /// Server address.
+        /// `HOST:PORT` as written.
+        host: String,
+        /// The resolved server address.
         addr: SocketAddr,
         /// The store on the server.
         store: StoreId,
         /// The server's peer id (pinned).
         peer: AuthorId,
-        /// A redb file to cache in (memory if absent).
-        cache: Option<PathBuf>,
+    },
+    /// The peers of a room on a signaling server.
+    WebRtcRoom {
+        /// `ws://HOST:PORT`.
+        signal: String,
+        /// The room.
+        room: RoomCode,
+        /// The store.
+        store: StoreId,
+        /// The room password.
+        password: Option<String>,
+        /// Peers to wait for.
+        peers: usize,
+        /// Address to announce (default 127.0.0.1).
+        bind: Option<IpAddr>,
+    },
+    /// Manual pairing with one peer.
+    WebRtcManual {
+        /// `true` for `webrtc:offer`, `false` for `webrtc:answer`.
+        offer: bool,
+        /// Address to announce (default 127.0.0.1).
+        bind: Option<IpAddr>,
     },
 }
 
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory:"),
+            StoreUrl::Redb(p) => write!(f, "redb:{}", p.display()),
+            StoreUrl::Quic { host, store, .. } => write!(f, "quic://{host}/{store}"),
+            StoreUrl::WebRtcRoom {
+                signal,
+                room,
+                store,
+                ..
+            } => write!(
+                f,
+                "webrtc://{}/{room}/{store}",
+                signal.trim_start_matches("ws://")
+            ),
+            StoreUrl::WebRtcManual { offer: true, .. } => f.write_str("webrtc:offer"),
+            StoreUrl::WebRtcManual { offer: false, .. } => f.write_str("webrtc:answer"),
+        }
+    }
+}
+
+/// A store id that can appear in a URL: `[A-Za-z0-9._-]` segments joined
+/// by `/`, at most 255 bytes.
+pub fn store_id(s: &str) -> Result<StoreId> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty()
+        || s.len() > 255
+        || s.split('/')
+            .any(|seg| seg.is_empty() || !seg.chars().all(ok_char))
+    {
+        return usage(format!(
+            "invalid store id {s:?}: use letters, digits, '.', '_' and '-' in segments joined by '/' (e.g. acme/contacts)"
+        ));
+    }
+    StoreId::new(s).map_err(|e| crate::error::CliError::usage(format!("store id {s:?}: {e}")))
+}
+
+fn query(q: &str) -> Vec<(&str, &str)> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect()
+}
+
+fn resolve(s: &str, host: &str) -> Result<SocketAddr> {
+    let mut addrs = host.to_socket_addrs().map_err(|e| {
+        crate::error::CliError::usage(format!(
+            "{s}: cannot resolve {host:?}: {}",
+            crate::error::io_cause(&e)
+        ))
+    })?;
+    match addrs.next() {
+        Some(a) => Ok(a),
+        None => usage(format!("{s}: {host:?} resolves to no address")),
+    }
+}
+
+fn bind_ip(s: &str, v: &str) -> Result<IpAddr> {
+    v.parse()
+        .map_err(|_| crate::error::CliError::usage(format!("{s}: bind={v:?} is not an IP address")))
+}
+
 impl StoreUrl {
-    /// Parse a URL; the error says what form is expected.
+    /// Parse a URL; the error says which form is expected.
     pub fn parse(s: &str) -> Result<StoreUrl> {
         if s == "memory:" || s == "memory" {
             return Ok(StoreUrl::Memory);
         }
         if let Some(path) = s.strip_prefix("redb:") {
             if path.is_empty() {
-                return fail("redb: needs a path, e.g. redb:./data.redb");
+                return usage("redb: needs a path, e.g. redb:./data.redb");
             }
             return Ok(StoreUrl::Redb(PathBuf::from(path)));
         }
         if let Some(rest) = s.strip_prefix("quic://") {
-            let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let Some((host, store)) = main.split_once('/') else {
-                return fail(format!(
-                    "{s}: expected quic://HOST:PORT/STORE_ID?peer=PEER_ID"
-                ));
+            return Self::parse_quic(s, rest);
+        }
+        if let Some(rest) = s.strip_prefix("webrtc://") {
+            return Self::parse_room(s, rest);
+        }
+        if let Some(rest) = s.strip_prefix("webrtc:") {
+            let (role, q) = rest.split_once('?').unwrap_or((rest, ""));
+            let offer = match role {
+                "offer" => true,
+                "answer" => false,
+                _ => {
+                    return usage(format!(
+                        "{s}: expected webrtc:offer, webrtc:answer or webrtc://HOST:PORT/ROOM/STORE_ID"
+                    ));
+                }
             };
-            let addr = host
-                .to_socket_addrs()
-                .map_err(|e| CliError(format!("{s}: bad address {host:?}: {e}")))?
-                .next()
-                .ok_or_else(|| CliError(format!("{s}: {host:?} resolves to nothing")))?;
-            let store = StoreId::new(store).map_err(|e| CliError(format!("{s}: store id: {e}")))?;
-            let mut peer = None;
-            let mut cache = None;
-            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("peer", v)) => {
-                        peer = Some(
-                            v.parse::<AuthorId>()
-                                .map_err(|e| CliError(format!("{s}: peer: {e}")))?,
-                        )
-                    }
-                    Some(("cache", v)) => cache = Some(PathBuf::from(v)),
-                    _ => {
-                        return fail(format!(
-                            "{s}: unknown parameter {kv:?} (known: peer, cache)"
-                        ));
-                    }
+            let mut bind = None;
+            for (k, v) in query(q) {
+                match k {
+                    "bind" => bind = Some(bind_ip(s, v)?),
+                    _ => return usage(format!("{s}: unknown parameter {k:?} (known: bind)")),
                 }
             }
-            let Some(peer) = peer else {
-                return fail(format!(
-                    "{s}: missing ?peer=PEER_ID (the server prints it at start)"
-                ));
-            };
-            return Ok(StoreUrl::Quic {
-                addr,
-                store,
-                peer,
-                cache,
-            });
+            return Ok(StoreUrl::WebRtcManual { offer, bind });
         }
-        fail(format!(
-            "{s}: unknown store URL (expected memory:, redb:PATH or quic://HOST:PORT/STORE_ID?peer=PEER_ID)"
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return usage(format!(
+                "{s}: postgres:// stores are not in this build of cairn yet"
+            ));
+        }
+        usage(format!(
+            "{s}: unknown store URL (expected memory:, redb:PATH, quic://HOST:PORT/STORE_ID?peer=PEER_ID, webrtc://HOST:PORT/ROOM/STORE_ID, webrtc:offer or webrtc:answer)"
         ))
     }
 
-    /// The store id this URL names, if it names one.
-    pub fn store_id(&self) -> Option<&StoreId> {
-        match self {
-            StoreUrl::Quic { store, .. } => Some(store),
-            _ => None,
+    fn parse_quic(s: &str, rest: &str) -> Result<StoreUrl> {
+        let (main, q) = rest.split_once('?').unwrap_or((rest, ""));
+        let Some((host, store)) = main.split_once('/') else {
+            return usage(format!(
+                "{s}: expected quic://HOST:PORT/STORE_ID?peer=PEER_ID"
+            ));
+        };
+        let store =
+            store_id(store).map_err(|e| crate::error::CliError::usage(format!("{s}: {e}")))?;
+        let mut peer = None;
+        for (k, v) in query(q) {
+            match k {
+                "peer" => {
+                    peer =
+                        Some(v.parse::<AuthorId>().map_err(|e| {
+                            crate::error::CliError::usage(format!("{s}: peer: {e}"))
+                        })?)
+                }
+                "cache" => {
+                    return usage(format!(
+                        "{s}: the &cache= form is gone; sync into a local store instead (cairn sync --from quic://… --to redb:FILE)"
+                    ));
+                }
+                _ => return usage(format!("{s}: unknown parameter {k:?} (known: peer)")),
+            }
         }
-    }
-}
-
-/// An opened store, plus its QUIC handle when remote.
-pub struct Opened {
-    /// The store.
-    pub store: Arc<DynAppendOnlyStore>,
-    /// The QUIC store, for state and explicit sync.
-    pub quic: Option<Arc<QuicStore>>,
-}
-
-/// Open `url`; local stores get `store_id`. QUIC stores connect (and catch
-/// up) before this returns, or fail after `timeout`.
-pub async fn open(
-    url: &StoreUrl,
-    store_id: &StoreId,
-    key: Option<&Keypair>,
-    timeout: Duration,
-) -> Result<Opened> {
-    match url {
-        StoreUrl::Memory => Ok(Opened {
-            store: Arc::new(MemoryStore::new(store_id.clone())),
-            quic: None,
-        }),
-        StoreUrl::Redb(path) => Ok(Opened {
-            store: Arc::new(RedbStore::open(path, store_id.clone()).await?),
-            quic: None,
-        }),
-        StoreUrl::Quic {
+        let Some(peer) = peer else {
+            return usage(format!(
+                "{s}: missing ?peer=PEER_ID (the server prints it at start)"
+            ));
+        };
+        let addr = resolve(s, host)?;
+        Ok(StoreUrl::Quic {
+            host: host.to_owned(),
             addr,
             store,
             peer,
-            cache,
-        } => {
-            let Some(key) = key else {
-                return fail("a quic:// store needs an identity (--key)");
-            };
-            let cache: Arc<DynAppendOnlyStore> = match cache {
-                Some(p) => Arc::new(RedbStore::open(p, store.clone()).await?),
-                None => Arc::new(MemoryStore::new(store.clone())),
-            };
-            let q = Arc::new(QuicStore::new(
-                cache,
-                *addr,
-                *peer,
-                key,
-                QuicStoreOptions::default(),
-            )?);
-            q.wait_connected(timeout).await.map_err(|e| {
-                CliError(format!("cannot reach {addr} (peer {}): {e}", peer.short()))
-            })?;
-            Ok(Opened {
-                store: q.clone(),
-                quic: Some(q),
-            })
+        })
+    }
+
+    fn parse_room(s: &str, rest: &str) -> Result<StoreUrl> {
+        let (main, q) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut parts = main.splitn(3, '/');
+        let (Some(host), Some(room), Some(store)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return usage(format!(
+                "{s}: expected webrtc://HOST:PORT/ROOM/STORE_ID (ROOM like ABC-DEF)"
+            ));
+        };
+        resolve(s, host)?;
+        let room: RoomCode = room
+            .parse()
+            .map_err(|e| crate::error::CliError::usage(format!("{s}: room {room:?}: {e}")))?;
+        let store =
+            store_id(store).map_err(|e| crate::error::CliError::usage(format!("{s}: {e}")))?;
+        let (mut password, mut peers, mut bind) = (None, 1, None);
+        for (k, v) in query(q) {
+            match k {
+                "password" => password = Some(v.to_owned()),
+                "peers" => {
+                    peers = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        crate::error::CliError::usage(format!(
+                            "{s}: peers={v:?} is not a count of at least 1"
+                        ))
+                    })?
+                }
+                "bind" => bind = Some(bind_ip(s, v)?),
+                _ => {
+                    return usage(format!(
+                        "{s}: unknown parameter {k:?} (known: password, peers, bind)"
+                    ));
+                }
+            }
+        }
+        Ok(StoreUrl::WebRtcRoom {
+            signal: format!("ws://{host}"),
+            room,
+            store,
+            password,
+            peers,
+            bind,
+        })
+    }
+
+    /// The store id this URL names, if it names one.
+    pub fn named_id(&self) -> Option<&StoreId> {
+        match self {
+            StoreUrl::Quic { store, .. } | StoreUrl::WebRtcRoom { store, .. } => Some(store),
+            _ => None,
         }
     }
 }
@@ -169,30 +292,61 @@ mod tests {
             StoreUrl::Redb("/tmp/x.redb".into())
         );
         let peer = "ab".repeat(32);
-        let u = StoreUrl::parse(&format!(
-            "quic://127.0.0.1:4433/acme/db/contacts?peer={peer}&cache=c.redb"
+        match StoreUrl::parse(&format!(
+            "quic://127.0.0.1:4433/acme/db/contacts?peer={peer}"
         ))
-        .unwrap();
-        match u {
-            StoreUrl::Quic {
-                addr, store, cache, ..
-            } => {
+        .unwrap()
+        {
+            StoreUrl::Quic { addr, store, .. } => {
                 assert_eq!(addr.port(), 4433);
                 assert_eq!(store.as_str(), "acme/db/contacts");
-                assert_eq!(cache, Some(PathBuf::from("c.redb")));
             }
             other => panic!("{other:?}"),
         }
+        match StoreUrl::parse("webrtc://localhost:8765/ABC-DEF/acme/db?password=pw&peers=2")
+            .unwrap()
+        {
+            StoreUrl::WebRtcRoom {
+                signal,
+                store,
+                password,
+                peers,
+                ..
+            } => {
+                assert_eq!(signal, "ws://localhost:8765");
+                assert_eq!(store.as_str(), "acme/db");
+                assert_eq!(password.as_deref(), Some("pw"));
+                assert_eq!(peers, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            StoreUrl::parse("webrtc:offer").unwrap(),
+            StoreUrl::WebRtcManual { offer: true, .. }
+        ));
         for bad in [
             "",
             "redb:",
             "quic://127.0.0.1:1/x",
             "quic://127.0.0.1:1/x?peer=zz",
+            &format!("quic://127.0.0.1:1/a b?peer={peer}"),
+            &format!("quic://127.0.0.1:1/x?peer={peer}&cache=c.redb"),
             "ftp://x",
             "quic://nohost",
+            "webrtc:maybe",
+            "webrtc://127.0.0.1:1/NOTAROOM!/x",
         ] {
             let e = StoreUrl::parse(bad).unwrap_err();
-            assert!(!e.0.is_empty(), "{bad}");
+            assert!(!e.msg.is_empty(), "{bad}");
+            assert_eq!(e.exit, crate::error::Exit::Usage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_ids_are_url_safe() {
+        assert!(store_id("acme/contacts").is_ok());
+        for bad in ["", "a b", "/a", "a/", "a//b", "a?b"] {
+            assert!(store_id(bad).is_err(), "{bad:?}");
         }
     }
 }
