@@ -32,8 +32,10 @@ pub struct Ctx {
 /// `cairn serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A store to serve: `[STORE_ID=]redb:PATH` or `[STORE_ID=]memory:`
-    /// (repeatable; without `STORE_ID=` the global --store-id is used).
+    /// A store to serve: `[STORE_ID=]redb:PATH`, `[STORE_ID=]memory:` or
+    /// `[STORE_ID=]postgres://USER@HOST/DB` (repeatable; without `STORE_ID=`
+    /// the global --store-id is used). Several servers may serve the same
+    /// PostgreSQL store at once.
     #[arg(long = "store", required_unless_present = "ephemeral")]
     stores: Vec<String>,
     /// Test server: every peer gets its own fresh in-memory store for any
@@ -88,7 +90,7 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         };
         let parsed = StoreUrl::parse(url)?;
         if matches!(parsed, StoreUrl::Quic { .. }) {
-            return fail("serve takes local stores (memory:, redb:PATH), not quic://");
+            return fail("serve takes local stores (memory:, redb:PATH, postgres://…), not quic://");
         }
         let opened = url::open(&parsed, &id, None, CONNECT_TIMEOUT).await?;
         provider.insert(opened.store);
@@ -496,6 +498,11 @@ pub async fn conformance(_ctx: &Ctx, a: ConformanceArgs) -> Result<ExitCode> {
         StoreUrl::Quic { addr, peer, .. } => {
             let f = QuicFactory { addr, peer };
             cairn_conformance::run_suite(&f, a.filter.as_deref()).await
+        }
+        StoreUrl::Postgres(_) => {
+            return fail(
+                "conformance does not take postgres:// (cargo xtask test runs the suite on PostgreSQL)",
+            );
         }
     };
     Ok(if rows.iter().any(|r| r.result.is_err()) {

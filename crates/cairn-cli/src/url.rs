@@ -1,4 +1,5 @@
-//! Store URLs: `memory:`, `redb:PATH`, `quic://HOST:PORT/STORE_ID?peer=PEER_ID[&cache=PATH]`.
+//! Store URLs: `memory:`, `redb:PATH`, `quic://HOST:PORT/STORE_ID?peer=PEER_ID[&cache=PATH]`,
+//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?…]`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use cairn::{AuthorId, DynAppendOnlyStore, Keypair, StoreId};
 use cairn_memory::MemoryStore;
+use cairn_postgres::PostgresDb;
 use cairn_quic::{QuicStore, QuicStoreOptions};
 use cairn_redb::RedbStore;
 
@@ -30,6 +32,8 @@ pub enum StoreUrl {
         /// A redb file to cache in (memory if absent).
         cache: Option<PathBuf>,
     },
+    /// A store in a PostgreSQL database (the whole URL, as libpq takes it).
+    Postgres(String),
 }
 
 impl StoreUrl {
@@ -87,8 +91,11 @@ impl StoreUrl {
                 cache,
             });
         }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(s.to_owned()));
+        }
         fail(format!(
-            "{s}: unknown store URL (expected memory:, redb:PATH or quic://HOST:PORT/STORE_ID?peer=PEER_ID)"
+            "{s}: unknown store URL (expected memory:, redb:PATH, postgres://USER@HOST/DB or quic://HOST:PORT/STORE_ID?peer=PEER_ID)"
         ))
     }
 
@@ -126,6 +133,10 @@ pub async fn open(
             store: Arc::new(RedbStore::open(path, store_id.clone()).await?),
             quic: None,
         }),
+        StoreUrl::Postgres(url) => Ok(Opened {
+            store: Arc::new(postgres_db(url).await?.store(store_id.clone()).await?),
+            quic: None,
+        }),
         StoreUrl::Quic {
             addr,
             store,
@@ -157,6 +168,22 @@ pub async fn open(
     }
 }
 
+/// One pool and one listener per database URL for the whole process: every
+/// store served from the same database shares them.
+async fn postgres_db(url: &str) -> Result<PostgresDb> {
+    type Dbs = std::sync::Mutex<std::collections::HashMap<String, PostgresDb>>;
+    static DBS: std::sync::OnceLock<Dbs> = std::sync::OnceLock::new();
+    let dbs = DBS.get_or_init(Default::default);
+    if let Some(db) = dbs.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
+        return Ok(db.clone());
+    }
+    let db = PostgresDb::connect(url).await?;
+    dbs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(url.to_owned(), db.clone());
+    Ok(db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +210,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            StoreUrl::parse("postgres://u@127.0.0.1:5432/db").unwrap(),
+            StoreUrl::Postgres("postgres://u@127.0.0.1:5432/db".into())
+        );
         for bad in [
             "",
             "redb:",
