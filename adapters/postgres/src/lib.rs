@@ -203,9 +203,7 @@ impl PostgresDb {
         let registry = Arc::new(Registry::default());
         let weak = Arc::downgrade(&registry);
         let task = match options.live {
-            LiveUpdates::Listen => {
-                tokio::spawn(live::listen(pg, pool.clone(), sql.clone(), weak))
-            }
+            LiveUpdates::Listen => tokio::spawn(live::listen(pg, pool.clone(), sql.clone(), weak)),
             LiveUpdates::Poll(every) => {
                 tokio::spawn(live::poll(pool.clone(), sql.clone(), weak, every))
             }
@@ -317,7 +315,11 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.retry_safe() && tries < retries => {
                 tries += 1;
-                tracing::debug!(?e, tries, "cairn-postgres: retrying after a transient failure");
+                tracing::debug!(
+                    ?e,
+                    tries,
+                    "cairn-postgres: retrying after a transient failure"
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }

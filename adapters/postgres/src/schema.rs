@@ -100,7 +100,12 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Fai
         return Ok(());
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        tracing::info!(schema, from, to = from + 1, "migrating cairn-postgres schema");
+        tracing::info!(
+            schema,
+            from,
+            to = from + 1,
+            "migrating cairn-postgres schema"
+        );
         tx.batch_execute(&sql.replace("{s}", schema)).await?;
     }
     tx.execute(

@@ -162,11 +162,9 @@ impl StoreInner {
         touched.dedup();
         // Pipelined: the server runs them in order, so the two reads run
         // after the counter row is locked and see every earlier append.
-        let (p_lock, p_existing, p_buckets): (
-            [&(dyn ToSql + Sync); 1],
-            [&(dyn ToSql + Sync); 2],
-            [&(dyn ToSql + Sync); 2],
-        ) = ([&key], [&key, &ids], [&key, &touched]);
+        let p_lock: [&(dyn ToSql + Sync); 1] = [&key];
+        let p_existing: [&(dyn ToSql + Sync); 2] = [&key, &ids];
+        let p_buckets: [&(dyn ToSql + Sync); 2] = [&key, &touched];
         let (head_row, existing_rows, bucket_rows) = futures::try_join!(
             tx.query_one(&lock, &p_lock),
             tx.query(&existing, &p_existing),
@@ -216,10 +214,7 @@ impl StoreInner {
         if new.is_empty() {
             // Nothing to write; dropping the transaction rolls it back and
             // releases the lock.
-            return Ok(AppendOutcome {
-                new,
-                duplicates,
-            });
+            return Ok(AppendOutcome { new, duplicates });
         }
         let new_head = head + new.len() as u64;
         let mut bkeys = Vec::new();
@@ -366,9 +361,7 @@ impl StoreInner {
                 self.db.inner.options.schema
             );
             loop {
-                let rows = tx
-                    .query(&stmt, &[&key, &(after as i64), &page])
-                    .await?;
+                let rows = tx.query(&stmt, &[&key, &(after as i64), &page]).await?;
                 if rows.is_empty() {
                     break;
                 }
@@ -391,9 +384,13 @@ impl StoreInner {
                 }
             }
             if after != head {
-                return Err(corrupt(format!("head is {head} but {after} changes are stored")).into());
+                return Err(
+                    corrupt(format!("head is {head} but {after} changes are stored")).into(),
+                );
             }
-            let rows = tx.query(&sql.bucket_range, &[&key, &0i32, &4096i32]).await?;
+            let rows = tx
+                .query(&sql.bucket_range, &[&key, &0i32, &4096i32])
+                .await?;
             if rows.len() != FingerprintBuckets::COUNT {
                 return Err(corrupt(format!("{} bucket rows, not 4096", rows.len())).into());
             }

@@ -37,7 +37,7 @@ struct TwoPools {
 
 impl TwoPools {
     fn next(&self) -> &PostgresStore {
-        if self.turn.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if self.turn.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             &self.a
         } else {
             &self.b
@@ -96,7 +96,11 @@ impl StoreFactory for TwoPoolFactory {
     }
 }
 
-async fn run(factory: &dyn StoreFactory, name: &str, case: for<'a> fn(&'a dyn StoreFactory) -> CaseFuture<'a>) {
+async fn run(
+    factory: &dyn StoreFactory,
+    name: &str,
+    case: for<'a> fn(&'a dyn StoreFactory) -> CaseFuture<'a>,
+) {
     match case(factory).await {
         Ok(Outcome::Passed) => {}
         other => panic!("{name} for {}: {other:?}", factory.name()),
@@ -167,7 +171,10 @@ async fn a_newer_schema_version_is_a_clear_typed_error() {
         .unwrap();
     tokio::spawn(conn);
     client
-        .execute(&format!("UPDATE {schema}.schema_version SET version = 99"), &[])
+        .execute(
+            &format!("UPDATE {schema}.schema_version SET version = 99"),
+            &[],
+        )
         .await
         .unwrap();
     let err = PostgresDb::connect_with(&url(), common::opts(&schema))
@@ -178,13 +185,18 @@ async fn a_newer_schema_version_is_a_clear_typed_error() {
         panic!("not a backend error: {err:?}");
     };
     match source.downcast_ref::<PostgresError>() {
-        Some(PostgresError::SchemaTooNew { found, supported, .. }) => {
+        Some(PostgresError::SchemaTooNew {
+            found, supported, ..
+        }) => {
             assert_eq!((*found, *supported), (99, 1));
         }
         other => panic!("wrong error: {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("upgrade cairn-postgres"), "says what to do: {text}");
+    assert!(
+        text.contains("upgrade cairn-postgres"),
+        "says what to do: {text}"
+    );
     // Nothing was changed.
     let v: i32 = client
         .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
@@ -214,10 +226,16 @@ async fn connecting_again_and_concurrently_migrates_once() {
 
 #[tokio::test]
 async fn bad_options_and_unreachable_servers_are_typed_errors() {
-    let err = PostgresDb::connect_with(&url(), common::opts("Bad-Name")).await.unwrap_err();
+    let err = PostgresDb::connect_with(&url(), common::opts("Bad-Name"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("schema name"), "{err}");
     // A closed port on loopback: a retryable error, after the bounded retries.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let err = PostgresDb::connect_with(
         &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         common::opts("cairn").retries(1),
@@ -225,7 +243,9 @@ async fn bad_options_and_unreachable_servers_are_typed_errors() {
     .await
     .unwrap_err();
     assert!(err.is_retryable(), "connection refused is retryable: {err}");
-    let err = PostgresDb::connect("postgres://[nonsense").await.unwrap_err();
+    let err = PostgresDb::connect("postgres://[nonsense")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("URL"), "{err}");
 }
 
@@ -248,21 +268,35 @@ async fn store_ids_share_a_schema_independently() {
     b.append(vec![change("doc", 9)]).await.unwrap();
     let mine = change("doc", 10);
     a.append(vec![mine.clone()]).await.unwrap();
-    assert_eq!(next_within(&mut sub).await.id, mine.id(), "only its own store's changes");
+    assert_eq!(
+        next_within(&mut sub).await.id,
+        mine.id(),
+        "only its own store's changes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_loses_its_connection_reconnects_and_misses_nothing() {
     let schema = fresh_schema();
-    let writer = db(&schema, LiveUpdates::Listen).await.store(sid("l/r")).await.unwrap();
-    let reader = db(&schema, LiveUpdates::Listen).await.store(sid("l/r")).await.unwrap();
+    let writer = db(&schema, LiveUpdates::Listen)
+        .await
+        .store(sid("l/r"))
+        .await
+        .unwrap();
+    let reader = db(&schema, LiveUpdates::Listen)
+        .await
+        .store(sid("l/r"))
+        .await
+        .unwrap();
     let mut sub = reader.subscribe().await.unwrap();
     let first = change("d", 1);
     writer.append(vec![first.clone()]).await.unwrap();
     assert_eq!(next_within(&mut sub).await.id, first.id());
     // Kill every LISTEN connection on the server, then append at once:
     // the notification may be lost; the reconnect's head refresh is not.
-    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let killed: i64 = client
         .query_one(
@@ -284,27 +318,38 @@ async fn a_listener_that_loses_its_connection_reconnects_and_misses_nothing() {
 
 #[tokio::test]
 async fn a_failed_batch_leaves_nothing_and_the_store_stays_consistent() {
-    let s = db(&fresh_schema(), LiveUpdates::Listen).await.store(sid("f/b")).await.unwrap();
-    s.append((0..50).map(|n| change("d", n)).collect()).await.unwrap();
+    let s = db(&fresh_schema(), LiveUpdates::Listen)
+        .await
+        .store(sid("f/b"))
+        .await
+        .unwrap();
+    s.append((0..50).map(|n| change("d", n)).collect())
+        .await
+        .unwrap();
     let mut bad = change("d", 1000);
     bad.payload = cairn::Bytes::from_static(b"tampered");
-    let err = s
-        .append(vec![change("d", 999), bad])
-        .await
-        .unwrap_err();
+    let err = s.append(vec![change("d", 999), bad]).await.unwrap_err();
     assert!(matches!(err, cairn::Error::Integrity { .. }), "{err}");
     assert_eq!(s.head().await.unwrap().seq, 50);
     assert_eq!(s.check_consistency().await.unwrap(), 50);
     // Pages smaller than the store: reads walk them all.
-    let small = PostgresDb::connect_with(&url(), common::opts(&s.db().options().schema).page_rows(7))
-        .await
-        .unwrap()
-        .store(sid("f/b"))
-        .await
-        .unwrap();
+    let small =
+        PostgresDb::connect_with(&url(), common::opts(&s.db().options().schema).page_rows(7))
+            .await
+            .unwrap()
+            .store(sid("f/b"))
+            .await
+            .unwrap();
     assert_eq!(small.all_change_ids().await.unwrap().len(), 50);
     assert_eq!(small.find_new_changes(&[]).await.unwrap().len(), 50);
-    assert_eq!(small.changes_for_doc(&DocId::new("d").unwrap(), false).await.unwrap().len(), 50);
+    assert_eq!(
+        small
+            .changes_for_doc(&DocId::new("d").unwrap(), false)
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
     let ids = small.all_change_ids().await.unwrap();
     assert_eq!(small.get_changes(&ids).await.unwrap().len(), 50);
     assert_eq!(small.check_consistency().await.unwrap(), 50);

@@ -90,7 +90,9 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         };
         let parsed = StoreUrl::parse(url)?;
         if matches!(parsed, StoreUrl::Quic { .. }) {
-            return fail("serve takes local stores (memory:, redb:PATH, postgres://…), not quic://");
+            return fail(
+                "serve takes local stores (memory:, redb:PATH, postgres://…), not quic://",
+            );
         }
         let opened = url::open(&parsed, &id, None, CONNECT_TIMEOUT).await?;
         provider.insert(opened.store);

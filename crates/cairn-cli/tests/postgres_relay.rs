@@ -136,7 +136,10 @@ async fn two_relays_over_one_database_converge_and_forward_live_appends() {
     let b = client(&r2, cache_b.clone()).await;
     let start = Instant::now();
     loop {
-        let (ha, hb) = (ids_of(cache_a.as_ref()).await, ids_of(cache_b.as_ref()).await);
+        let (ha, hb) = (
+            ids_of(cache_a.as_ref()).await,
+            ids_of(cache_b.as_ref()).await,
+        );
         if ha == want && hb == want {
             break;
         }

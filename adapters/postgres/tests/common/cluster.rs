@@ -78,9 +78,8 @@ fn postgres_user() -> Result<(u32, u32), String> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&"postgres")).then(|| {
-                Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-            })?
+            (f.first() == Some(&"postgres"))
+                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
         })
         .ok_or_else(|| {
             format!(

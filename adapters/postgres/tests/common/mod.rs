@@ -89,7 +89,13 @@ impl StoreFactory for PgFactory {
         // One schema per name within the factory: a new pool every time.
         let name: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let schema = format!("{}_{name}", self.named);
         let db = PostgresDb::connect_with(&url(), opts(&schema).live(self.live)).await?;
