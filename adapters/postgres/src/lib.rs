@@ -5,6 +5,7 @@ mod error;
 mod live;
 mod schema;
 mod store;
+mod writer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -231,6 +232,15 @@ impl PostgresDb {
             })
             .await?;
         let watch = self.inner.registry.watch(key, head);
+        let (writer, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(writer::run(
+            writer::Writer {
+                db: self.clone(),
+                key,
+                watch: watch.clone(),
+            },
+            queue,
+        ));
         Ok(PostgresStore {
             inner: Arc::new(store::StoreInner {
                 db: self.clone(),
@@ -238,6 +248,7 @@ impl PostgresDb {
                 key,
                 epoch,
                 watch,
+                writer,
             }),
         })
     }

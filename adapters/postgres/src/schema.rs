@@ -166,11 +166,18 @@ impl Sql {
             buckets_of: format!(
                 "SELECT bucket, fp FROM {s}.buckets WHERE store_key = $1 AND bucket = ANY($2)"
             ),
+            // The count guard turns "ON CONFLICT skipped a row" (impossible
+            // under the counter row lock) into an error that aborts the
+            // transaction, instead of a gap.
             insert: format!(
-                "INSERT INTO {s}.changes (store_key, seq, id, doc_id, kind, meta, payload)
-                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::text[], $5::int2[],
-                                          $6::bytea[], $7::bytea[])
-                 ON CONFLICT (store_key, id) DO NOTHING"
+                "WITH ins AS (
+                     INSERT INTO {s}.changes (store_key, seq, id, doc_id, kind, meta, payload)
+                     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::text[], $5::int2[],
+                                              $6::bytea[], $7::bytea[])
+                     ON CONFLICT (store_key, id) DO NOTHING
+                     RETURNING 1
+                 )
+                 SELECT 1 / (CASE WHEN count(*) = $8::int8 THEN 1 ELSE 0 END) FROM ins"
             ),
             update_buckets: format!(
                 "UPDATE {s}.buckets AS b SET fp = u.fp

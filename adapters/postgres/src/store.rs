@@ -10,10 +10,11 @@ use cairn::{
     ChangeStream, DocId, Error, Fingerprint, FingerprintBuckets, Head, IdRange, RangeSummary,
     Result, ScanItem, StoreId,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 
 use crate::error::{Fail, corrupt};
+use crate::writer::{Encoded, Job};
 use crate::{PostgresDb, PostgresStore, retry, to_u64};
 
 /// Batches above this many payload bytes are checked on the blocking pool,
@@ -32,6 +33,8 @@ pub(crate) struct StoreInner {
     /// Highest head known to be committed, shared by the handles of this
     /// store in this `PostgresDb`.
     pub(crate) watch: Arc<SeqWatch>,
+    /// The writer task's queue (group commit).
+    pub(crate) writer: mpsc::UnboundedSender<Job>,
 }
 
 /// Metadata from a row, checked against the row's id column.
@@ -102,17 +105,11 @@ fn successor(id: &ChangeId) -> Option<ChangeId> {
     None
 }
 
-fn fingerprint_of(bytes: &[u8]) -> Result<Fingerprint> {
+pub(crate) fn fingerprint_of(bytes: &[u8]) -> Result<Fingerprint> {
     let arr: &[u8; 40] = bytes
         .try_into()
         .map_err(|_| corrupt(format!("a bucket fingerprint is {} bytes", bytes.len())))?;
     Ok(Fingerprint::from_bytes(arr))
-}
-
-/// A batch checked by `prepare_batch`, encoded for the insert.
-struct Encoded {
-    batch: Vec<Change>,
-    metas: Vec<Vec<u8>>,
 }
 
 impl StoreInner {
@@ -131,131 +128,6 @@ impl StoreInner {
             .await?;
         self.watch.publish(head);
         Ok(head)
-    }
-
-    /// One attempt at an append: one transaction, two pipelined round trips
-    /// plus `BEGIN` and `COMMIT`.
-    async fn try_append(&self, enc: &Encoded) -> Result<AppendOutcome, Fail> {
-        let sql = &self.db.inner.sql;
-        let key = self.key;
-        let mut client = self.db.inner.pool.get().await?;
-        let lock = client.prepare_cached(&sql.lock_head).await?;
-        let existing = client.prepare_cached(&sql.existing).await?;
-        let buckets_of = client.prepare_cached(&sql.buckets_of).await?;
-        let insert = client.prepare_cached(&sql.insert).await?;
-        let update_buckets = client.prepare_cached(&sql.update_buckets).await?;
-        let set_head = client.prepare_cached(&sql.set_head).await?;
-        let notify = client.prepare_cached(&sql.notify).await?;
-        let tx = client.transaction().await?;
-
-        let ids: Vec<&[u8]> = enc
-            .batch
-            .iter()
-            .map(|c| c.meta.id.as_bytes().as_slice())
-            .collect();
-        let mut touched: Vec<i32> = enc
-            .batch
-            .iter()
-            .map(|c| FingerprintBuckets::bucket_of(&c.meta.id) as i32)
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
-        // Pipelined: the server runs them in order, so the two reads run
-        // after the counter row is locked and see every earlier append.
-        let p_lock: [&(dyn ToSql + Sync); 1] = [&key];
-        let p_existing: [&(dyn ToSql + Sync); 2] = [&key, &ids];
-        let p_buckets: [&(dyn ToSql + Sync); 2] = [&key, &touched];
-        let (head_row, existing_rows, bucket_rows) = futures::try_join!(
-            tx.query_one(&lock, &p_lock),
-            tx.query(&existing, &p_existing),
-            tx.query(&buckets_of, &p_buckets),
-        )?;
-        let head = row_seq(&head_row)?;
-        let mut present = HashSet::with_capacity(existing_rows.len());
-        for row in &existing_rows {
-            present.insert(row_id(row)?);
-        }
-        let mut fps: HashMap<i32, Fingerprint> = HashMap::with_capacity(bucket_rows.len());
-        for row in &bucket_rows {
-            let b: i32 = row.try_get(0)?;
-            let fp: &[u8] = row.try_get(1)?;
-            fps.insert(b, fingerprint_of(fp)?);
-        }
-
-        let n_new = enc.batch.len() - present.len();
-        let mut new = Vec::with_capacity(n_new);
-        let (mut seqs, mut new_ids, mut docs, mut kinds, mut metas, mut payloads) = (
-            Vec::with_capacity(n_new),
-            Vec::with_capacity(n_new),
-            Vec::with_capacity(n_new),
-            Vec::with_capacity(n_new),
-            Vec::with_capacity(n_new),
-            Vec::with_capacity(n_new),
-        );
-        for (c, meta) in enc.batch.iter().zip(&enc.metas) {
-            let id = &c.meta.id;
-            if present.contains(id) {
-                continue;
-            }
-            let b = FingerprintBuckets::bucket_of(id) as i32;
-            let fp = fps
-                .get_mut(&b)
-                .ok_or_else(|| corrupt(format!("bucket {b} is missing")))?;
-            fp.add(id);
-            new.push(*id);
-            seqs.push((head + new.len() as u64) as i64);
-            new_ids.push(id.as_bytes().as_slice());
-            docs.push(c.meta.doc_id.as_str());
-            kinds.push(i16::from(c.meta.kind.code()));
-            metas.push(meta.as_slice());
-            payloads.push(c.payload.as_ref());
-        }
-        let duplicates = enc.batch.len() - new.len();
-        if new.is_empty() {
-            // Nothing to write; dropping the transaction rolls it back and
-            // releases the lock.
-            return Ok(AppendOutcome { new, duplicates });
-        }
-        let new_head = head + new.len() as u64;
-        let mut bkeys = Vec::new();
-        let mut bvals = Vec::new();
-        for b in &touched {
-            if let Some(fp) = fps.get(b) {
-                bkeys.push(*b);
-                bvals.push(fp.to_bytes());
-            }
-        }
-        let bvals: Vec<&[u8]> = bvals.iter().map(|v| v.as_slice()).collect();
-        let note = format!("{key} {new_head}");
-        let new_head_i = new_head as i64;
-        let p_insert: [&(dyn ToSql + Sync); 7] =
-            [&key, &seqs, &new_ids, &docs, &kinds, &metas, &payloads];
-        let p_buckets: [&(dyn ToSql + Sync); 3] = [&key, &bkeys, &bvals];
-        let p_head: [&(dyn ToSql + Sync); 2] = [&key, &new_head_i];
-        let p_note: [&(dyn ToSql + Sync); 2] = [&sql.channel, &note];
-        let (inserted, _, _, _) = futures::try_join!(
-            tx.execute(&insert, &p_insert),
-            tx.execute(&update_buckets, &p_buckets),
-            tx.execute(&set_head, &p_head),
-            tx.execute(&notify, &p_note),
-        )?;
-        if inserted != new.len() as u64 {
-            // Cannot happen under the counter row lock; refuse rather than
-            // leave a gap.
-            return Err(Fail::Cairn(corrupt(format!(
-                "inserted {inserted} of {} new changes under the store lock",
-                new.len()
-            ))));
-        }
-        if let Err(e) = tx.commit().await {
-            return Err(if e.code().is_none() {
-                Fail::Ambiguous(e)
-            } else {
-                Fail::Db(e)
-            });
-        }
-        self.watch.publish(new_head);
-        Ok(AppendOutcome { new, duplicates })
     }
 
     async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
@@ -445,11 +317,15 @@ impl AppendOnlyStore for PostgresStore {
             .iter()
             .map(|c| cairn::encoding::encode_meta(&c.meta))
             .collect();
-        let enc = Encoded { batch, metas };
-        let mut out = retry(self.inner.db.inner.options.retries, || {
-            self.inner.try_append(&enc)
-        })
-        .await?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job {
+                enc: Encoded { batch, metas },
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        let mut out = answer.await.map_err(|_| Error::Closed)??;
         out.duplicates += repeats;
         Ok(out)
     }
