@@ -219,7 +219,12 @@ async fn appends(url: &str, runs: usize) {
     let n1 = env_num("CAIRN_PG_BENCH_N1", 20_000);
     let c = raw_client(url).await;
     println!("## append N × 1 KiB (rates in changes/s; ratio = cairn / baseline)");
-    for batch in [1usize, 100, 1000] {
+    let batches: Vec<usize> = std::env::var("CAIRN_PG_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,100,1000".into())
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    for batch in batches {
         let count = if batch == 1 { n1 } else { n };
         let data = changes(count, 1024, batch as u64);
         let raw_rows = rows(&data);

@@ -97,13 +97,11 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
             Err(_) => {
                 for job in jobs {
                     let one = [&job.enc];
-                    let out = retry(retries, || w.commit(&one))
-                        .await
-                        .and_then(|v| {
-                            v.into_iter()
-                                .next()
-                                .ok_or_else(|| corrupt("a commit returned no outcome"))
-                        });
+                    let out = retry(retries, || w.commit(&one)).await.and_then(|v| {
+                        v.into_iter()
+                            .next()
+                            .ok_or_else(|| corrupt("a commit returned no outcome"))
+                    });
                     let _ = job.reply.send(out);
                 }
             }
@@ -227,8 +225,9 @@ impl Writer {
         let count = seqs.len() as i64;
         let new_head = next as i64;
         let note = format!("{key} {next}");
-        let p_insert: [&(dyn ToSql + Sync); 8] =
-            [&key, &seqs, &new_ids, &docs, &kinds, &metas, &payloads, &count];
+        let p_insert: [&(dyn ToSql + Sync); 8] = [
+            &key, &seqs, &new_ids, &docs, &kinds, &metas, &payloads, &count,
+        ];
         let p_buckets: [&(dyn ToSql + Sync); 3] = [&key, &bkeys, &bvals];
         let p_head: [&(dyn ToSql + Sync); 2] = [&key, &new_head];
         let p_note: [&(dyn ToSql + Sync); 2] = [&sql.channel, &note];
