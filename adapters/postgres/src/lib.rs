@@ -390,3 +390,75 @@ impl PostgresStore {
         self.inner.check_consistency().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A real server error with SQLSTATE `code`, raised by the server.
+    async fn raise(client: &tokio_postgres::Client, code: &str) -> tokio_postgres::Error {
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$"
+            ))
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn serialization_failures_and_deadlocks_are_retried_a_bounded_number_of_times() {
+        let url = std::env::var(TEST_URL_ENV).unwrap_or_else(|_| {
+            panic!("{TEST_URL_ENV} is not set: run `cargo xtask test`, or point it at a server")
+        });
+        let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        for code in ["40001", "40P01"] {
+            // Fails twice, then succeeds: retried, and the caller sees success.
+            let calls = AtomicU32::new(0);
+            let out = retry(5, || async {
+                if calls.fetch_add(1, Ordering::Relaxed) < 2 {
+                    Err(Fail::Db(raise(&client, code).await))
+                } else {
+                    Ok(7)
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!((out, calls.load(Ordering::Relaxed)), (7, 3), "{code}");
+            // Always fails: gives up after the bound, with a retryable error.
+            let calls = AtomicU32::new(0);
+            let err = retry(2, || async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(Fail::Db(raise(&client, code).await))
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(calls.load(Ordering::Relaxed), 3, "{code}: 1 + 2 retries");
+            assert!(err.is_retryable(), "{code}: {err}");
+        }
+        // A permanent error is not retried.
+        let calls = AtomicU32::new(0);
+        let err = retry(5, || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(Fail::Db(raise(&client, "22012").await))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(!err.is_retryable(), "{err}");
+        // An ambiguous commit is returned (retryable) but never retried here.
+        let calls = AtomicU32::new(0);
+        let err = retry(5, || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(Fail::Ambiguous(raise(&client, "08006").await))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(err.is_retryable(), "{err}");
+    }
+}
