@@ -460,5 +460,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert!(err.is_retryable(), "{err}");
+        // A failure in the round trip that carries COMMIT: only an aborted
+        // transaction is safe to retry; a server going away is ambiguous
+        // (an immediate shutdown reports 57P01 even after the COMMIT ran).
+        for (code, ambiguous) in [
+            ("40001", false),
+            ("40P01", false),
+            ("57P01", true),
+            ("08006", true),
+            ("22012", false),
+        ] {
+            let f = writer::commit_failure(raise(&client, code).await);
+            assert_eq!(matches!(f, Fail::Ambiguous(_)), ambiguous, "{code}");
+            assert_eq!(f.retry_safe(), matches!(code, "40001" | "40P01"), "{code}");
+        }
     }
 }

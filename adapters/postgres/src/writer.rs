@@ -239,14 +239,27 @@ impl Writer {
             client.batch_execute("COMMIT"),
         );
         if let Err(e) = r {
-            // A lost connection here may have lost it after COMMIT ran.
-            return Err(if e.code().is_none() {
-                Fail::Ambiguous(e)
-            } else {
-                Fail::Db(e)
-            });
+            return Err(commit_failure(e));
         }
         self.watch.publish(next);
         Ok(outs)
+    }
+}
+
+/// Classify a failure of the round trip that carries `COMMIT`. A
+/// serialization failure or deadlock aborted the transaction before it
+/// could commit (the `COMMIT` then only rolled back): safe to retry. Any
+/// sign of a lost connection (no SQLSTATE, class 08, or a server shutting
+/// down, which reports 57P01/57P02 even after it ran the `COMMIT`) means
+/// the batch may or may not be stored: ambiguous, never retried here.
+pub(crate) fn commit_failure(e: tokio_postgres::Error) -> Fail {
+    use tokio_postgres::error::SqlState;
+    let aborted = e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    });
+    if !aborted && (e.code().is_none() || crate::error::transient(&e)) {
+        Fail::Ambiguous(e)
+    } else {
+        Fail::Db(e)
     }
 }
