@@ -1,10 +1,21 @@
 //! `cargo xtask test [ARGS…]`: make sure the system packages and npm
 //! packages the tests need are present (installing them with apt-get when
-//! running as root; failing loudly, naming the package, otherwise), then
-//! run `cargo test --workspace [ARGS…]`, the browser test included.
+//! running as root; failing loudly, naming the package, otherwise), start a
+//! throwaway PostgreSQL cluster (unless `CAIRN_PG_URL` names a server
+//! already), then run `cargo test --workspace [ARGS…]`, the browser test
+//! included, with `CAIRN_PG_URL` pointing at it; the cluster is stopped at
+//! the end, whether the tests passed or not.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+/// The throwaway PostgreSQL cluster, shared with the crash test and the
+/// benchmarks of cairn-postgres (standard library only).
+#[path = "../../adapters/postgres/tests/common/cluster.rs"]
+mod cluster;
+
+/// Names the PostgreSQL server the tests use.
+const PG_URL_ENV: &str = "CAIRN_PG_URL";
 
 /// A program the tests run, and the Debian package that provides it.
 const NEEDED: &[(&str, &str)] = &[
@@ -80,11 +91,16 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// The Debian packages of the `NEEDED` programs that are not installed.
 fn missing_packages() -> Vec<&'static str> {
-    NEEDED
+    let mut missing: Vec<&'static str> = NEEDED
         .iter()
         .filter(|(prog, _)| !present(prog))
         .map(|(_, pkg)| *pkg)
-        .collect()
+        .collect();
+    // initdb and pg_ctl live off PATH on Debian (/usr/lib/postgresql/N/bin).
+    if cluster::find_bin().is_err() {
+        missing.push(cluster::PACKAGE);
+    }
+    missing
 }
 
 fn setup() -> Result<(), String> {
@@ -128,8 +144,28 @@ fn setup() -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     setup()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
-        .args(["test", "--workspace"])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--workspace"])
         .args(extra)
-        .current_dir(root()))
+        .current_dir(root());
+    // Dropped (stopped and removed) when this function returns, on success
+    // and failure alike.
+    let _cluster = match std::env::var(PG_URL_ENV) {
+        Ok(url) if !url.is_empty() => {
+            println!("xtask: PostgreSQL tests use {PG_URL_ENV}={url}");
+            None
+        }
+        _ => {
+            let c = cluster::Cluster::start_new()
+                .map_err(|e| format!("cannot start a throwaway PostgreSQL cluster: {e}"))?;
+            println!(
+                "xtask: started a throwaway PostgreSQL cluster in {} on {}",
+                c.dir.display(),
+                c.url()
+            );
+            cmd.env(PG_URL_ENV, c.url());
+            Some(c)
+        }
+    };
+    run(&mut cmd)
 }

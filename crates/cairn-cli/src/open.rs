@@ -235,7 +235,10 @@ pub async fn open(
             first.clone()
         }
         None => {
-            if specs.iter().any(|(u, _)| matches!(u, StoreUrl::Redb(_))) {
+            if specs
+                .iter()
+                .any(|(u, _)| matches!(u, StoreUrl::Redb(_) | StoreUrl::Postgres(_)))
+            {
                 return usage("a new store needs a store id: pass --store-id ID (e.g. acme/notes)");
             }
             StoreId::new("cairn/default")?
@@ -243,10 +246,10 @@ pub async fn open(
     };
     // 3. Open the rest with it.
     let mut out = Vec::with_capacity(specs.len());
-    for ((url, _), slot) in specs.into_iter().zip(slots) {
+    for ((url, access), slot) in specs.into_iter().zip(slots) {
         match slot {
             Some(o) => out.push(o),
-            None => out.push(open_one(url, &id, net).await?),
+            None => out.push(open_one(url, access, &id, net).await?),
         }
     }
     Ok(out)
@@ -293,7 +296,23 @@ async fn open_redb_existing(
     r.map(Some).ctx(url)
 }
 
-async fn open_one(url: StoreUrl, id: &StoreId, net: &NetArgs) -> Result<Opened> {
+/// One pool and one listener per database URL for the whole process: every
+/// store opened from the same database shares them.
+pub async fn postgres_db(url: &str) -> cairn::Result<cairn_postgres::PostgresDb> {
+    type Dbs = std::sync::Mutex<std::collections::HashMap<String, cairn_postgres::PostgresDb>>;
+    static DBS: std::sync::OnceLock<Dbs> = std::sync::OnceLock::new();
+    let dbs = DBS.get_or_init(Default::default);
+    if let Some(db) = dbs.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
+        return Ok(db.clone());
+    }
+    let db = cairn_postgres::PostgresDb::connect(url).await?;
+    dbs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(url.to_owned(), db.clone());
+    Ok(db)
+}
+
+async fn open_one(url: StoreUrl, access: Access, id: &StoreId, net: &NetArgs) -> Result<Opened> {
     match &url {
         StoreUrl::Memory => Ok(Opened {
             store: Arc::new(MemoryStore::new(id.clone())),
@@ -306,6 +325,35 @@ async fn open_one(url: StoreUrl, id: &StoreId, net: &NetArgs) -> Result<Opened> 
             Ok(Opened {
                 store: Arc::new(r.clone()),
                 handle: Handle::Redb(r),
+                url,
+            })
+        }
+        StoreUrl::Postgres(pg) => {
+            let db = postgres_db(pg).await.ctx(&url)?;
+            let store = match access {
+                Access::Read => match db.existing_store(id.clone()).await.ctx(&url)? {
+                    Some(s) => s,
+                    None => {
+                        return fail(format!("{url}: the database holds no store {id}"));
+                    }
+                },
+                Access::Write { create } => match db.existing_store(id.clone()).await.ctx(&url)? {
+                    Some(s) => s,
+                    None if create => {
+                        let s = db.store(id.clone()).await.ctx(&url)?;
+                        crate::note!("created store {id} in {url}");
+                        s
+                    }
+                    None => {
+                        return fail(format!(
+                            "{url}: the database holds no store {id} (pass --create to make it)"
+                        ));
+                    }
+                },
+            };
+            Ok(Opened {
+                store: Arc::new(store),
+                handle: Handle::Local,
                 url,
             })
         }

@@ -24,6 +24,10 @@ Store URLs:
   webrtc://HOST:PORT/ROOM/STORE_ID[?password=PW][&peers=N][&bind=IP]
                     the peers in ROOM (like ABC-DEF) of the signaling server that
                     `cairn signal` runs at HOST:PORT; waits for N peers (default 1)
+  postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?…]
+                    a store in a PostgreSQL database (libpq URL); many store ids share
+                    one database, so give the store id (--store-id, or ID=postgres://…
+                    for serve); several `cairn serve` processes may serve one database
   webrtc:offer, webrtc:answer[?bind=IP]
                     pair with one peer by hand: `offer` prints an offer line on stderr
                     and reads the answer line on stdin; `answer` reads the offer on
@@ -67,6 +71,8 @@ pub enum StoreUrl {
         /// Address to announce (default 127.0.0.1).
         bind: Option<IpAddr>,
     },
+    /// A store in a PostgreSQL database (the whole URL, as libpq takes it).
+    Postgres(String),
     /// Manual pairing with one peer.
     WebRtcManual {
         /// `true` for `webrtc:offer`, `false` for `webrtc:answer`.
@@ -92,9 +98,25 @@ impl std::fmt::Display for StoreUrl {
                 "webrtc://{}/{room}/{store}",
                 signal.trim_start_matches("ws://")
             ),
+            StoreUrl::Postgres(url) => f.write_str(&redact_password(url)),
             StoreUrl::WebRtcManual { offer: true, .. } => f.write_str("webrtc:offer"),
             StoreUrl::WebRtcManual { offer: false, .. } => f.write_str("webrtc:answer"),
         }
+    }
+}
+
+/// `url` with the password of its user part (`user:PASSWORD@`) replaced by
+/// `***`, for messages.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((user, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match user.split_once(':') {
+        Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -178,12 +200,10 @@ impl StoreUrl {
             return Ok(StoreUrl::WebRtcManual { offer, bind });
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return usage(format!(
-                "{s}: postgres:// stores are not in this build of cairn yet"
-            ));
+            return Ok(StoreUrl::Postgres(s.to_owned()));
         }
         usage(format!(
-            "{s}: unknown store URL (expected memory:, redb:PATH, quic://HOST:PORT/STORE_ID?peer=PEER_ID, webrtc://HOST:PORT/ROOM/STORE_ID, webrtc:offer or webrtc:answer)"
+            "{s}: unknown store URL (expected memory:, redb:PATH, quic://HOST:PORT/STORE_ID?peer=PEER_ID, postgres://USER@HOST/DB, webrtc://HOST:PORT/ROOM/STORE_ID, webrtc:offer or webrtc:answer)"
         ))
     }
 
@@ -283,6 +303,20 @@ impl StoreUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_urls_parse_and_hide_their_password() {
+        let u = StoreUrl::parse("postgres://u:secret@127.0.0.1:5432/db").unwrap();
+        assert_eq!(
+            u,
+            StoreUrl::Postgres("postgres://u:secret@127.0.0.1:5432/db".into())
+        );
+        assert_eq!(u.to_string(), "postgres://u:***@127.0.0.1:5432/db");
+        assert_eq!(
+            StoreUrl::parse("postgresql://u@h/db").unwrap().to_string(),
+            "postgresql://u@h/db"
+        );
+    }
 
     #[test]
     fn parses_every_form_and_explains_errors() {

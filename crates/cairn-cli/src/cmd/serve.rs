@@ -370,8 +370,31 @@ async fn open_spec(spec: &Spec) -> Result<Arc<DynAppendOnlyStore>> {
             }
             Ok(Arc::new(store))
         }
+        StoreUrl::Postgres(pg) => {
+            let url = &spec.url;
+            let Some(id) = &spec.id else {
+                return usage(format!(
+                    "{url}: a database holds many stores; name one: --store STORE_ID=postgres://…"
+                ));
+            };
+            let db = crate::open::postgres_db(pg).await.ctx(url)?;
+            let store = match db.existing_store(id.clone()).await.ctx(url)? {
+                Some(s) => s,
+                None if spec.create => {
+                    let s = db.store(id.clone()).await.ctx(url)?;
+                    note!("created store {id} in {url}");
+                    s
+                }
+                None => {
+                    return fail(format!(
+                        "{url}: the database holds no store {id} (pass --create, or create = true in the config, to make it)"
+                    ));
+                }
+            };
+            Ok(Arc::new(store))
+        }
         other => usage(format!(
-            "{other}: serve takes local stores (redb:PATH, STORE_ID=memory:)"
+            "{other}: serve takes local stores (redb:PATH, STORE_ID=memory:, STORE_ID=postgres://…)"
         )),
     }
 }
