@@ -1,6 +1,6 @@
 //! A database of Automerge documents over any Cairn store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash};
@@ -10,6 +10,7 @@ use cairn::{
 };
 
 use crate::Tenant;
+use crate::directory::{Directory, Standing};
 use crate::error::{Result, TenantError};
 
 /// How a [`Database`] writes.
@@ -36,12 +37,15 @@ impl Default for DbOptions {
 pub struct LoadedDoc {
     /// The document.
     pub doc: AutoCommit,
-    /// Changes that were not applied, with reasons (untrusted author, bad
-    /// signature, undecryptable payload, invalid Automerge data).
+    /// Changes that were not applied, with reasons (untrusted author, a
+    /// revoked author's change outside what the revocation kept, bad
+    /// signature, undecryptable payload, invalid Automerge data, or a
+    /// dependency that was itself not applied).
     pub rejected: Vec<Rejected>,
     /// Whether a trusted author deleted the document.
     pub deleted: bool,
-    /// Cairn changes applied.
+    /// Cairn changes whose content the document holds (the snapshot it was
+    /// loaded from counts once), and deletes that took effect.
     pub applied: usize,
     /// Automerge change hash → the Cairn change that carries it (for the
     /// current heads and everything loaded individually).
@@ -156,10 +160,13 @@ impl Database {
     async fn snapshot(&self, doc_id: &DocId, loaded: &mut LoadedDoc) -> Result<ChangeId> {
         let deps = loaded.cairn_heads();
         let bytes = loaded.doc.save();
-        let payload =
-            self.tenant
-                .keys()
-                .seal(self.tenant.id(), doc_id, &self.options.key_id, &bytes)?;
+        let payload = self.tenant.keys().seal(
+            self.tenant.id(),
+            self.store.store_id(),
+            doc_id,
+            &self.options.key_id,
+            &bytes,
+        )?;
         let change = ChangeBuilder::new(ChangeKind::Snapshot, doc_id.clone())
             .deps(deps)
             .key_id(self.options.key_id.clone())
@@ -175,10 +182,13 @@ impl Database {
     pub async fn delete(&self, doc_id: &DocId) -> Result<ChangeId> {
         let mut loaded = self.load(doc_id).await?;
         let deps = loaded.cairn_heads();
-        let payload =
-            self.tenant
-                .keys()
-                .seal(self.tenant.id(), doc_id, &self.options.key_id, &[])?;
+        let payload = self.tenant.keys().seal(
+            self.tenant.id(),
+            self.store.store_id(),
+            doc_id,
+            &self.options.key_id,
+            &[],
+        )?;
         let change = ChangeBuilder::new(ChangeKind::Delete, doc_id.clone())
             .deps(deps)
             .key_id(self.options.key_id.clone())
@@ -189,7 +199,7 @@ impl Database {
         Ok(id)
     }
 
-    /// Load a document: its latest trusted snapshot plus every change that
+    /// Load a document: its latest usable snapshot plus every change that
     /// snapshot does not cover, verified and decrypted. Fails with
     /// [`TenantError::NotFound`] if nothing trusted exists or it was deleted.
     pub async fn load(&self, doc_id: &DocId) -> Result<LoadedDoc> {
@@ -201,32 +211,85 @@ impl Database {
     }
 
     /// Like [`Database::load`], but also returns deleted or empty documents.
+    ///
+    /// Trust is decided from the directory as its store holds it now (it is
+    /// reloaded if it changed) and from causality: a revoked user's change
+    /// counts only if the revocation kept it or something depending on it.
+    /// A snapshot is used only if every change it covers is trusted (a
+    /// snapshot written by a device with a stale directory may carry a
+    /// revoked user's later edits; it is then skipped and the history
+    /// loaded instead). Every change not applied is reported.
     pub async fn load_any(&self, doc_id: &DocId) -> Result<LoadedDoc> {
-        let plan = self.store.changes_for_doc(doc_id, true).await?;
+        self.tenant.ensure_fresh().await?;
+        let dir = self.tenant.directory();
+        let all = self.store.changes_for_doc(doc_id, false).await?;
+        let refused = refused_by_directory(&dir, &all);
+        // Snapshots that cover a refused change are not usable.
+        let unusable = unusable_snapshots(&all, &refused);
+        let candidates: Vec<ChangeMeta> = all
+            .iter()
+            .filter(|m| !unusable.contains(&m.id))
+            .cloned()
+            .collect();
+        let plan = cairn::graph::plan_doc_load(candidates, true);
         let starts_with_snapshot = plan.first().is_some_and(|m| m.kind == ChangeKind::Snapshot);
-        let loaded = self.apply_plan(&plan).await?;
-        if starts_with_snapshot {
-            let snap = plan[0].id;
-            if loaded.rejected.iter().any(|r| r.id == snap) {
-                // The snapshot is not usable (untrusted or unreadable): the
-                // history it covers was skipped, so load everything instead.
-                tracing::warn!(doc = %doc_id, %snap, "snapshot rejected; loading full history");
-                let full: Vec<ChangeMeta> = self
-                    .store
-                    .changes_for_doc(doc_id, false)
-                    .await?
-                    .into_iter()
-                    .filter(|m| m.id != snap)
-                    .collect();
-                let mut again = self.apply_plan(&full).await?;
-                again.rejected.insert(0, loaded.rejected[0].clone());
-                return Ok(again);
+        let mut loaded = self.apply_plan(&plan, &refused).await?;
+        if starts_with_snapshot
+            && let Some(snap) = plan.first().map(|m| m.id)
+            && loaded.rejected.iter().any(|r| r.id == snap)
+        {
+            // The snapshot is not readable (a key this device lacks,
+            // damaged Automerge data): the history it covers was skipped,
+            // so load everything else instead.
+            tracing::warn!(doc = %doc_id, %snap, "snapshot not usable; loading full history");
+            let full: Vec<ChangeMeta> = all
+                .iter()
+                .filter(|m| m.kind != ChangeKind::Snapshot)
+                .cloned()
+                .collect();
+            let snap_rejection = loaded.rejected.iter().find(|r| r.id == snap).cloned();
+            loaded = self.apply_plan(&full, &refused).await?;
+            if let Some(r) = snap_rejection {
+                loaded.rejected.insert(0, r);
+            }
+        }
+        for m in &all {
+            if unusable.contains(&m.id) && !refused.contains_key(&m.id) {
+                loaded.rejected.push(Rejected {
+                    id: m.id,
+                    reason: RejectReason::Policy(
+                        "snapshot not used: it covers a change the directory does not trust".into(),
+                    ),
+                });
             }
         }
         Ok(loaded)
     }
 
-    async fn apply_plan(&self, plan: &[ChangeMeta]) -> Result<LoadedDoc> {
+    /// The ids of `author`'s changes in this database that no other change
+    /// of theirs depends on (what a revocation keeps, see
+    /// [`Tenant::revoke_user`]). Reads metadata only, a page at a time.
+    pub async fn heads_by(&self, author: &cairn::AuthorId) -> Result<Vec<ChangeId>> {
+        let mut theirs: BTreeSet<ChangeId> = BTreeSet::new();
+        let mut depended: HashSet<ChangeId> = HashSet::new();
+        cairn::scan_all(self.store.as_ref(), |m| {
+            if &m.author == author {
+                theirs.insert(m.id);
+                depended.extend(m.deps.iter().copied());
+            }
+        })
+        .await?;
+        Ok(theirs
+            .into_iter()
+            .filter(|id| !depended.contains(id))
+            .collect())
+    }
+
+    async fn apply_plan(
+        &self,
+        plan: &[ChangeMeta],
+        refused: &HashMap<ChangeId, RejectReason>,
+    ) -> Result<LoadedDoc> {
         let keys = self.tenant.keys();
         let mut out = LoadedDoc {
             doc: AutoCommit::new().with_actor(self.actor.clone()),
@@ -236,27 +299,32 @@ impl Database {
             hash_ids: HashMap::new(),
             since_snapshot: 0,
         };
-        let ids: Vec<ChangeId> = plan.iter().map(|m| m.id).collect();
+        // Changes handed to Automerge one by one, by hash: checked at the
+        // end against what the document holds.
+        let mut handed: Vec<(ChangeId, ChangeHash)> = Vec::new();
+        let ids: Vec<ChangeId> = plan
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| {
+                if let Some(reason) = refused.get(id) {
+                    out.rejected.push(Rejected {
+                        id: *id,
+                        reason: reason.clone(),
+                    });
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
         // Bounded memory: fetch in pages.
         for chunk in ids.chunks(128) {
             for c in self.store.get_changes(chunk).await? {
                 let id = c.id();
                 let reject = |reason| Rejected { id, reason };
-                if c.meta.signature.is_none() {
-                    out.rejected.push(reject(RejectReason::MissingSignature));
-                    continue;
-                }
-                if !c.meta.signature_valid() {
-                    out.rejected.push(reject(RejectReason::BadSignature));
-                    continue;
-                }
-                if !self.tenant.is_trusted(&c.meta.author) {
-                    out.rejected
-                        .push(reject(RejectReason::UntrustedAuthor(c.meta.author)));
-                    continue;
-                }
                 let plain = match keys.open(
                     self.tenant.id(),
+                    self.store.store_id(),
                     &c.meta.doc_id,
                     &c.meta.key_id,
                     id,
@@ -294,8 +362,7 @@ impl Database {
                             match out.doc.apply_changes([am]) {
                                 Ok(()) => {
                                     out.hash_ids.insert(hash, id);
-                                    out.applied += 1;
-                                    out.since_snapshot += 1;
+                                    handed.push((id, hash));
                                 }
                                 Err(e) => out
                                     .rejected
@@ -309,19 +376,50 @@ impl Database {
                 }
             }
         }
+        // Automerge queues a change whose dependencies it lacks and applies
+        // it later, or never: count only what the document holds, and
+        // report the rest.
+        for (id, hash) in handed {
+            if out.doc.get_change_by_hash(&hash).is_some() {
+                out.applied += 1;
+                out.since_snapshot += 1;
+            } else {
+                out.hash_ids.remove(&hash);
+                out.rejected.push(Rejected {
+                    id,
+                    reason: RejectReason::Policy(
+                        "depends on a change that was not applied (refused, unreadable or missing)"
+                            .into(),
+                    ),
+                });
+            }
+        }
         for r in &out.rejected {
             tracing::warn!(id = %r.id, reason = %r.reason, "change not applied");
         }
         Ok(out)
     }
 
-    /// Ids of the documents that exist (created by a trusted author and not
-    /// deleted), sorted. Reads metadata only.
+    /// Ids of the documents that exist (with a change by a trusted author,
+    /// or one a revocation kept, and not deleted), sorted. Reads metadata
+    /// only.
     pub async fn list(&self) -> Result<Vec<DocId>> {
+        self.tenant.ensure_fresh().await?;
+        let dir = self.tenant.directory();
         let mut docs: BTreeMap<DocId, (bool, bool)> = BTreeMap::new();
         // A page at a time: memory holds the document list, not every change.
         cairn::scan_all(self.store.as_ref(), |m| {
-            if !m.signature_valid() || !self.tenant.is_trusted(&m.author) {
+            if !m.signature_valid() {
+                return;
+            }
+            let counts = match dir.standing(&m.author) {
+                Standing::Trusted => true,
+                // A revoked user's kept heads: one per document they
+                // touched, enough to tell that the document exists.
+                Standing::Revoked(keep) => keep.contains(&m.id),
+                Standing::Unknown => false,
+            };
+            if !counts {
                 return;
             }
             let deleted = m.kind == ChangeKind::Delete;
@@ -353,6 +451,7 @@ impl Database {
             .collect();
         let payload = self.tenant.keys().seal(
             self.tenant.id(),
+            self.store.store_id(),
             doc_id,
             &self.options.key_id,
             change.raw_bytes(),
@@ -363,4 +462,78 @@ impl Database {
             .payload(payload)
             .sign(&self.user)?)
     }
+}
+
+/// The changes of one document the directory refuses, with reasons:
+/// missing or bad signatures, unknown authors, and a revoked author's
+/// changes outside the causal past of what the revocation kept.
+fn refused_by_directory(dir: &Directory, all: &[ChangeMeta]) -> HashMap<ChangeId, RejectReason> {
+    let mut refused = HashMap::new();
+    // The causal past (within the document) of every revoked author's kept
+    // changes: walked once, over the document's dependency graph.
+    let deps: HashMap<ChangeId, &[ChangeId]> = all.iter().map(|m| (m.id, &m.deps[..])).collect();
+    let mut kept: HashSet<ChangeId> = HashSet::new();
+    let mut stack: Vec<ChangeId> = Vec::new();
+    for m in all {
+        if let Standing::Revoked(keep) = dir.standing(&m.author)
+            && keep.contains(&m.id)
+        {
+            stack.push(m.id);
+        }
+    }
+    // Bounded: each id is visited once.
+    while let Some(id) = stack.pop() {
+        if !kept.insert(id) {
+            continue;
+        }
+        if let Some(ds) = deps.get(&id) {
+            stack.extend(ds.iter().copied().filter(|d| !kept.contains(d)));
+        }
+    }
+    for m in all {
+        let reason = if m.signature.is_none() {
+            Some(RejectReason::MissingSignature)
+        } else if !m.signature_valid() {
+            Some(RejectReason::BadSignature)
+        } else {
+            match dir.standing(&m.author) {
+                Standing::Trusted => None,
+                Standing::Revoked(_) if kept.contains(&m.id) => None,
+                Standing::Revoked(_) => Some(RejectReason::Policy(format!(
+                    "author {} was revoked, and this change is not among those the revocation kept",
+                    m.author
+                ))),
+                Standing::Unknown => Some(RejectReason::UntrustedAuthor(m.author)),
+            }
+        };
+        if let Some(r) = reason {
+            refused.insert(m.id, r);
+        }
+    }
+    refused
+}
+
+/// The snapshots of a document that cover (have in their causal past) a
+/// refused change, or are refused themselves.
+fn unusable_snapshots(
+    all: &[ChangeMeta],
+    refused: &HashMap<ChangeId, RejectReason>,
+) -> HashSet<ChangeId> {
+    let deps: HashMap<ChangeId, &[ChangeId]> = all.iter().map(|m| (m.id, &m.deps[..])).collect();
+    // `all` is in dependency order, so whether a change's past holds a
+    // refused change is known once its deps were seen.
+    let mut tainted: HashSet<ChangeId> = HashSet::new();
+    for m in all {
+        let bad = refused.contains_key(&m.id)
+            || deps
+                .get(&m.id)
+                .is_some_and(|ds| ds.iter().any(|d| tainted.contains(d)));
+        if bad {
+            tainted.insert(m.id);
+        }
+    }
+    all.iter()
+        .filter(|m| m.kind == ChangeKind::Snapshot && tainted.contains(&m.id))
+        .map(|m| m.id)
+        .collect()
 }

@@ -2,6 +2,8 @@
 
 use cairn::{AuthorId, ChangeId, DocId, KeyId};
 
+use crate::crypto::KeyVersion;
+
 /// What can go wrong in the tenant layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -18,12 +20,12 @@ pub enum TenantError {
         reason: String,
     },
     /// The key (or key version) a payload names is not in the key ring.
-    #[error("unknown key {key_id} version {version}")]
+    #[error("unknown key {key_id}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
     UnknownKey {
         /// The key.
         key_id: KeyId,
-        /// Its version.
-        version: u32,
+        /// The version asked for, if one was.
+        version: Option<KeyVersion>,
     },
     /// Automerge refused a change or document.
     #[error("automerge: {0}")]

@@ -6,19 +6,19 @@ mod db;
 mod directory;
 mod error;
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cairn::{
     AppendOnlyStore, ChangeBuilder, ChangeId, ChangeKind, ChangeMeta, DocId, DynAppendOnlyStore,
-    KeyId, Keypair, RejectReason, Rejected, StoreId,
+    Head, KeyId, Keypair, RejectReason, Rejected, StoreId,
 };
 use serde::{Deserialize, Serialize};
 
 pub use automerge;
-pub use crypto::{KeyRing, SymmetricKey};
+pub use crypto::{KeyRing, KeyVersion, SymmetricKey};
 pub use db::{Database, DbOptions, LoadedDoc};
-pub use directory::{Directory, DirectoryOp, UserEntry};
+pub use directory::{Directory, DirectoryOp, Standing, UserEntry};
 pub use error::{Result, TenantError};
 
 /// What a device needs to act in a tenant: its id, the admin's public key
@@ -89,6 +89,8 @@ struct TenantInner {
     keys: RwLock<Arc<KeyRing>>,
     directory_store: Arc<DynAppendOnlyStore>,
     directory: RwLock<Directory>,
+    /// The directory store's head when the directory was last loaded.
+    directory_head: Mutex<Option<Head>>,
 }
 
 impl Tenant {
@@ -113,6 +115,7 @@ impl Tenant {
                 keys: RwLock::new(Arc::new(config.keys)),
                 directory_store,
                 directory: RwLock::new(Directory::new(config.admin)),
+                directory_head: Mutex::new(None),
             }),
         };
         tenant.refresh_directory().await?;
@@ -156,17 +159,25 @@ impl Tenant {
             .clone()
     }
 
-    pub(crate) fn is_trusted(&self, author: &cairn::AuthorId) -> bool {
-        self.inner
-            .directory
-            .read()
-            .map(|d| d.is_trusted(author))
-            .unwrap_or(false)
+    /// Reload the directory if its store changed since it was last loaded
+    /// (a sync or a live update brought entries). Databases call it before
+    /// every load, so trust always reflects the directory store as it is.
+    pub async fn ensure_fresh(&self) -> Result<()> {
+        let head = self.inner.directory_store.head().await?;
+        let seen = *self
+            .inner
+            .directory_head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen != Some(head) {
+            self.refresh_directory().await?;
+        }
+        Ok(())
     }
 
     /// Add a new version of a named key (or create it). New payloads use
     /// it; old ones keep opening. Share [`Tenant::config`] again afterwards.
-    pub fn rotate_key(&self, key_id: &KeyId) -> Result<u32> {
+    pub fn rotate_key(&self, key_id: &KeyId) -> Result<KeyVersion> {
         let mut keys = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
         Arc::make_mut(&mut *keys).rotate(key_id)
     }
@@ -183,9 +194,25 @@ impl Tenant {
         .await
     }
 
-    /// Revoke a user's key: later loads reject their changes. Only the admin can.
-    pub async fn revoke_user(&self, admin: &Keypair, key: cairn::AuthorId) -> Result<()> {
-        self.write_directory(admin, DirectoryOp::RevokeUser { key })
+    /// Revoke a user's key. Only the admin can.
+    ///
+    /// The user's changes that `databases` hold now — their heads, and
+    /// everything those depend on — stay valid; every other change of
+    /// theirs (later, concurrent and not yet synced here, or backdated) is
+    /// rejected from now on (see [`directory`](crate::Directory) and the
+    /// crate docs). Pass every database the user wrote to; a change in a
+    /// database not passed here is rejected.
+    pub async fn revoke_user(
+        &self,
+        admin: &Keypair,
+        key: cairn::AuthorId,
+        databases: &[&Database],
+    ) -> Result<()> {
+        let mut keep = BTreeSet::new();
+        for db in databases {
+            keep.extend(db.heads_by(&key).await?);
+        }
+        self.write_directory(admin, DirectoryOp::RevokeUser { key, keep })
             .await
     }
 
@@ -198,9 +225,13 @@ impl Tenant {
         let metas = store.changes_for_doc(&doc, false).await?;
         let heads = heads_of(&metas);
         let plain = serde_json::to_vec(&op).map_err(|e| TenantError::Invalid(e.to_string()))?;
-        let payload = self
-            .keys()
-            .seal(&self.inner.id, &doc, &KeyId::default(), &plain)?;
+        let payload = self.keys().seal(
+            &self.inner.id,
+            store.store_id(),
+            &doc,
+            &KeyId::default(),
+            &plain,
+        )?;
         let kind = if metas.is_empty() {
             ChangeKind::Create
         } else {
@@ -215,11 +246,14 @@ impl Tenant {
         Ok(())
     }
 
-    /// Reload the directory from its store (after syncing it). Entries not
-    /// signed by the admin are rejected and returned, never applied.
+    /// Reload the directory from its store. Entries not signed by the
+    /// admin are rejected and returned, never applied. Loading a document
+    /// does this by itself when the directory store changed
+    /// ([`Tenant::ensure_fresh`]).
     pub async fn refresh_directory(&self) -> Result<Vec<Rejected>> {
         let doc = DocId::new(DIRECTORY_DOC)?;
         let store = &self.inner.directory_store;
+        let head = store.head().await?;
         let ids: Vec<ChangeId> = store
             .changes_for_doc(&doc, false)
             .await?
@@ -248,6 +282,7 @@ impl Tenant {
                 let op = keys
                     .open(
                         &self.inner.id,
+                        store.store_id(),
                         &c.meta.doc_id,
                         &c.meta.key_id,
                         c.id(),
@@ -274,6 +309,11 @@ impl Tenant {
             .directory
             .write()
             .unwrap_or_else(|e| e.into_inner()) = dir;
+        *self
+            .inner
+            .directory_head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(head);
         Ok(rejected)
     }
 

@@ -132,7 +132,11 @@ async fn concurrent_offline_edits_converge_through_a_quic_relay() {
     let (_d1, b1) = connect(1, &bob);
     b0.wait_connected(T).await.unwrap();
     b1.wait_connected(T).await.unwrap();
+    // Each caught up (pull, then push) before it said Connected, but one
+    // may have pulled before the other pushed: an explicit sync on each
+    // settles it, whatever the order of the two catch-ups.
     b0.sync().await.unwrap();
+    b1.sync().await.unwrap();
     assert_eq!(
         b0.all_change_ids().await.unwrap(),
         b1.all_change_ids().await.unwrap()

@@ -53,7 +53,7 @@ async fn sync_via(relay_dir: &DynAppendOnlyStore, relay_db: &DynAppendOnlyStore,
     )
     .await
     .unwrap();
-    d.tenant.refresh_directory().await.unwrap();
+    // No refresh_directory: a load notices the directory store changed.
     sync(d.db.store().as_ref(), relay_db, &SyncOptions::default())
         .await
         .unwrap();
@@ -200,8 +200,12 @@ async fn a_change_signed_by_an_unknown_key_is_rejected_and_reported() {
         RejectReason::UntrustedAuthor(mallory.author())
     );
 
-    // Revoking a user rejects their later loads too.
-    d.tenant.revoke_user(&admin, alice.author()).await.unwrap();
+    // Revoking a user without keeping any of their changes rejects all of
+    // them: the document is gone for this device.
+    d.tenant
+        .revoke_user(&admin, alice.author(), &[])
+        .await
+        .unwrap();
     assert!(matches!(
         d.db.load(&id).await,
         Err(TenantError::NotFound(_))
@@ -228,7 +232,11 @@ async fn a_rotated_key_still_opens_old_documents() {
         d.db.create(|doc| doc.put(ROOT, "v", "before").map(|_| ()))
             .await
             .unwrap();
-    assert_eq!(d.tenant.rotate_key(&KeyId::default()).unwrap(), 2);
+    let v2 = d.tenant.rotate_key(&KeyId::default()).unwrap();
+    assert_eq!(
+        d.tenant.config().keys.versions(&KeyId::default()).last(),
+        Some(&v2)
+    );
     let new =
         d.db.create(|doc| doc.put(ROOT, "v", "after").map(|_| ()))
             .await
@@ -295,7 +303,6 @@ async fn snapshots_are_written_and_loading_keeps_a_concurrent_offline_branch() {
     )
     .await
     .unwrap();
-    b.tenant.refresh_directory().await.unwrap();
 
     let id =
         a.db.create(|d| d.put(ROOT, "n", 0).map(|_| ()))
@@ -470,4 +477,305 @@ async fn documents_reload_from_redb_after_restart() {
     assert_eq!(get_str(&loaded.doc, "name").as_deref(), Some("Ada"));
     assert_eq!(get_str(&loaded.doc, "city").as_deref(), Some("London"));
     assert_eq!(db.list().await.unwrap(), vec![id]);
+}
+
+/// A tenant with an admin, users alice and bob, and their devices, all
+/// synced through one relay.
+struct Team {
+    config: TenantConfig,
+    admin: Keypair,
+    alice: Keypair,
+    bob: Keypair,
+    a: Device,
+    b: Device,
+    relay_dir: Arc<DynAppendOnlyStore>,
+    relay_db: Arc<DynAppendOnlyStore>,
+}
+
+async fn team() -> Team {
+    let (config, admin) = TenantConfig::create("acme").unwrap();
+    let (alice, bob) = (Keypair::generate(), Keypair::generate());
+    let a = device(&config, alice.clone(), DbOptions::default()).await;
+    let b = device(&config, bob.clone(), DbOptions::default()).await;
+    a.tenant
+        .add_user(&admin, "alice", alice.author())
+        .await
+        .unwrap();
+    a.tenant
+        .add_user(&admin, "bob", bob.author())
+        .await
+        .unwrap();
+    let relay_dir = mem(directory_store_id("acme").unwrap());
+    let relay_db = mem(db_store_id("acme", "contacts").unwrap());
+    sync_via(&*relay_dir, &*relay_db, &a).await;
+    sync_via(&*relay_dir, &*relay_db, &b).await;
+    Team {
+        config,
+        admin,
+        alice,
+        bob,
+        a,
+        b,
+        relay_dir,
+        relay_db,
+    }
+}
+
+#[tokio::test]
+async fn revoking_keeps_earlier_edits_and_rejects_later_and_backdated_ones() {
+    let t = team().await;
+    let doc =
+        t.b.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    t.a.db
+        .update(&doc, |d| {
+            d.put(ROOT, "email", "ada@example.org").map(|_| ())
+        })
+        .await
+        .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // The admin (on bob's device, which holds alice's edit) revokes alice.
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    t.b.tenant
+        .revoke_user(&t.admin, t.alice.author(), &[&t.b.db])
+        .await
+        .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    // Alice, before seeing the revocation, edits again, and writes one more
+    // change with a backdated clock.
+    t.a.db
+        .update(&doc, |d| d.put(ROOT, "phone", "+44").map(|_| ()))
+        .await
+        .unwrap();
+    let backdated = cairn::ChangeBuilder::new(ChangeKind::Change, doc.clone())
+        .created_at(1)
+        .payload(b"not even a valid envelope".to_vec())
+        .sign(&t.alice)
+        .unwrap();
+    t.a.db
+        .store()
+        .append(vec![backdated.clone()])
+        .await
+        .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    let loaded = t.b.db.load(&doc).await.unwrap();
+    assert_eq!(
+        get_str(&loaded.doc, "email").as_deref(),
+        Some("ada@example.org"),
+        "kept"
+    );
+    assert_eq!(
+        get_str(&loaded.doc, "phone"),
+        None,
+        "the later edit is rejected"
+    );
+    let revoked: Vec<_> = loaded
+        .rejected
+        .iter()
+        .filter(|r| matches!(&r.reason, RejectReason::Policy(p) if p.contains("revoked")))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(revoked.len(), 2, "{:?}", loaded.rejected);
+    assert!(
+        revoked.contains(&backdated.id()),
+        "the backdated change is rejected too"
+    );
+    assert_eq!(loaded.applied, 2, "bob's create and alice's kept edit");
+    // Alice's device, once it has the directory, agrees.
+    let hers = t.a.db.load(&doc).await.unwrap();
+    assert_eq!(get_str(&hers.doc, "phone"), None);
+    assert_eq!(
+        get_str(&hers.doc, "email").as_deref(),
+        Some("ada@example.org")
+    );
+    let _ = &t.config;
+}
+
+#[tokio::test]
+async fn a_trusted_edit_on_top_of_a_revoked_users_change_is_reported_not_counted() {
+    let t = team().await;
+    let doc =
+        t.a.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // The admin revokes alice keeping only what the relay shows now.
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    // Bob's device holds a directory from before the revocation (stale):
+    // alice edits, bob applies her edit and builds on it.
+    t.a.db
+        .update(&doc, |d| d.put(ROOT, "v", "alice").map(|_| ()))
+        .await
+        .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    t.b.db
+        .update(&doc, |d| {
+            d.put(ROOT, "v", "bob on top of alice").map(|_| ())
+        })
+        .await
+        .unwrap();
+    // Now the revocation, written by an admin device that had only alice's
+    // first change.
+    let admin_dev = device(&t.config, t.admin.clone(), DbOptions::default()).await;
+    let first_only = mem(db_store_id("acme", "contacts").unwrap());
+    let first = t.a.db.store().changes_for_doc(&doc, false).await.unwrap();
+    let first_ids = [first[0].id];
+    first_only
+        .append(t.a.db.store().get_changes(&first_ids).await.unwrap())
+        .await
+        .unwrap();
+    sync(
+        admin_dev.tenant.directory_store().as_ref(),
+        &*t.relay_dir,
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    let admin_db = admin_dev
+        .tenant
+        .open_db(
+            "contacts",
+            first_only,
+            t.admin.clone(),
+            DbOptions::default(),
+        )
+        .await
+        .unwrap();
+    admin_dev
+        .tenant
+        .revoke_user(&t.admin, t.alice.author(), &[&admin_db])
+        .await
+        .unwrap();
+    sync(
+        admin_dev.tenant.directory_store().as_ref(),
+        &*t.relay_dir,
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    let loaded = t.b.db.load(&doc).await.unwrap();
+    assert_eq!(get_str(&loaded.doc, "name").as_deref(), Some("Ada"));
+    assert_eq!(
+        get_str(&loaded.doc, "v"),
+        None,
+        "neither alice's edit nor bob's on top of it"
+    );
+    assert_eq!(loaded.applied, 1, "only the kept create is in the document");
+    assert!(
+        loaded.rejected.iter().any(
+            |r| matches!(&r.reason, RejectReason::Policy(p) if p.contains("depends on a change that was not applied"))
+        ),
+        "bob's edit is reported, not silently queued: {:?}",
+        loaded.rejected
+    );
+    let _ = &t.bob;
+}
+
+#[tokio::test]
+async fn a_snapshot_from_a_stale_directory_does_not_carry_a_revoked_users_edits() {
+    let t = team().await;
+    let opts = DbOptions {
+        snapshot_every: 1,
+        ..DbOptions::default()
+    };
+    let doc =
+        t.a.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // The admin revokes alice, keeping her create.
+    let admin_dev = device(&t.config, t.admin.clone(), DbOptions::default()).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &admin_dev).await;
+    admin_dev
+        .tenant
+        .revoke_user(&t.admin, t.alice.author(), &[&admin_dev.db])
+        .await
+        .unwrap();
+    // Alice edits; bob's device, which never saw the revocation, applies
+    // the edit and writes a snapshot (signed by bob, a trusted user).
+    t.a.db
+        .update(&doc, |d| d.put(ROOT, "v", "after revocation").map(|_| ()))
+        .await
+        .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    let stale_bob =
+        t.b.tenant
+            .open_db("contacts", Arc::clone(t.b.db.store()), t.bob.clone(), opts)
+            .await
+            .unwrap();
+    sync(
+        t.b.db.store().as_ref(),
+        &*t.relay_db,
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ids = stale_bob
+        .update(&doc, |d| d.put(ROOT, "w", "bob").map(|_| ()))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2, "bob's edit and a snapshot");
+    sync(
+        t.b.db.store().as_ref(),
+        &*t.relay_db,
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    // The admin's device loads: the snapshot covers a rejected change, so
+    // it is skipped; the history without alice's late edit is loaded.
+    sync_via(&*t.relay_dir, &*t.relay_db, &admin_dev).await;
+    let loaded = admin_dev.db.load(&doc).await.unwrap();
+    assert_eq!(
+        get_str(&loaded.doc, "v"),
+        None,
+        "the revoked edit is not carried by the snapshot"
+    );
+    assert!(
+        loaded.rejected.iter().any(|r| r.id == ids[1]
+            && matches!(&r.reason, RejectReason::Policy(p) if p.contains("snapshot not used"))),
+        "{:?}",
+        loaded.rejected
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_change_replayed_into_another_database_does_not_open() {
+    let t = team().await;
+    let doc =
+        t.a.db
+            .create(|d| d.put(ROOT, "secret", "s3").map(|_| ()))
+            .await
+            .unwrap();
+    // Copy alice's signed change, unchanged, into another database of the
+    // same tenant, under the same document id.
+    let changes = t.a.db.store().changes_for_doc(&doc, false).await.unwrap();
+    let ids: Vec<_> = changes.iter().map(|m| m.id).collect();
+    let copies = t.a.db.store().get_changes(&ids).await.unwrap();
+    let other = mem(db_store_id("acme", "other").unwrap());
+    other.append(copies).await.unwrap();
+    let other_db =
+        t.a.tenant
+            .open_db("other", other, t.alice.clone(), DbOptions::default())
+            .await
+            .unwrap();
+    let loaded = other_db.load_any(&doc).await.unwrap();
+    assert_eq!(loaded.applied, 0);
+    assert_eq!(get_str(&loaded.doc, "secret"), None);
+    assert!(
+        loaded.rejected.iter().all(
+            |r| matches!(&r.reason, RejectReason::Policy(p) if p.contains("authentication failed"))
+        ),
+        "{:?}",
+        loaded.rejected
+    );
 }
