@@ -211,11 +211,13 @@ pub(crate) fn remote_peer(conn: &quinn::Connection) -> Option<PeerId> {
     key_of_certificate(certs.first()?)
 }
 
-pub(crate) fn transport(max_concurrent: u32) -> Arc<quinn::TransportConfig> {
+/// Transport settings. Only clients send keep-alives: a server that sent
+/// its own would keep every silent peer's connection open forever.
+pub(crate) fn transport(max_concurrent: u32, keep_alive: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_concurrent.max(1)))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        .keep_alive_interval(keep_alive.then(|| std::time::Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
@@ -237,7 +239,7 @@ pub fn server_config(keypair: &Keypair, max_concurrent: u32) -> Result<quinn::Se
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| tls_err("QUIC TLS config", e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport(max_concurrent));
+    cfg.transport_config(transport(max_concurrent, false));
     Ok(cfg)
 }
 
@@ -255,6 +257,6 @@ pub fn client_config(keypair: &Keypair, server: PeerId) -> Result<quinn::ClientC
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| tls_err("QUIC TLS config", e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport(1024));
+    cfg.transport_config(transport(1024, true));
     Ok(cfg)
 }

@@ -17,13 +17,37 @@ pub fn is_wrong_server_key(e: &Error) -> bool {
     matches!(e, Error::Unauthorized { reason } if reason.starts_with(PIN_MISMATCH))
 }
 
+/// The application close code of a connection the server refused; the
+/// close reason is the refusal as an `ERROR` frame (id 0).
+pub(crate) const REFUSED: u32 = 0x10;
+
+/// The typed error a refusal's close reason carries, if it does.
+fn refusal_in(close: &quinn::ApplicationClose) -> Option<Error> {
+    if close.error_code != quinn::VarInt::from_u32(REFUSED) {
+        return None;
+    }
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME);
+    dec.push(&close.reason);
+    match dec.pop() {
+        Ok(Some(Message::Response {
+            body: Response::Error(e),
+            ..
+        })) => Some(e.into_error()),
+        _ => None,
+    }
+}
+
 /// Map a quinn connection error. TLS and application refusals are permanent
-/// (a server key that is not the pinned one is [`Error::Unauthorized`]);
-/// losing the path is retryable.
+/// (a server key that is not the pinned one is [`Error::Unauthorized`], a
+/// refusal carried in the close reason is its own typed error); losing the
+/// path is retryable.
 pub(crate) fn conn_err(e: quinn::ConnectionError) -> Error {
     use quinn::ConnectionError as C;
     match &e {
         C::LocallyClosed => Error::Closed,
+        C::ApplicationClosed(close) if refusal_in(close).is_some() => {
+            refusal_in(close).unwrap_or(Error::Closed)
+        }
         C::TransportError(t) if t.to_string().contains("does not match the pinned peer id") => {
             Error::Unauthorized {
                 reason: format!("{PIN_MISMATCH} ({t})"),

@@ -461,7 +461,7 @@ async fn serve(
             let _ = send_response(&conn.out, id, Response::Done, out_limit).await;
         }
         body => {
-            let resp = dispatch(store, body, opts).await;
+            let resp = dispatch(store, &conn.peer, body, opts).await;
             let _ = send_response(&conn.out, id, resp, out_limit).await;
         }
     }

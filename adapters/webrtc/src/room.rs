@@ -10,9 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::{Error, Result};
-use cairn_protocol::Backoff;
-use cairn_protocol::{ConnectionState, PeerId};
+use cairn::Result;
+use cairn_protocol::{Backoff, Dialer, PeerId, classify};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -28,7 +27,7 @@ struct Room<S> {
     present: HashSet<PeerId>,
     pending: HashMap<PeerId, (PendingOffer, Instant)>,
     due: HashMap<PeerId, Instant>,
-    attempts: HashMap<PeerId, u32>,
+    dialers: HashMap<PeerId, Dialer>,
     done_tx: mpsc::UnboundedSender<(PeerId, bool, Result<PeerId>)>,
 }
 
@@ -44,7 +43,7 @@ pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
         present: HashSet::new(),
         pending: HashMap::new(),
         due: HashMap::new(),
-        attempts: HashMap::new(),
+        dialers: HashMap::new(),
         done_tx,
     };
     loop {
@@ -74,11 +73,16 @@ pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
                         if proven != claimed {
                             warn!(%claimed, %proven, "the signaling named a different peer than the channel proved");
                         }
-                        room.attempts.remove(&claimed);
+                        room.dialer(claimed).connected(std::time::Instant::now());
                     }
                     Err(e) => {
                         debug!(peer = %claimed, error = %e, "pairing failed");
-                        if offered && room.present.contains(&claimed) && !matches!(e, Error::Unauthorized { .. }) {
+                        // A refusal (the peer's policy, another store,
+                        // another version) is not retried: the peer offers
+                        // again if it rejoins.
+                        if let Some(refusal) = classify(&e) {
+                            warn!(peer = %claimed, ?refusal, error = %e, "the peer refused us; not retrying");
+                        } else if offered && room.present.contains(&claimed) {
                             room.retry(claimed);
                         }
                     }
@@ -91,20 +95,25 @@ pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
 }
 
 impl<S: Signaling> Room<S> {
-    fn retry(&mut self, peer: PeerId) {
-        let attempt = self.attempts.entry(peer).or_insert(0);
-        *attempt = attempt.saturating_add(1);
+    fn dialer(&mut self, peer: PeerId) -> &mut Dialer {
         let o = &self.inner.opts;
-        let delay = Backoff {
+        let backoff = Backoff {
             min: o.backoff_min,
             max: o.backoff_max,
-        }
-        .delay(*attempt);
-        self.inner.set_state(ConnectionState::Retrying {
-            attempt: *attempt,
-            delay,
-        });
-        self.due.insert(peer, Instant::now() + delay);
+        };
+        self.dialers
+            .entry(peer)
+            .or_insert_with(|| Dialer::new(backoff))
+    }
+
+    /// Pair with `peer` again after a transient failure or a lost session,
+    /// with backoff that only a healthy session resets (see [`Dialer`]).
+    fn retry(&mut self, peer: PeerId) {
+        let now = std::time::Instant::now();
+        let (at, state) = self.dialer(peer).failed(now, None);
+        self.inner.set_state(state);
+        self.due
+            .insert(peer, Instant::now() + at.saturating_duration_since(now));
     }
 
     async fn event(&mut self, ev: SignalEvent) {
@@ -127,7 +136,7 @@ impl<S: Signaling> Room<S> {
                 self.present.remove(&p);
                 self.pending.remove(&p);
                 self.due.remove(&p);
-                self.attempts.remove(&p);
+                self.dialers.remove(&p);
             }
             SignalEvent::Message {
                 from,

@@ -10,9 +10,9 @@ use cairn::{
     AcceptAll, DynAppendOnlyStore, Error, Keypair, Result, StoreId, SyncReport, SyncState, Verifier,
 };
 use cairn_protocol::{
-    Access, AccessPolicy, Backoff, CacheFirst, CatchUp, ConnectionState, DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_MESSAGE, DeliveryFailure, DeliveryOptions, Node, PeerId, RemoteStore, ServeOptions,
-    StoreEvent, Transport,
+    Access, AccessPolicy, Admission, AdmissionOptions, Backoff, CacheFirst, CatchUp,
+    ConnectionState, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, DeliveryFailure, DeliveryOptions,
+    Node, PeerId, RemoteStore, ResponseLimits, ServeOptions, StoreEvent, Transport,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,11 @@ pub struct WebRtcStoreOptions {
     /// that passes its integrity check). An app that signs its changes
     /// should use `RequireSignature` or `TrustedAuthors`.
     pub verifier: Arc<dyn Verifier>,
+    /// Caps on every response this store serves to a peer.
+    pub response: ResponseLimits,
+    /// Append rate limits per peer and a stored-bytes quota for what peers
+    /// append here (default: none).
+    pub admission: AdmissionOptions,
 }
 
 impl Default for WebRtcStoreOptions {
@@ -61,6 +66,8 @@ impl Default for WebRtcStoreOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             verifier: Arc::new(AcceptAll),
+            response: ResponseLimits::default(),
+            admission: AdmissionOptions::default(),
         }
     }
 }
@@ -80,6 +87,7 @@ struct PeerEntry {
 pub(crate) struct Inner {
     pub(crate) store_id: StoreId,
     pub(crate) node: Arc<Node>,
+    serve: ServeOptions,
     pub(crate) keypair: Keypair,
     policy: Arc<dyn AccessPolicy>,
     pub(crate) opts: WebRtcStoreOptions,
@@ -187,9 +195,15 @@ impl WebRtcStore {
         opts: WebRtcStoreOptions,
     ) -> Self {
         let node = Node::new(cache, opts.verifier.clone());
+        let serve = ServeOptions {
+            verifier: opts.verifier.clone(),
+            limits: opts.response,
+            admission: Arc::new(Admission::new(opts.admission)),
+        };
         let inner = Arc::new(Inner {
             store_id: node.cache().store_id().clone(),
             node,
+            serve,
             keypair: keypair.clone(),
             policy,
             opts,
@@ -359,9 +373,7 @@ pub(crate) async fn start(
         keypair: inner.keypair.clone(),
         roles: ROLE_SERVES | ROLE_CALLS,
         store: inner.node.cache().clone(),
-        serve: ServeOptions {
-            verifier: inner.node.verifier().clone(),
-        },
+        serve: inner.serve.clone(),
         policy: inner.policy.clone(),
         max_frame: inner.opts.max_frame,
         max_message: inner.opts.max_message,

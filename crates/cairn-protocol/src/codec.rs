@@ -1015,6 +1015,24 @@ impl FrameDecoder {
         self.max_frame
     }
 
+    /// Change the bound on split messages being reassembled (a server
+    /// that learned from [`peek_header`](Self::peek_header) what kind of
+    /// request is coming).
+    pub fn set_max_message(&mut self, max_message: u64) {
+        self.max_message = max_message;
+    }
+
+    /// The header of the next frame — body length, type, flags and id —
+    /// once its first 10 bytes have arrived, before its body is buffered:
+    /// a server checks a request's type (and so its permission) before it
+    /// reads what may be a large body.
+    pub fn peek_header(&self) -> Option<(u32, u8, u8, u32)> {
+        let b = self.buf.get(self.pos..self.pos + LEN_PREFIX + HEADER_LEN)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let id = u32::from_be_bytes([b[6], b[7], b[8], b[9]]);
+        Some((len, b[4], b[5], id))
+    }
+
     /// Buffer bytes received from the peer.
     pub fn push(&mut self, data: &[u8]) {
         if self.failed.is_some() {

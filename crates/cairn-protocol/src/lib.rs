@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod admission;
 mod cache;
 mod client;
 mod codec;
@@ -13,6 +14,7 @@ mod peer;
 mod remote;
 mod wire;
 
+pub use admission::{Admission, AdmissionOptions, Rate, ResponseLimits};
 pub use cache::{Arrival, Backoff, CacheFirst, CatchUp, Node, StoreEvent, Transport};
 pub use client::{Call, Correlator, Incoming, RemoteCalls};
 pub use codec::{
@@ -26,7 +28,7 @@ pub use dispatch::{
 pub use error::{WireError, WireIntegrity, code, io_kind};
 pub use message::{
     Access, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, Hello, MAGIC, MIN_MAX_FRAME, Message, Request,
-    Response, VERSION, msg_type,
+    Response, VERSION, msg_type, request_access,
 };
 pub use outbox::{DeliveryFailure, DeliveryOptions, Outbox, deliver};
 pub use peer::{

@@ -105,6 +105,16 @@ pub enum Access {
     Write,
 }
 
+/// Whether a message of type `ty` is a request, and the access it needs.
+pub fn request_access(ty: u8) -> Option<Access> {
+    use msg_type as t;
+    match ty {
+        t::APPEND => Some(Access::Write),
+        t::GET_CHANGES..=t::UNSUBSCRIBE => Some(Access::Read),
+        _ => None,
+    }
+}
+
 /// A request, mirroring one [`cairn::AppendOnlyStore`] method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {

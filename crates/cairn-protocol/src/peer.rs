@@ -50,6 +50,16 @@ pub trait AccessPolicy: Send + Sync + 'static {
         let _ = peer;
         false
     }
+
+    /// Whether `peer` may connect at all. A server asks right after the
+    /// peer proved its key, before reading anything it sends, and closes
+    /// the connection at once when not: a stranger cannot hold a
+    /// connection open. Defaults to `true` (decide per store after the
+    /// hello).
+    fn may_connect(&self, peer: &PeerId) -> bool {
+        let _ = peer;
+        true
+    }
 }
 
 /// A list of grants: per store, which peers may read and which may write,
@@ -109,6 +119,10 @@ impl AccessPolicy for Acl {
                 .grants
                 .values()
                 .any(|g| g.get(peer).is_some_and(|p| *p != Permission::None))
+    }
+
+    fn may_connect(&self, peer: &PeerId) -> bool {
+        self.knows(peer) || self.everyone.values().any(|p| *p != Permission::None)
     }
 }
 

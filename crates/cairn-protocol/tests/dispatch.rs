@@ -32,7 +32,13 @@ impl Call for Loopback {
         };
         let bytes = reply(
             id,
-            dispatch(&self.store, body, &ServeOptions::default()).await,
+            dispatch(
+                &self.store,
+                &PeerId::from_bytes([1; 32]),
+                body,
+                &ServeOptions::default(),
+            )
+            .await,
             MAX,
         );
         let mut client = FrameDecoder::new(MAX);

@@ -71,7 +71,7 @@ impl Call for Local {
             UNAUTHORIZED => Err(Error::Unauthorized {
                 reason: "no".into(),
             }),
-            _ => Ok(dispatch(&self.store, request, &self.serve).await),
+            _ => Ok(dispatch(&self.store, &peer_id(), request, &self.serve).await),
         }
     }
 }
@@ -480,6 +480,7 @@ async fn a_serving_policy_refuses_appends_with_a_typed_error() {
         MemoryStore::new(sid()),
         ServeOptions {
             verifier: Arc::new(RequireSignature),
+            ..ServeOptions::default()
         },
     );
     let remote = remote_over(&peer).await;

@@ -505,7 +505,24 @@ async fn transfer_ids(
     // not the store.
     let mut metas = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(opts.batch_changes) {
-        metas.extend(source.get_metas(chunk).await?);
+        let got = source.get_metas(chunk).await?;
+        if got.len() != chunk.len() {
+            let have: std::collections::HashSet<ChangeId> = got.iter().map(|m| m.id).collect();
+            let missing = chunk.iter().find(|id| !have.contains(*id)).copied();
+            return Err(Error::Protocol {
+                reason: match missing {
+                    Some(id) => format!(
+                        "the source's reconciliation listed {id} but get_metas did not return it"
+                    ),
+                    None => format!(
+                        "get_metas answered {} metadata records for {} ids",
+                        got.len(),
+                        chunk.len()
+                    ),
+                },
+            });
+        }
+        metas.extend(got);
     }
     let metas = graph::topo_sort(metas, |m| m.id, |m| &m.deps);
     let mut pages = metas.into_iter().peekable();
