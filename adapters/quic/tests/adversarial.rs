@@ -556,3 +556,123 @@ async fn a_peer_that_never_reads_its_answer_is_cut_off() {
     ep.close(0u32.into(), b"");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_over_the_rate_limit_are_refused_with_a_delay_and_delivered_by_waiting() {
+    let _g = SERIAL.lock().await;
+    let key = Keypair::generate();
+    let backing = Arc::new(MemoryStore::new(sid()));
+    let rate = cairn_protocol::Rate {
+        per_second: 50.0,
+        burst: 10.0,
+    };
+    let (srv, _) = serve(
+        backing.clone(),
+        Acl::new().allow(&sid(), key.author(), Permission::ReadWrite),
+        ServerOptions {
+            admission: cairn_protocol::AdmissionOptions {
+                changes_per_peer: Some(rate),
+                ..Default::default()
+            },
+            ..ServerOptions::default()
+        },
+    );
+    // A plain client over the limit gets the typed error and a delay.
+    let c = QuicClient::connect(
+        srv.local_addr(),
+        srv.peer_id(),
+        &key,
+        &sid(),
+        DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    use cairn_protocol::RemoteCalls;
+    c.remote_append(changes("a", 10, 10)).await.unwrap();
+    match c.remote_append(changes("b", 10, 10)).await {
+        Err(Error::RateLimited { retry_after, what }) => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            assert!(what.contains("changes per second"), "{what}");
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // The sync engine waits as told and delivers everything.
+    let local = MemoryStore::new(sid());
+    local.append(changes("c", 60, 10)).await.unwrap();
+    let hello = c.hello().clone();
+    let remote = cairn_protocol::RemoteStore::new("quic", sid(), &hello, Arc::new(c));
+    let opts = SyncOptions {
+        batch_changes: 10,
+        ..SyncOptions::default()
+    };
+    let report = cairn::sync::push(&local, &remote, &opts).await.unwrap();
+    assert_eq!(report.pushed.changes, 60);
+    assert!(report.pushed.throttled > Duration::ZERO, "{report}");
+    // So does a network store's outbox.
+    let store = QuicStore::new(
+        Arc::new(MemoryStore::new(sid())),
+        srv.local_addr(),
+        srv.peer_id(),
+        &key,
+        QuicStoreOptions {
+            delivery_batch: 10,
+            ..fast()
+        },
+    )
+    .unwrap();
+    store.wait_connected(T).await.unwrap();
+    store.append(changes("d", 40, 10)).await.unwrap();
+    store.flush(T).await.unwrap();
+    assert_eq!(backing.head().await.unwrap().seq, 10 + 60 + 40);
+    store.close().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_over_the_stored_bytes_quota_is_refused_and_stores_nothing() {
+    let _g = SERIAL.lock().await;
+    let key = Keypair::generate();
+    let backing = Arc::new(MemoryStore::new(sid()));
+    backing.append(changes("old", 5, 100)).await.unwrap();
+    let (srv, _) = serve(
+        backing.clone(),
+        Acl::new().allow(&sid(), key.author(), Permission::ReadWrite),
+        ServerOptions {
+            admission: cairn_protocol::AdmissionOptions {
+                store_quota: Some(1_000),
+                ..Default::default()
+            },
+            ..ServerOptions::default()
+        },
+    );
+    let c = QuicClient::connect(
+        srv.local_addr(),
+        srv.peer_id(),
+        &key,
+        &sid(),
+        DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    use cairn_protocol::RemoteCalls;
+    // 500 bytes held; 400 more fit, 200 beyond that do not.
+    c.remote_append(changes("a", 4, 100)).await.unwrap();
+    match c.remote_append(changes("b", 2, 100)).await {
+        Err(Error::QuotaExceeded {
+            limit,
+            used,
+            requested,
+            ..
+        }) => assert_eq!((limit, used, requested), (1000, 900, 200)),
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert_eq!(
+        backing.head().await.unwrap().seq,
+        9,
+        "nothing of the refused batch"
+    );
+    // A duplicate of what is held is not counted against the quota.
+    c.remote_append(changes("a", 4, 100)).await.unwrap();
+    c.close().await;
+    srv.shutdown().await;
+}

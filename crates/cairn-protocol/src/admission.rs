@@ -107,6 +107,7 @@ struct State {
 pub struct Admission {
     opts: AdmissionOptions,
     state: Mutex<State>,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 fn take<K: std::hash::Hash + Eq + Clone>(
@@ -160,7 +161,19 @@ impl Admission {
         Admission {
             opts,
             state: Mutex::new(State::default()),
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Appends refused so far (rate limits and quota).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refuse(&self, e: Error) -> Result<()> {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(e)
     }
 
     /// The options in force.
@@ -192,7 +205,7 @@ impl Admission {
                 now,
             );
             if let Some((i, wait)) = by_peer {
-                return Err(Error::RateLimited {
+                return self.refuse(Error::RateLimited {
                     what: format!(
                         "{} per second for peer {}",
                         if i == 0 { "changes" } else { "bytes" },
@@ -209,7 +222,7 @@ impl Admission {
                 now,
             );
             if let Some((i, wait)) = by_store {
-                return Err(Error::RateLimited {
+                return self.refuse(Error::RateLimited {
                     what: format!(
                         "{} per second for store {}",
                         if i == 0 { "changes" } else { "bytes" },
@@ -231,7 +244,7 @@ impl Admission {
                 .map(|(c, _)| c.payload.len() as u64)
                 .sum();
             if used.saturating_add(adding) > limit {
-                return Err(Error::QuotaExceeded {
+                return self.refuse(Error::QuotaExceeded {
                     what: format!("stored payload bytes of store {}", store.store_id()),
                     limit,
                     used,

@@ -242,6 +242,10 @@ pub struct TransferReport {
     /// Summary rounds of set reconciliation, if it was used (0 if the source
     /// was scanned).
     pub reconcile_rounds: u32,
+    /// Time spent waiting because the target said it was over a rate limit
+    /// (`Error::RateLimited { retry_after }`).
+    #[serde(default)]
+    pub throttled: Duration,
 }
 
 /// What a sync did.
@@ -276,7 +280,12 @@ impl fmt::Display for SyncReport {
             self.pulled.rejected.len() + self.pushed.rejected.len(),
             self.rounds(),
             self.elapsed
-        )
+        )?;
+        let throttled = self.pulled.throttled + self.pushed.throttled;
+        if !throttled.is_zero() {
+            write!(f, " ({throttled:.1?} waiting on rate limits)")?;
+        }
+        Ok(())
     }
 }
 
@@ -704,18 +713,28 @@ async fn apply_page(
     Ok(())
 }
 
+/// Most times one batch waits on a rate limit before the sync gives up
+/// with the `RateLimited` error.
+const MAX_RATE_WAITS: u32 = 64;
+
+/// Longest single wait on a rate limit.
+const MAX_RATE_WAIT: Duration = Duration::from_secs(60);
+
 /// Append `batch`, whose integrity the target checks anyway (every store
 /// runs `prepare_batch`), so it is not hashed twice. If the target refuses
 /// the batch for integrity, each change is checked here: the bad ones are
 /// reported as rejected and the rest appended. If the target's own policy
 /// refuses a change ([`Error::Rejected`]), that change is reported as
-/// rejected and the rest appended.
+/// rejected and the rest appended. If the target is over a rate limit, the
+/// sync waits as long as it says (counted in `throttled`) and tries again.
 async fn append_checked(
     target: &dyn AppendOnlyStore,
     mut batch: Vec<Change>,
     rep: &mut TransferReport,
 ) -> Result<AppendOutcome> {
-    // Bounded: each refusal removes one change from the batch.
+    let mut waits = 0u32;
+    // Bounded: each refusal removes one change from the batch, and rate
+    // limits are waited on at most MAX_RATE_WAITS times.
     loop {
         if batch.is_empty() {
             return Ok(AppendOutcome::default());
@@ -752,6 +771,13 @@ async fn append_checked(
                 tracing::debug!(%id, %reason, "the target's policy refused a change");
                 rep.rejected.push(Rejected { id, reason });
                 batch.retain(|c| c.id() != id);
+            }
+            Err(Error::RateLimited { what, retry_after }) if waits < MAX_RATE_WAITS => {
+                waits += 1;
+                let wait = retry_after.min(MAX_RATE_WAIT);
+                tracing::debug!(%what, ?wait, "the target is over a rate limit; waiting");
+                tokio::time::sleep(wait).await;
+                rep.throttled += wait;
             }
             Err(e) => return Err(e),
         }
