@@ -141,11 +141,13 @@ impl AppendOnlyStore for FailingStore {
 }
 
 /// Wraps a store and answers its first `n` appends with a retryable
-/// backend error (a server that is busy for a moment), then behaves.
+/// backend error (a server that is busy for a moment), or never answers
+/// them at all ([`FlakyAppends::silent`]), then behaves.
 #[derive(Debug)]
 pub struct FlakyAppends {
     inner: Arc<DynAppendOnlyStore>,
     left: AtomicU64,
+    silent: bool,
     /// Appends refused so far.
     pub refused: AtomicU64,
 }
@@ -156,7 +158,17 @@ impl FlakyAppends {
         FlakyAppends {
             inner,
             left: AtomicU64::new(n),
+            silent: false,
             refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Never answer the first `n` appends to `inner` (they wait forever and
+    /// store nothing), then behave.
+    pub fn silent(inner: Arc<DynAppendOnlyStore>, n: u64) -> Self {
+        FlakyAppends {
+            silent: true,
+            ..FlakyAppends::new(inner, n)
         }
     }
 }
@@ -176,6 +188,9 @@ impl AppendOnlyStore for FlakyAppends {
             .is_ok()
         {
             self.refused.fetch_add(1, Ordering::SeqCst);
+            if self.silent {
+                return std::future::pending().await;
+            }
             return Err(Error::backend(
                 "flaky",
                 true,

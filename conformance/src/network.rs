@@ -52,6 +52,27 @@ pub trait NetworkClient: Send + Sync {
     async fn close(&self);
 }
 
+/// How the cases want a client set up.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The policy at the cache's door.
+    pub verifier: Arc<dyn Verifier>,
+    /// How long one request may wait for the peer's answer (the
+    /// transport's request timeout).
+    pub request_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// `verifier`, and a request timeout of a minute.
+    pub fn new(verifier: Arc<dyn Verifier>) -> Self {
+        ClientOptions {
+            verifier,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Makes network stores for the cases. Implement it once per transport.
 #[async_trait]
 pub trait NetworkFactory: Send + Sync {
@@ -59,11 +80,11 @@ pub trait NetworkFactory: Send + Sync {
     fn name(&self) -> String;
     /// Serve `backing` (a store on the other side, with the suite's store
     /// id) and return a connected-or-connecting network store over a fresh
-    /// memory cache whose policy is `verifier`.
+    /// memory cache, set up as `opts` says.
     async fn connect(
         &self,
         backing: Arc<DynAppendOnlyStore>,
-        verifier: Arc<dyn Verifier>,
+        opts: ClientOptions,
     ) -> Result<Box<dyn NetworkClient>>;
 }
 
@@ -94,7 +115,10 @@ pub async fn refused_changes_never_enter_the_cache(f: &dyn NetworkFactory) -> Ca
     backing.append(fakes.clone()).await?;
     backing.append(genuine[..2].to_vec()).await?;
     let client = f
-        .connect(backing.clone(), Arc::new(RequireSignature))
+        .connect(
+            backing.clone(),
+            ClientOptions::new(Arc::new(RequireSignature)),
+        )
         .await?;
     client.wait_connected(PATIENCE).await?;
     let cache = client.cache();
@@ -154,7 +178,10 @@ pub async fn a_change_larger_than_a_frame_travels_both_ways(f: &dyn NetworkFacto
     ];
     backing.append(down.clone()).await?;
     let client = f
-        .connect(backing.clone(), Arc::new(RequireSignature))
+        .connect(
+            backing.clone(),
+            ClientOptions::new(Arc::new(RequireSignature)),
+        )
         .await?;
     client.wait_connected(PATIENCE).await?;
     let got = client
@@ -187,7 +214,10 @@ pub async fn a_100_mib_change_round_trips(f: &dyn NetworkFactory) -> CaseResult 
     let kp = Keypair::generate();
     let backing = Arc::new(MemoryStore::new(sid()));
     let a = f
-        .connect(backing.clone(), Arc::new(RequireSignature))
+        .connect(
+            backing.clone(),
+            ClientOptions::new(Arc::new(RequireSignature)),
+        )
         .await?;
     a.wait_connected(PATIENCE).await?;
     let c = big(&kp, "huge", 100 << 20);
@@ -201,7 +231,10 @@ pub async fn a_100_mib_change_round_trips(f: &dyn NetworkFactory) -> CaseResult 
     );
     a.close().await;
     let b = f
-        .connect(backing.clone(), Arc::new(RequireSignature))
+        .connect(
+            backing.clone(),
+            ClientOptions::new(Arc::new(RequireSignature)),
+        )
         .await?;
     b.wait_connected(PATIENCE * 6).await?;
     let got = b.cache().get_changes(&[id]).await?;
@@ -223,7 +256,10 @@ pub async fn retryable_append_errors_are_retried_on_the_same_connection(
     let inner = Arc::new(MemoryStore::new(sid()));
     let backing = Arc::new(FlakyAppends::new(inner.clone(), 3));
     let client = f
-        .connect(backing.clone(), Arc::new(RequireSignature))
+        .connect(
+            backing.clone(),
+            ClientOptions::new(Arc::new(RequireSignature)),
+        )
         .await?;
     client.wait_connected(PATIENCE).await?;
     let mut link = client.link();
@@ -256,6 +292,44 @@ pub async fn retryable_append_errors_are_retried_on_the_same_connection(
     Ok(Outcome::Passed)
 }
 
+/// A peer that takes an append and never answers (a frozen tab, a hung
+/// disk) does not stall delivery for good: the request times out, the
+/// outbox tries again on the same connection, and the changes arrive.
+pub async fn a_peer_that_never_answers_an_append_does_not_stall_delivery(
+    f: &dyn NetworkFactory,
+) -> CaseResult {
+    let kp = Keypair::generate();
+    let inner = Arc::new(MemoryStore::new(sid()));
+    let backing = Arc::new(FlakyAppends::silent(inner.clone(), 1));
+    let mut opts = ClientOptions::new(Arc::new(RequireSignature));
+    opts.request_timeout = Duration::from_secs(2);
+    let client = f.connect(backing.clone(), opts).await?;
+    client.wait_connected(PATIENCE).await?;
+    let cs: Vec<Change> = (0..3).map(|_| signed(&kp, &doc("d"), &[])).collect();
+    // The append itself never waits on the peer.
+    tokio::time::timeout(Duration::from_secs(5), client.store().append(cs.clone()))
+        .await
+        .map_err(|_| Failure("a local append waited on a silent peer".into()))??;
+    client.flush(PATIENCE).await.map_err(|e| {
+        Failure(format!(
+            "the outbox never got past the unanswered append: {e}"
+        ))
+    })?;
+    ensure_eq!(
+        backing.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first append went unanswered"
+    );
+    let ids: Vec<_> = cs.iter().map(Change::id).collect();
+    ensure_eq!(
+        inner.has_changes(&ids).await?,
+        vec![true; 3],
+        "all delivered by the retry"
+    );
+    client.close().await;
+    Ok(Outcome::Passed)
+}
+
 /// Expands `$callback! { case, … }` over every network case.
 #[macro_export]
 #[doc(hidden)]
@@ -266,6 +340,7 @@ macro_rules! __for_each_network_case {
             a_change_larger_than_a_frame_travels_both_ways,
             a_100_mib_change_round_trips,
             retryable_append_errors_are_retried_on_the_same_connection,
+            a_peer_that_never_answers_an_append_does_not_stall_delivery,
         }
     };
 }

@@ -1,6 +1,8 @@
 //! Moving protocol messages over quinn streams: one bidirectional stream per
 //! request; a long-lived one per subscription.
 
+use std::time::Duration;
+
 use cairn::{Error, Result, StoreId};
 use cairn_protocol::{
     FrameDecoder, FrameEncoder, Hello, MIN_MAX_FRAME, Message, Request, Response, check_hello,
@@ -9,6 +11,9 @@ use cairn_protocol::{
 
 /// The words an [`Error::Unauthorized`] starts with when the server's key
 /// is not the one pinned.
+/// How long a request waits for its answer unless set otherwise.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(crate) const PIN_MISMATCH: &str = "the server's key is not the pinned peer id";
 
 /// Whether `e` says the server's key is not the pinned peer id (the server
@@ -133,6 +138,9 @@ pub(crate) struct Link {
     pub(crate) hello: Hello,
     /// Our own frame limit (what we accept).
     pub(crate) max_frame: u32,
+    /// How long a request waits for its answer (plus a second per MiB of
+    /// payload it carries).
+    pub(crate) request_timeout: Duration,
 }
 
 impl Link {
@@ -159,6 +167,7 @@ impl Link {
                 conn,
                 hello,
                 max_frame,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
             }),
             Err(e) => {
                 conn.close(quinn::VarInt::from_u32(1), b"refused");
@@ -194,14 +203,38 @@ impl Link {
         }
     }
 
-    /// Send one request on its own stream; wait for the whole response.
+    /// Send one request on its own stream; wait for the whole response, at
+    /// most the request timeout (a second more per MiB an append carries,
+    /// so a big append is not taken for a silent server). On a timeout the
+    /// stream is reset and the error is [`Error::Timeout`] (retryable).
     pub(crate) async fn call(&self, request: Request) -> Result<Response> {
-        Ok(self.start(request).await?.2)
+        let name = request.name();
+        let extra = match &request {
+            Request::Append(cs) => {
+                let bytes: u64 = cs.iter().map(|c| c.payload.len() as u64).sum();
+                Duration::from_secs(bytes >> 20)
+            }
+            _ => Duration::ZERO,
+        };
+        let limit = self.request_timeout + extra;
+        match tokio::time::timeout(limit, self.start(request)).await {
+            Ok(r) => Ok(r?.2),
+            Err(_) => Err(Error::Timeout {
+                what: format!("{name} request to {}", self.conn.remote_address()),
+                after: limit,
+            }),
+        }
     }
 
     /// Open a subscription stream; returns once the server confirmed it.
     pub(crate) async fn subscribe(&self) -> Result<Subscription> {
-        let (recv, dec, _done) = self.start(Request::Subscribe).await?;
+        let limit = self.request_timeout;
+        let (recv, dec, _done) = tokio::time::timeout(limit, self.start(Request::Subscribe))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("SUBSCRIBE request to {}", self.conn.remote_address()),
+                after: limit,
+            })??;
         Ok(Subscription { recv, dec })
     }
 }

@@ -40,6 +40,11 @@ pub struct QuicStoreOptions {
     pub verifier: Arc<dyn Verifier>,
     /// Most changes per delivery of the outbox (default 1000).
     pub delivery_batch: usize,
+    /// How long one request waits for the server's answer before it fails
+    /// with [`Error::Timeout`] and is retried (default 60 s, plus a second
+    /// per MiB an append carries): a server that stops answering never
+    /// stalls the outbox or a read for good.
+    pub request_timeout: Duration,
 }
 
 impl Default for QuicStoreOptions {
@@ -51,6 +56,7 @@ impl Default for QuicStoreOptions {
             connect_timeout: Duration::from_secs(10),
             verifier: Arc::new(AcceptAll),
             delivery_batch: 1000,
+            request_timeout: crate::link::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -365,7 +371,8 @@ async fn manage(inner: Arc<Inner>) {
             },
         };
         let failure = match opened {
-            Ok(link) => {
+            Ok(mut link) => {
+                link.request_timeout = inner.opts.request_timeout;
                 let link = Arc::new(link);
                 let r = tokio::select! {
                     _ = inner.cancel.cancelled() => Ok(()),

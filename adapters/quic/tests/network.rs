@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::{DynAppendOnlyStore, Keypair, Result, Verifier};
-use cairn_conformance::network::{Link, NetworkClient, NetworkFactory};
+use cairn::{DynAppendOnlyStore, Keypair, Result};
+use cairn_conformance::network::{ClientOptions, Link, NetworkClient, NetworkFactory};
 use cairn_memory::MemoryStore;
 use cairn_quic::*;
 use tokio::sync::watch;
@@ -58,12 +58,13 @@ impl NetworkFactory for Quic {
     async fn connect(
         &self,
         backing: Arc<DynAppendOnlyStore>,
-        verifier: Arc<dyn Verifier>,
+        client: ClientOptions,
     ) -> Result<Box<dyn NetworkClient>> {
         let backing_id = backing.store_id().clone();
         let server = common::server(common::local(), &Keypair::generate(), backing, Acl::open());
         let opts = QuicStoreOptions {
-            verifier,
+            verifier: client.verifier,
+            request_timeout: client.request_timeout,
             ..common::fast()
         };
         let store = Arc::new(QuicStore::new(

@@ -30,8 +30,19 @@ type Waiter = oneshot::Sender<Result<Response>>;
 
 /// Most requests from the peer served at once.
 const MAX_CONCURRENT: usize = 64;
+/// Most subscriptions served to the peer at once (they do not take request
+/// permits).
+const MAX_SERVED_SUBSCRIPTIONS: usize = 8;
+/// Most notification batches queued for one of our subscriptions; a
+/// subscriber that falls this far behind is dropped with an error (its
+/// session catches up again by syncing).
+const SUBSCRIPTION_QUEUE: usize = 64;
 /// Most metadata records per notification.
 const NOTIFY_BATCH: usize = 1024;
+
+/// What one of our subscriptions receives: batches, or the error that ended
+/// it.
+pub(crate) type SubItem = Result<Vec<ChangeMeta>>;
 
 /// Settings of a connection.
 #[derive(Clone)]
@@ -44,13 +55,17 @@ pub(crate) struct ConnConfig {
     pub(crate) max_frame: u32,
     pub(crate) max_message: u64,
     pub(crate) handshake_timeout: Duration,
+    /// How long a request waits for its answer (plus a second per MiB it
+    /// carries) before it fails with a timeout.
+    pub(crate) request_timeout: Duration,
 }
 
 /// One authenticated, greeted connection.
 pub(crate) struct Conn {
     out: mpsc::Sender<Vec<u8>>,
     corr: Mutex<Correlator<Waiter>>,
-    subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<ChangeMeta>>>>,
+    subs: Mutex<HashMap<u32, mpsc::Sender<SubItem>>>,
+    request_timeout: Duration,
     /// The peer's proven id.
     pub(crate) peer: PeerId,
     /// The peer's roles (auth message).
@@ -210,6 +225,7 @@ impl Conn {
             perm,
             hello,
             closed: CancellationToken::new(),
+            request_timeout: cfg.request_timeout,
         });
         tokio::spawn(read_loop(conn.clone(), ch, dec, cfg));
         Ok(conn)
@@ -225,9 +241,11 @@ impl Conn {
         self.closed.cancel();
     }
 
-    /// Subscribe to the peer's new changes.
-    pub(crate) async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<Vec<ChangeMeta>>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Subscribe to the peer's new changes. The receiver gets batches, and
+    /// an error if the peer ends the subscription with one or we fall too
+    /// far behind.
+    pub(crate) async fn subscribe(&self) -> Result<mpsc::Receiver<SubItem>> {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
         let (wtx, wrx) = oneshot::channel();
         let msg = {
             let mut c = self.corr.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,7 +257,7 @@ impl Conn {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         // The correlator only lets a DONE answer through as success.
-        match self.send_and_wait(msg, wrx).await {
+        match self.send_and_wait(msg, wrx, Duration::ZERO).await {
             Ok(_done) => Ok(rx),
             Err(e) => {
                 self.subs
@@ -251,12 +269,19 @@ impl Conn {
         }
     }
 
+    /// Send `msg` and wait for its answer, at most the request timeout plus
+    /// `extra`.
     async fn send_and_wait(
         &self,
         msg: Message,
         wrx: oneshot::Receiver<Result<Response>>,
+        extra: Duration,
     ) -> Result<Response> {
         let id = msg.id();
+        let name = match &msg {
+            Message::Request { body, .. } => body.name(),
+            _ => "message",
+        };
         if self.closed.is_cancelled() {
             self.corr
                 .lock()
@@ -275,9 +300,20 @@ impl Conn {
             return Err(e);
         }
         drop(msg);
+        let limit = self.request_timeout + extra;
         tokio::select! {
             r = wrx => r.unwrap_or_else(|_| Err(closed())),
             _ = self.closed.cancelled() => Err(closed()),
+            _ = tokio::time::sleep(limit) => {
+                self.corr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cancel(id);
+                Err(Error::Timeout {
+                    what: format!("{name} request to peer {}", self.peer),
+                    after: limit,
+                })
+            }
         }
     }
 }
@@ -285,18 +321,27 @@ impl Conn {
 #[async_trait]
 impl Call for Conn {
     async fn call(&self, request: Request) -> Result<Response> {
+        // A second more per MiB carried: a big append is not a silent peer.
+        let extra = match &request {
+            Request::Append(cs) => {
+                let bytes: u64 = cs.iter().map(|c| c.payload.len() as u64).sum();
+                Duration::from_secs(bytes >> 20)
+            }
+            _ => Duration::ZERO,
+        };
         let (wtx, wrx) = oneshot::channel();
         let msg = self
             .corr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .request(request, wtx);
-        self.send_and_wait(msg, wrx).await
+        self.send_and_wait(msg, wrx, extra).await
     }
 }
 
 async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg: ConnConfig) {
     let serving = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let subscribing = Arc::new(Semaphore::new(MAX_SERVED_SUBSCRIPTIONS));
     let served_subs: Arc<Mutex<HashMap<u32, CancellationToken>>> = Arc::default();
     let out_limit = conn.send_limit();
     'outer: loop {
@@ -317,6 +362,41 @@ async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg:
                 }
             };
             match msg {
+                Message::Request {
+                    id,
+                    body: Request::Subscribe,
+                } => {
+                    // Served subscriptions live long: they have their own
+                    // cap and never hold a request permit.
+                    let Ok(permit) = subscribing.clone().try_acquire_owned() else {
+                        let e = Error::backend(
+                            "webrtc",
+                            true,
+                            std::io::Error::other(format!(
+                                "at most {MAX_SERVED_SUBSCRIPTIONS} subscriptions per peer"
+                            )),
+                        );
+                        let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
+                        continue;
+                    };
+                    let conn2 = conn.clone();
+                    let store = cfg.store.clone();
+                    let opts = cfg.serve.clone();
+                    let subs = served_subs.clone();
+                    tokio::spawn(async move {
+                        serve(
+                            &conn2,
+                            &*store,
+                            &opts,
+                            &subs,
+                            id,
+                            Request::Subscribe,
+                            out_limit,
+                        )
+                        .await;
+                        drop(permit);
+                    });
+                }
                 Message::Request { id, body } => {
                     let Ok(permit) = serving.clone().acquire_owned().await else {
                         break 'outer;
@@ -337,6 +417,26 @@ async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg:
                     let _ = conn.out.send(error_reply(0, &e, out_limit)).await;
                     break 'outer;
                 }
+                Message::Response {
+                    id,
+                    body: Response::Error(e),
+                } if id != 0
+                    && conn
+                        .subs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(&id) =>
+                {
+                    // The peer ended one of our subscriptions with an error.
+                    let sub = conn
+                        .subs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = sub {
+                        let _ = tx.try_send(Err(e.into_error()));
+                    }
+                }
                 other => {
                     let routed = conn
                         .corr
@@ -351,9 +451,18 @@ async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg:
                             subscription,
                             metas,
                         } => {
-                            let subs = conn.subs.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Some(tx) = subs.get(&subscription) {
-                                let _ = tx.send(metas);
+                            let mut subs = conn.subs.lock().unwrap_or_else(|e| e.into_inner());
+                            let full = match subs.get(&subscription) {
+                                Some(tx) => tx.try_send(Ok(metas)).is_err(),
+                                None => false,
+                            };
+                            if full && let Some(tx) = subs.remove(&subscription) {
+                                // Too far behind: end it with an error
+                                // (dropping the sender; the reader sees the
+                                // end after its queue) rather than queue
+                                // without bound.
+                                warn!(peer = %conn.peer, subscription, "a subscription fell behind; ending it");
+                                drop(tx);
                             }
                         }
                         Incoming::ConnectionError(e) => {
@@ -433,7 +542,17 @@ async fn serve(
                     _ = token.cancelled() => break,
                     item = stream.next() => item,
                 };
-                let Some(Ok(first)) = first else { break };
+                let first = match first {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Tell the subscriber, so its live updates do not
+                        // just stop.
+                        warn!(peer = %conn.peer, error = %e, "a served subscription failed");
+                        let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
+                        break;
+                    }
+                    None => break,
+                };
                 let mut metas = vec![first];
                 while metas.len() < NOTIFY_BATCH {
                     match stream.next().now_or_never() {

@@ -27,6 +27,12 @@ pub const LABEL: &str = "cairn/1";
 /// driver cuts them into chunks).
 const OUT_QUEUE: usize = 16;
 
+/// Data-channel messages (each at most a [`CHUNK`]) waiting for the
+/// protocol layer to take them. When this many wait, the driver stops
+/// reading its socket: the kernel's buffer fills, and SCTP's flow control
+/// slows the peer down. A peer can make us hold about 2 × 64 × 64 KiB.
+const IN_QUEUE: usize = 64;
+
 pub(crate) fn rtc_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::backend(
         "webrtc",
@@ -50,7 +56,7 @@ pub(crate) struct Channel {
     /// Send one byte string (cut into chunks by the driver).
     pub(crate) tx: mpsc::Sender<Vec<u8>>,
     /// Channel messages as they arrive.
-    pub(crate) rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub(crate) rx: mpsc::Receiver<Vec<u8>>,
     /// SHA-256 of our DTLS certificate.
     pub(crate) local_fp: Vec<u8>,
     /// SHA-256 of the peer's DTLS certificate (checked by DTLS against the SDP).
@@ -149,6 +155,7 @@ fn spawn_driver(
             socket,
             open_tx: Some(open_tx),
             in_tx: None,
+            inbound: VecDeque::new(),
             channel: None,
             queue: VecDeque::new(),
             offset: 0,
@@ -170,7 +177,9 @@ struct Driver {
     rtc: Rtc,
     socket: UdpSocket,
     open_tx: Option<oneshot::Sender<Result<Channel>>>,
-    in_tx: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    in_tx: Option<mpsc::Sender<Vec<u8>>>,
+    /// Received messages the protocol layer has not taken yet.
+    inbound: VecDeque<Vec<u8>>,
     channel: Option<ChannelId>,
     queue: VecDeque<Vec<u8>>,
     offset: usize,
@@ -210,12 +219,51 @@ impl Driver {
                     ),
                 ));
             }
+            // Hand over what was received, as far as the reader keeps up.
+            if let Some(tx) = &self.in_tx {
+                while let Some(front) = self.inbound.pop_front() {
+                    match tx.try_send(front) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(back)) => {
+                            self.inbound.push_front(back);
+                            break;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.rtc.disconnect();
+                            let _ = self.drain(&mut None).await;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             let wait = timeout
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(500));
             let want_cmd = self.queue.len() < 2;
+            // Backpressure: stop reading the socket while the reader lags.
+            let want_input = self.inbound.len() < IN_QUEUE;
+            let has_inbound = !self.inbound.is_empty();
+            let in_tx = if has_inbound {
+                self.in_tx.clone()
+            } else {
+                None
+            };
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
+                permit = async { match in_tx { Some(t) => t.reserve_owned().await, None => std::future::pending().await } }, if has_inbound => {
+                    match permit {
+                        Ok(p) => {
+                            if let Some(front) = self.inbound.pop_front() {
+                                p.send(front);
+                            }
+                        }
+                        Err(_) => {
+                            self.rtc.disconnect();
+                            let _ = self.drain(&mut None).await;
+                            return Ok(());
+                        }
+                    }
+                }
+                r = self.socket.recv_from(&mut buf), if want_input => {
                     let (n, source) = r?;
                     let Ok(rx) = Receive::new(Protocol::Udp, source, local, &buf[..n]) else {
                         trace!("ignoring an unparseable datagram");
@@ -320,7 +368,7 @@ impl Driver {
                 debug!("data channel open");
                 self.channel = Some(id);
                 let (tx, rx) = mpsc::channel(OUT_QUEUE);
-                let (in_tx, in_rx) = mpsc::unbounded_channel();
+                let (in_tx, in_rx) = mpsc::channel(IN_QUEUE);
                 *cmd_rx = Some(rx);
                 self.in_tx = Some(in_tx);
                 let api = self.rtc.direct_api();
@@ -340,11 +388,8 @@ impl Driver {
                 Step::Continue
             }
             Event::ChannelData(d) => {
-                if Some(d.id) == self.channel
-                    && let Some(tx) = &self.in_tx
-                    && tx.send(d.data).is_err()
-                {
-                    return Step::Stop;
+                if Some(d.id) == self.channel && self.in_tx.is_some() {
+                    self.inbound.push_back(d.data);
                 }
                 Step::Continue
             }

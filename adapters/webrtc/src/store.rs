@@ -38,6 +38,11 @@ pub struct WebRtcStoreOptions {
     pub open_timeout: Duration,
     /// How long authentication and hellos may take (default 10 s).
     pub handshake_timeout: Duration,
+    /// How long a request to a peer waits for its answer before it fails
+    /// with a timeout (default 60 s, plus a second per MiB an append
+    /// carries): a silent peer, or a frozen background tab, never hangs a
+    /// caller.
+    pub request_timeout: Duration,
     /// First delay before re-pairing with a lost peer (default 50 ms).
     pub backoff_min: Duration,
     /// Longest delay between attempts (default 5 s).
@@ -63,6 +68,7 @@ impl Default for WebRtcStoreOptions {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             open_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             verifier: Arc::new(AcceptAll),
@@ -378,6 +384,7 @@ pub(crate) async fn start(
         max_frame: inner.opts.max_frame,
         max_message: inner.opts.max_message,
         handshake_timeout: inner.opts.handshake_timeout,
+        request_timeout: inner.opts.request_timeout,
     };
     let conn = Conn::establish(ch, cfg).await?;
     let peer = conn.peer;
@@ -455,13 +462,16 @@ async fn session(
             return std::future::pending().await;
         };
         // Bounded by the connection: `recv` ends when it closes.
-        while let Some(metas) = sub.recv().await {
+        while let Some(item) = sub.recv().await {
+            let metas = item?;
             inner
                 .node
                 .follow(conn.peer, &remote, &metas, &delivery.backoff, 8)
                 .await?;
         }
-        Ok(())
+        // The subscription ended (we fell behind, or the peer stopped it):
+        // end the session, so that pairing again catches up.
+        Err(Error::Closed)
     };
     tokio::select! {
         _ = conn.closed.cancelled() => Ok(()),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::{DynAppendOnlyStore, Keypair, Result, Verifier};
-use cairn_conformance::network::{Link, NetworkClient, NetworkFactory};
+use cairn::{DynAppendOnlyStore, Keypair, Result};
+use cairn_conformance::network::{ClientOptions, Link, NetworkClient, NetworkFactory};
 use cairn_memory::MemoryStore;
 use cairn_webrtc::*;
 use tokio::sync::watch;
@@ -58,7 +58,7 @@ impl NetworkFactory for WebRtc {
     async fn connect(
         &self,
         backing: Arc<DynAppendOnlyStore>,
-        verifier: Arc<dyn Verifier>,
+        client: ClientOptions,
     ) -> Result<Box<dyn NetworkClient>> {
         let sid = backing.store_id().clone();
         let (skey, ckey) = (Keypair::generate(), Keypair::generate());
@@ -69,7 +69,8 @@ impl NetworkFactory for WebRtc {
             WebRtcStoreOptions::default(),
         );
         let mut opts = WebRtcStoreOptions::default();
-        opts.verifier = verifier;
+        opts.verifier = client.verifier;
+        opts.request_timeout = client.request_timeout;
         let store = Arc::new(WebRtcStore::new(
             Arc::new(MemoryStore::new(sid.clone())),
             &ckey,
