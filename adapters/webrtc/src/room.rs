@@ -28,6 +28,10 @@ struct Room<S> {
     pending: HashMap<PeerId, (PendingOffer, Instant)>,
     due: HashMap<PeerId, Instant>,
     dialers: HashMap<PeerId, Dialer>,
+    /// Answers in progress, one per member at most.
+    answering: HashMap<PeerId, tokio::task::AbortHandle>,
+    /// Each member's offer budget: tokens left and when they were counted.
+    budgets: HashMap<PeerId, (f64, Instant)>,
     done_tx: mpsc::UnboundedSender<(PeerId, bool, Result<PeerId>)>,
 }
 
@@ -44,6 +48,8 @@ pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
         pending: HashMap::new(),
         due: HashMap::new(),
         dialers: HashMap::new(),
+        answering: HashMap::new(),
+        budgets: HashMap::new(),
         done_tx,
     };
     loop {
@@ -137,6 +143,10 @@ impl<S: Signaling> Room<S> {
                 self.pending.remove(&p);
                 self.due.remove(&p);
                 self.dialers.remove(&p);
+                self.budgets.remove(&p);
+                if let Some(h) = self.answering.remove(&p) {
+                    h.abort();
+                }
             }
             SignalEvent::Message {
                 from,
@@ -146,7 +156,19 @@ impl<S: Signaling> Room<S> {
                     debug!(peer = %from, "crossed offers; ours wins");
                     return;
                 }
+                if !self.offer_allowed(from) {
+                    warn!(peer = %from, "too many offers from this peer; ignoring one");
+                    return;
+                }
+                if let Some(h) = self.answering.remove(&from) {
+                    debug!(peer = %from, "a newer offer replaces the one being answered");
+                    h.abort();
+                }
                 self.pending.remove(&from);
+                if self.handshakes() >= self.inner.opts.max_handshakes {
+                    warn!(peer = %from, "too many pairings in progress; ignoring an offer");
+                    return;
+                }
                 self.due.remove(&from);
                 self.present.insert(from);
                 if let Err(e) = self.answer(from, &sdp).await {
@@ -188,11 +210,37 @@ impl<S: Signaling> Room<S> {
             .await?;
         let inner = self.inner.clone();
         let done = self.done_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let r = start(inner, rx).await;
             let _ = done.send((from, false, r));
         });
+        self.answering.insert(from, task.abort_handle());
         Ok(())
+    }
+
+    /// Whether one more offer from `from` is within its budget (a token
+    /// bucket of `offer_burst`, refilled every `offer_interval`).
+    fn offer_allowed(&mut self, from: PeerId) -> bool {
+        let o = &self.inner.opts;
+        let burst = f64::from(o.offer_burst.max(1));
+        let per = o.offer_interval.as_secs_f64().max(1e-3);
+        let now = Instant::now();
+        let (tokens, at) = self.budgets.entry(from).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() / per).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Pairings in progress: our offers waiting for answers, and answers
+    /// whose channel is not established yet.
+    fn handshakes(&mut self) -> usize {
+        self.answering.retain(|_, h| !h.is_finished());
+        self.pending.len() + self.answering.len()
     }
 
     async fn tick(&mut self) {
@@ -219,6 +267,11 @@ impl<S: Signaling> Room<S> {
         for p in ready {
             self.due.remove(&p);
             if !self.present.contains(&p) || self.inner.is_paired(&p) {
+                continue;
+            }
+            if self.handshakes() >= self.inner.opts.max_handshakes {
+                // Try again later, with backoff.
+                self.retry(p);
                 continue;
             }
             match self.offer(p).await {

@@ -209,6 +209,15 @@ impl Driver {
             if self.write_some()? {
                 continue;
             }
+            if self.open_tx.as_ref().is_some_and(|t| t.is_closed()) {
+                // Nobody waits for this channel any more (a newer offer
+                // replaced it, or the store closed): free the socket now
+                // rather than at the open deadline.
+                debug!("pairing abandoned; closing its socket");
+                self.rtc.disconnect();
+                let _ = self.drain(&mut None).await;
+                return Ok(());
+            }
             if self.open_tx.is_some() && tokio::time::Instant::now() >= open_deadline {
                 return Err(Error::backend(
                     "webrtc",

@@ -58,6 +58,19 @@ pub struct WebRtcStoreOptions {
     /// Append rate limits per peer and a stored-bytes quota for what peers
     /// append here (default: none).
     pub admission: AdmissionOptions,
+    /// Offers answered from one room member in a burst (default 4); each
+    /// opens a UDP socket until it pairs or times out.
+    pub offer_burst: u32,
+    /// How often one more offer from the same member is answered once its
+    /// burst is spent (default every 2 s). Offers over the rate are ignored
+    /// (the member's pairing retries with backoff). A newer offer from a
+    /// member replaces the one still being answered, so one member holds at
+    /// most one pairing socket here.
+    pub offer_interval: Duration,
+    /// Most pairings in progress at once, our offers and our answers
+    /// together (default 32): a room full of members flooding offers cannot
+    /// exhaust the process's file descriptors.
+    pub max_handshakes: usize,
 }
 
 impl Default for WebRtcStoreOptions {
@@ -74,6 +87,9 @@ impl Default for WebRtcStoreOptions {
             verifier: Arc::new(AcceptAll),
             response: ResponseLimits::default(),
             admission: AdmissionOptions::default(),
+            offer_burst: 4,
+            offer_interval: Duration::from_secs(2),
+            max_handshakes: 32,
         }
     }
 }
