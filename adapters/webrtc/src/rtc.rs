@@ -438,6 +438,29 @@ impl RawChannel {
         Ok((RawChannel { inner: a }, RawChannel { inner: b }))
     }
 
+    /// Answer a peer's `offer` (SDP text, as the signaling or
+    /// [`decode_sdp`](crate::decode_sdp) gives it) from a new peer
+    /// connection on `ip`: the answer SDP, and the channel once it is open.
+    /// Nothing above the data channel is spoken: this is how tests play a
+    /// hostile peer byte by byte.
+    pub async fn answer(
+        ip: IpAddr,
+        offer: &str,
+        timeout: Duration,
+    ) -> Result<(String, impl Future<Output = Result<RawChannel>> + use<>)> {
+        let (answer, rx) = Setup::new(ip).await?.answer(offer, timeout)?;
+        Ok((answer, async move {
+            let ch = rx.await.map_err(|_| Error::Closed)??;
+            Ok(RawChannel { inner: ch })
+        }))
+    }
+
+    /// SHA-256 of this side's DTLS certificate, then of the peer's: what
+    /// the auth message signs.
+    pub fn fingerprints(&self) -> (&[u8], &[u8]) {
+        (&self.inner.local_fp, &self.inner.remote_fp)
+    }
+
     /// Send a byte string (cut into messages of at most [`CHUNK`] bytes).
     pub async fn send(&self, bytes: Vec<u8>) -> Result<()> {
         self.inner.tx.send(bytes).await.map_err(|_| Error::Closed)
