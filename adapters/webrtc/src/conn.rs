@@ -33,6 +33,8 @@ const MAX_CONCURRENT: usize = 64;
 /// Most subscriptions served to the peer at once (they do not take request
 /// permits).
 const MAX_SERVED_SUBSCRIPTIONS: usize = 8;
+/// Largest frame we send (1 MiB), whatever the peer accepts.
+const SEND_FRAME: u32 = 1 << 20;
 /// Most notification batches queued for one of our subscriptions; a
 /// subscriber that falls this far behind is dropped with an error (its
 /// session catches up again by syncing).
@@ -231,9 +233,12 @@ impl Conn {
         Ok(conn)
     }
 
-    /// The frame limit to send with: the peer's.
+    /// The frame limit to send with: the peer's, but at most
+    /// [`SEND_FRAME`]. Frames wait in a queue of a few entries on their way
+    /// to the data channel; small frames keep what waits there small
+    /// (bigger items travel split, as they would over any limit).
     pub(crate) fn send_limit(&self) -> u32 {
-        self.hello.max_frame.max(MIN_MAX_FRAME)
+        self.hello.max_frame.clamp(MIN_MAX_FRAME, SEND_FRAME)
     }
 
     /// Close the connection.

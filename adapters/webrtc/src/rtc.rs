@@ -25,7 +25,7 @@ pub const LABEL: &str = "cairn/1";
 
 /// Outgoing byte strings queued towards the driver (each may be large; the
 /// driver cuts them into chunks).
-const OUT_QUEUE: usize = 16;
+const OUT_QUEUE: usize = 4;
 
 /// Data-channel messages (each at most a [`CHUNK`]) waiting for the
 /// protocol layer to take them. When this many wait, the driver stops
