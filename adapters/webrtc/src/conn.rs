@@ -3,7 +3,8 @@
 //! On a single ordered channel every frame shares the channel and the
 //! message type tells the halves apart: requests (`0x10..=0x1D`) go to this
 //! side's server half, responses and `NOTIFY` to its client half (the
-//! [`Correlator`]). After the auth messages each side sends one `HELLO`
+//! [`Correlator`]). The auth messages (and room proofs) are those of
+//! `auth.rs`. After the auth messages each side sends one `HELLO`
 //! (its store id, capabilities, head, frame limit) or an `ERROR` with id 0
 //! (refused) and closes.
 
@@ -23,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::{auth_message, verify_auth};
+use crate::auth::{auth_message, bound_room_key, verify_auth};
 use crate::rtc::Channel;
 
 type Waiter = oneshot::Sender<Result<Response>>;
@@ -168,7 +169,16 @@ impl Conn {
     /// and route in a background task.
     pub(crate) async fn establish(mut ch: Channel, cfg: ConnConfig) -> Result<Arc<Conn>> {
         let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-        let auth = auth_message(&cfg.keypair, cfg.roles, &ch.local_fp, &ch.remote_fp);
+        // A session whose SDP was sent for a password room must prove the
+        // room key both ways (auth.rs).
+        let room = bound_room_key(&ch.local_fp);
+        let auth = auth_message(
+            &cfg.keypair,
+            cfg.roles,
+            &ch.local_fp,
+            &ch.remote_fp,
+            room.as_ref(),
+        );
         ch.tx.send(auth).await.map_err(|_| closed())?;
         let first = match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
             Ok(Some(m)) => m,
@@ -179,7 +189,7 @@ impl Conn {
                 });
             }
         };
-        let (peer, roles) = match verify_auth(&first, &ch.local_fp, &ch.remote_fp) {
+        let (peer, roles) = match verify_auth(&first, &ch.local_fp, &ch.remote_fp, room.as_ref()) {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "peer failed authentication");
