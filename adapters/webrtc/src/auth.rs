@@ -324,6 +324,17 @@ mod tests {
     }
 
     #[test]
+    fn room_key_known_answer() {
+        // The same bytes as examples/browser/cairn.js (noble's argon2id).
+        let room: RoomCode = "ABC-DEF".parse().unwrap();
+        let k = RoomKey::derive(&room, "secret").unwrap();
+        assert_eq!(
+            hex::encode(*k.0),
+            "00b8ad8ce440d3a9cd90b84470bf9df19ab188cb0eeb0d08530f11f54920633f"
+        );
+    }
+
+    #[test]
     fn sdp_bindings_are_found_once() {
         let room: RoomCode = "ABC-DEF".parse().unwrap();
         let key = RoomKey::derive(&room, "pw").unwrap();
