@@ -81,9 +81,11 @@ const BINDING_TTL: Duration = Duration::from_secs(3600);
 /// Most bindings held at once (the oldest go first).
 const MAX_BINDINGS: usize = 65_536;
 
-/// A room's key, derived from its password with Argon2id. Peers of a
-/// password room prove it to each other inside DTLS (module
-/// [`auth`](self)'s doc); it never goes to the signaling server.
+/// A room's key, derived from its password with Argon2id (v0x13,
+/// m = 19 MiB, t = 2, p = 1; salt [`ROOM_SALT_CONTEXT`] ‖ room code). Peers
+/// of a password room prove it to each other inside DTLS, bound to both
+/// DTLS fingerprints (the crate doc's "Auth" step); it never goes to the
+/// signaling server.
 #[derive(Clone)]
 pub struct RoomKey(Arc<[u8; 32]>);
 

@@ -167,6 +167,47 @@ async fn connections_that_never_join_are_cut_off_within_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_members_are_dropped_and_live_ones_kept() {
+    let idle = Duration::from_millis(600);
+    let srv = server(SignalingOptions {
+        idle_timeout: idle,
+        ..SignalingOptions::default()
+    })
+    .await;
+    let url = srv.url();
+    let room = RoomCode::random().unwrap();
+    let (ka, kb, kc) = (
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+    );
+    // B reads its socket (WsSignaling answers the server's pings); A joins
+    // and then never reads again, so it never answers a ping.
+    let mut b = WsSignaling::connect(&url, &room, None, &kb).await.unwrap();
+    let (silent, _) = raw_join(&url, &room, &ka).await;
+    let t0 = Instant::now();
+    let gone = loop {
+        match tokio::time::timeout(STEP, b.recv()).await.unwrap() {
+            Some(SignalEvent::Left(p)) => break p,
+            Some(_) => {}
+            None => panic!("B's signaling ended"),
+        }
+    };
+    assert_eq!(gone, ka.author());
+    let took = t0.elapsed();
+    assert!(
+        took < idle + Duration::from_secs(2),
+        "dropped after {took:?}"
+    );
+    // Let several idle periods pass: B, which answers pings, stays.
+    tokio::time::sleep(idle * 3).await;
+    let (_c, welcome) = raw_join(&url, &room, &kc).await;
+    assert_eq!(welcome["peers"], json!([kb.author().to_hex()]));
+    drop(silent);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_address_is_capped_and_members_still_pair() {
     let cap = 8;
     let srv = server(SignalingOptions {
