@@ -443,6 +443,7 @@ export async function connectViaRoom({ signalUrl, room, password, secretKey, pub
   while (!target) {
     const m = await next();
     if (m.type === 'joined') target = m.peer;
+    if (m.type === 'closed' || m.type === 'error') throw new Error(`signaling: ${JSON.stringify(m)}`);
   }
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel('cairn/1', { ordered: true });
@@ -459,6 +460,7 @@ export async function connectViaRoom({ signalUrl, room, password, secretKey, pub
       break;
     }
     if (m.type === 'error') throw new Error(`signaling: ${m.code}: ${m.message}`);
+    if (m.type === 'closed') throw new Error('signaling server closed the connection');
   }
   await opened;
   const conn = await CairnChannel.open(pc, channel, { secretKey, publicKey, storeId, roomKey: key });

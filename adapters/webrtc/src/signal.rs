@@ -54,7 +54,10 @@ pub enum SignalMessage {
 }
 
 /// A way to reach the other peers of a room. Implement it to carry
-/// offers and answers over anything (a chat, a QR code, a server).
+/// offers and answers over anything (a chat, a QR code, a server). For a
+/// password room, bind the room's [`RoomKey`] to every SDP before sending
+/// it ([`RoomKey::bind_sdp`]), as [`WsSignaling`] does: the sessions made
+/// from those SDPs then require the password proof of the peer.
 #[async_trait]
 pub trait Signaling: Send + 'static {
     /// The next event; `None` when the signaling is over for good.
