@@ -37,8 +37,10 @@
 //! the DTLS fingerprint of an SDP this peer sends, and the handshake of the
 //! channel with that fingerprint requires the proof. [`WsSignaling`] binds
 //! every offer and answer it sends; a custom [`Signaling`] should do the
-//! same. Bindings are process-wide, held at most an hour and consumed by the
-//! handshake.
+//! same. Bindings are process-wide and consumed by the handshake; at most
+//! 65 536 wait at once, those older than 10 minutes are forgotten to make
+//! room, and when none is that old `bind_sdp` fails (the SDP is not sent)
+//! instead of dropping one.
 //!
 //! [`WsSignaling`]: crate::WsSignaling
 //! [`Signaling`]: crate::Signaling
@@ -76,9 +78,13 @@ pub const ROOM_KEY_MEMORY_KIB: u32 = 19 * 1024;
 /// Argon2id passes of a [`RoomKey`].
 pub const ROOM_KEY_PASSES: u32 = 2;
 
-/// How long a [`RoomKey::bind_sdp`] binding waits for its handshake.
-const BINDING_TTL: Duration = Duration::from_secs(3600);
-/// Most bindings held at once (the oldest go first).
+/// How long a [`RoomKey::bind_sdp`] binding is surely kept for its
+/// handshake (channels open within `open_timeout`, 20 s by default); older
+/// ones are forgotten only to make room.
+const BINDING_TTL: Duration = Duration::from_secs(600);
+/// Most bindings held at once; over it (after forgetting those older than
+/// [`BINDING_TTL`]), new ones are refused, never evicted: an evicted
+/// binding would open its session without the password.
 const MAX_BINDINGS: usize = 65_536;
 
 /// A room's key, derived from its password with Argon2id (v0x13,
@@ -120,23 +126,26 @@ impl RoomKey {
 
     /// Require this key of the session that will use the DTLS certificate
     /// of `sdp` (an offer or answer this peer is about to send). Fails on
-    /// an SDP with no `a=fingerprint:sha-256` line.
+    /// an SDP with no `a=fingerprint:sha-256` line, and (retryable) while
+    /// 65 536 bindings younger than 10 minutes already wait for their
+    /// handshake: do not send the SDP then.
     pub fn bind_sdp(&self, sdp: &str) -> Result<()> {
         let fp = sdp_fingerprint(sdp)?;
         let now = Instant::now();
         let mut b = bindings().lock().unwrap_or_else(|e| e.into_inner());
         if b.len() >= MAX_BINDINGS {
             b.retain(|_, (_, at)| now.duration_since(*at) < BINDING_TTL);
-            while b.len() >= MAX_BINDINGS {
-                let oldest = b
-                    .iter()
-                    .min_by_key(|(_, (_, at))| *at)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => b.remove(&k),
-                    None => break,
-                };
-            }
+        }
+        // Full: refuse (the SDP is not sent) rather than evict a binding,
+        // which would let that session open without the password.
+        if b.len() >= MAX_BINDINGS {
+            return Err(Error::backend(
+                "webrtc",
+                true,
+                std::io::Error::other(format!(
+                    "{MAX_BINDINGS} password-room sessions already pending; try again later"
+                )),
+            ));
         }
         b.insert(fp, (self.clone(), now));
         Ok(())
@@ -158,10 +167,8 @@ fn bindings() -> &'static Bindings {
 /// binding is consumed: one channel, one handshake).
 pub(crate) fn bound_room_key(local_fp: &[u8]) -> Option<RoomKey> {
     let mut b = bindings().lock().unwrap_or_else(|e| e.into_inner());
-    match b.remove(local_fp) {
-        Some((key, at)) if at.elapsed() < BINDING_TTL => Some(key),
-        _ => None,
-    }
+    // However old: a binding is only ever forgotten to make room.
+    b.remove(local_fp).map(|(key, _)| key)
 }
 
 /// The raw SHA-256 fingerprint of an SDP's DTLS certificate.
