@@ -14,6 +14,7 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
 use crate::auth::RoomKey;
@@ -236,8 +237,11 @@ struct Target {
     keypair: Keypair,
 }
 
-/// How long the server has to send its challenge, then its welcome.
+/// How long the server has to upgrade, send its challenge, then its
+/// welcome.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message accepted from the server.
+const CLIENT_MAX_MESSAGE: usize = 1024 * 1024;
 
 async fn next_text(ws: &mut Ws, what: &str) -> Result<String> {
     loop {
@@ -269,8 +273,19 @@ fn refusal(code: &str, message: &str) -> Error {
 }
 
 async fn connect_join(t: &Target) -> Result<(Ws, Vec<PeerId>)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(t.url.as_str())
+    // What a server may make us hold: SDPs are a few KiB.
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(CLIENT_MAX_MESSAGE);
+    cfg.max_frame_size = Some(CLIENT_MAX_MESSAGE);
+    let connect = tokio_tungstenite::connect_async_with_config(t.url.as_str(), Some(cfg), false);
+    let (mut ws, _) = tokio::time::timeout(SERVER_TIMEOUT, connect)
         .await
+        .map_err(|_| {
+            ws_err(format!(
+                "{}: no WebSocket upgrade within {SERVER_TIMEOUT:?}",
+                t.url
+            ))
+        })?
         .map_err(ws_err)?;
     let text = next_text(&mut ws, "challenge").await?;
     let nonce = match serde_json::from_str::<WireSignal>(&text) {
