@@ -240,6 +240,9 @@ struct Target {
 /// How long the server has to upgrade, send its challenge, then its
 /// welcome.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server silent this long (pinged after half of it) is taken as gone,
+/// and the client reconnects.
+const CLIENT_IDLE: Duration = Duration::from_secs(90);
 /// Largest message accepted from the server.
 const CLIENT_MAX_MESSAGE: usize = 1024 * 1024;
 
@@ -374,10 +377,27 @@ async fn run(
     loop {
         if let Some(mut sock) = ws.take() {
             attempt = 0;
+            let mut heard = tokio::time::Instant::now();
+            let mut pinged = false;
             loop {
+                // A server silent for CLIENT_IDLE, even to a ping, is gone.
+                let wake = heard + if pinged { CLIENT_IDLE } else { CLIENT_IDLE / 2 };
                 tokio::select! {
                     _ = ev_tx.closed() => return,
+                    _ = tokio::time::sleep_until(wake) => {
+                        if pinged {
+                            debug!("the signaling server went silent");
+                            break;
+                        }
+                        pinged = true;
+                        let ping = sock.send(WsMessage::Ping(Default::default()));
+                        if !matches!(tokio::time::timeout(SERVER_TIMEOUT, ping).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
                     m = sock.next() => {
+                        heard = tokio::time::Instant::now();
+                        pinged = false;
                         let text = match m {
                             Some(Ok(WsMessage::Text(t))) => t,
                             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
@@ -398,7 +418,8 @@ async fn run(
                         let Some((to, data)) = o else { return };
                         let msg = WireSignal::Signal { to: Some(to.to_hex()), from: None, data };
                         let Ok(text) = serde_json::to_string(&msg) else { continue };
-                        if sock.send(WsMessage::text(text)).await.is_err() {
+                        let sent = tokio::time::timeout(SERVER_TIMEOUT, sock.send(WsMessage::text(text))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             break;
                         }
                     }

@@ -560,3 +560,138 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
     c.close().await;
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_joins_are_refused_and_the_server_stays_up() {
+    let srv = server(SignalingOptions::default()).await;
+    let url = srv.url();
+    let room = RoomCode::random().unwrap();
+    let k = Keypair::generate();
+    let good = |nonce: &str| join_message(&k, &room, nonce);
+    type Mangle = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mangle, &str)> = vec![
+        (
+            "no signature",
+            Box::new(|j| drop(j.as_object_mut().unwrap().remove("signature"))),
+            "bad_request",
+        ),
+        (
+            "signature not hex",
+            Box::new(|j| j["signature"] = json!("zz")),
+            "bad_signature",
+        ),
+        (
+            "signature too short",
+            Box::new(|j| j["signature"] = json!("00")),
+            "bad_signature",
+        ),
+        (
+            "signature of zeros",
+            Box::new(|j| j["signature"] = json!("00".repeat(64))),
+            "bad_signature",
+        ),
+        (
+            "peer id not a key",
+            Box::new(|j| j["peer"] = json!("ff".repeat(32))),
+            "bad_signature",
+        ),
+        (
+            "peer id not hex",
+            Box::new(|j| j["peer"] = json!("peer")),
+            "bad_request",
+        ),
+        (
+            "bad room",
+            Box::new(|j| j["room"] = json!("IIIIII")),
+            "bad_request",
+        ),
+        (
+            "another room",
+            Box::new(|j| j["room"] = json!("ABCDEF")),
+            "bad_signature",
+        ),
+        (
+            "not a join",
+            Box::new(|j| *j = json!({"type": "welcome", "peers": []})),
+            "bad_request",
+        ),
+        ("not JSON", Box::new(|j| *j = json!("{{{")), "bad_request"),
+    ];
+    for (name, mangle, code) in cases {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let nonce = challenge(&mut ws).await;
+        let mut j = good(&nonce);
+        mangle(&mut j);
+        let text = match j.as_str() {
+            Some(raw) => raw.to_owned(),
+            None => j.to_string(),
+        };
+        ws.send(Message::text(text)).await.unwrap();
+        let (seen, _) = until_closed(&mut ws, STEP).await;
+        assert!(
+            seen.iter()
+                .any(|m| m["type"] == "error" && m["code"] == code),
+            "{name}: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|m| m["type"] != "welcome"),
+            "{name}: {seen:?}"
+        );
+    }
+    // Binary frames and garbage after joining: told, not dropped.
+    let (mut ws, _) = raw_join(&url, &room, &k).await;
+    ws.send(Message::binary(vec![0u8; 100])).await.unwrap();
+    ws.send(Message::text("garbage")).await.unwrap();
+    let reply = next_json(&mut ws).await.unwrap();
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+    // Still a member: a newcomer sees it.
+    let (_b, welcome) = raw_join(&url, &room, &Keypair::generate()).await;
+    assert_eq!(welcome["peers"], json!([k.author().to_hex()]));
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_connection_cap_holds_across_addresses() {
+    let srv = server(SignalingOptions {
+        max_connections: 4,
+        ..SignalingOptions::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    let url = srv.url();
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let tcp = tcp_from([127, 0, 0, 10 + i], addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
+        held.push(ws);
+    }
+    let tcp = tcp_from([127, 0, 0, 20], addr).await.unwrap();
+    let fifth = tokio::time::timeout(STEP, tokio_tungstenite::client_async(url.as_str(), tcp))
+        .await
+        .unwrap();
+    assert!(fifth.is_err(), "a fifth connection was upgraded");
+    // One leaves; a newcomer gets its place (once the server has seen the
+    // close: a bounded retry).
+    drop(held.pop());
+    let room = RoomCode::random().unwrap();
+    let t0 = Instant::now();
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => break ws,
+            Err(e) => assert!(t0.elapsed() < STEP, "no place freed: {e}"),
+        }
+        tokio::task::yield_now().await;
+    };
+    let k = Keypair::generate();
+    let nonce = challenge(&mut ws).await;
+    ws.send(Message::text(join_message(&k, &room, &nonce).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await.unwrap()["type"], "welcome");
+    drop(held);
+    srv.shutdown().await;
+}
