@@ -13,7 +13,8 @@ const AUTH_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 auth\0');
 const ROLE_CALLS = 0x02;
 const ROLE_ROOM = 0x04; // a room proof follows the signature
 const AUTH_LEN = 101;
-const ROOM_PROOF_LEN = 32;
+const ROOM_PROOF_MAGIC = new TextEncoder().encode('CWP1');
+const ROOM_PROOF_LEN = 4 + 32;
 const ROOM_PROOF_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room password\0');
 const ROOM_SALT_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room key\0');
 const JOIN_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 signal join\0');
@@ -269,12 +270,9 @@ export class CairnChannel {
     const remoteFp = fingerprint(pc.remoteDescription.sdp);
     const sig = ed25519.sign(concat(AUTH_CONTEXT, localFp, remoteFp), secretKey);
     const roles = ROLE_CALLS | (roomKey ? ROLE_ROOM : 0);
-    const proof = roomKey ? roomProof(roomKey, localFp, remoteFp) : new Uint8Array(0);
-    c.sendRaw(concat(enc.encode('CWA1'), publicKey, Uint8Array.of(roles), sig, proof));
-    c.sendRaw(helloFrame(storeId));
+    c.sendRaw(concat(enc.encode('CWA1'), publicKey, Uint8Array.of(roles), sig));
     const auth = await c.nextRaw();
-    const proofLen = auth.length > 36 && (auth[36] & ROLE_ROOM) ? ROOM_PROOF_LEN : 0;
-    if (auth.length !== AUTH_LEN + proofLen || dec.decode(auth.subarray(0, 4)) !== 'CWA1') {
+    if (auth.length !== AUTH_LEN || dec.decode(auth.subarray(0, 4)) !== 'CWA1') {
       c.decoder.push(auth);
       const m = c.decoder.pop();
       if (m && m.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(m.r))}`);
@@ -284,16 +282,30 @@ export class CairnChannel {
     if (!ed25519.verify(auth.subarray(37, AUTH_LEN), concat(AUTH_CONTEXT, remoteFp, localFp), c.peer)) {
       throw new Error('peer signature does not cover this DTLS session');
     }
+    const peerHasKey = (auth[36] & ROLE_ROOM) !== 0;
+    // Our proof goes only to a peer that proved its id and holds a room key too.
     if (roomKey) {
-      if (!proofLen) throw new Error(`peer ${hex(c.peer)} did not prove the room password (it has none)`);
-      if (!equal(auth.subarray(AUTH_LEN), roomProof(roomKey, remoteFp, localFp))) {
+      if (!peerHasKey) throw new Error(`peer ${hex(c.peer)} did not prove the room password (it has none)`);
+      c.sendRaw(concat(ROOM_PROOF_MAGIC, roomProof(roomKey, localFp, remoteFp)));
+    }
+    c.sendRaw(helloFrame(storeId));
+    if (peerHasKey) {
+      // Its proof, alone in the next message; anything else (a refusal) is framed.
+      const next = await c.nextRaw();
+      const isProof = next.length === ROOM_PROOF_LEN && equal(next.subarray(0, 4), ROOM_PROOF_MAGIC);
+      if (!isProof) {
+        c.raw.unshift(next);
+      } else if (roomKey && !equal(next.subarray(4), roomProof(roomKey, remoteFp, localFp))) {
         throw new Error(`peer ${hex(c.peer)} does not know the room password`);
+      } else if (roomKey) {
+        c.proven = true;
       }
     }
     c.peerServes = (auth[36] & 1) === 1;
     const hello = await c.nextMessage();
     if (hello.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(hello.r))}`);
     if (hello.type !== T.HELLO) throw new Error(`expected HELLO, got ${hello.type}`);
+    if (roomKey && !c.proven) throw new Error(`peer ${hex(c.peer)} did not send its room password proof`);
     const r = hello.r;
     if (dec.decode(r.take(4)) !== 'CAIR' || r.u16() !== 2) throw new Error('bad hello: not protocol version 2');
     const sid = r.str16();

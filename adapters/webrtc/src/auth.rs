@@ -2,8 +2,8 @@
 //! proven inside it.
 //!
 //! The first data channel message each side sends is
-//! `"CWA1" ‖ peer_id[32] ‖ roles:u8 ‖ signature[64] ‖ [room_proof[32]]`,
-//! the signature being Ed25519 by `peer_id` over
+//! `"CWA1" ‖ peer_id[32] ‖ roles:u8 ‖ signature[64]`, the signature being
+//! Ed25519 by `peer_id` over
 //! `"cairn-webrtc/1 auth\0" ‖ sha256(own DTLS cert) ‖ sha256(peer's DTLS cert)`.
 //! DTLS has already checked each certificate against the fingerprint in the
 //! SDP, so a signaling server that swapped the SDP (to sit in the middle)
@@ -17,21 +17,26 @@
 //! derives a [`RoomKey`] from it: Argon2id (v0x13, m = 19 MiB, t = 2,
 //! p = 1, 32 bytes) of the password, salted with
 //! `"cairn-webrtc/1 room key\0" ‖ room code` (the six canonical
-//! characters). A peer that holds a room key sets roles bit 2
-//! ([`ROLE_ROOM`]) and appends the room proof,
-//! `blake3::keyed_hash(room_key, "cairn-webrtc/1 room password\0" ‖ own fingerprint ‖ peer's fingerprint)`:
+//! characters). A peer that holds a room key for the session sets roles
+//! bit 2 ([`ROLE_ROOM`]) in its auth message and, once it has verified
+//! the peer's auth message and its policy admits the peer, sends the room
+//! proof, alone in the next data channel message (before its `HELLO`):
+//! `"CWP1" ‖ blake3::keyed_hash(room_key, "cairn-webrtc/1 room password\0" ‖ own fingerprint ‖ peer's fingerprint)`,
 //! the same transcript the signature covers, own fingerprint first. A peer
-//! that holds a room key for the session refuses a peer whose proof is
-//! missing or wrong ([`Error::Unauthorized`], "… room password …").
+//! that holds a room key refuses a peer without roles bit 2 at once, and a
+//! peer whose proof is wrong or missing ([`Error::Unauthorized`],
+//! "… room password …"); a peer without one skips a proof it receives.
 //!
 //! The proof travels inside DTLS, so an eavesdropper never sees it; it
 //! covers this session's two fingerprints, so nobody can replay it onto
 //! another session; the signaling server sees neither the password nor
-//! anything derived from it. A signaling operator that actively sits in
-//! the middle (rewriting both SDPs and joining both halves with its own
-//! key) does receive proofs, and can test guesses offline at the cost of
-//! one Argon2id per guess: choose passwords accordingly (a PAKE would
-//! close that; see the README's threat model).
+//! anything derived from it. It goes only to a peer that proved its id and
+//! that the policy admits: a signaling operator that actively sits in the
+//! middle (rewriting both SDPs and joining both halves with its own key)
+//! gets no proof from a peer whose ACL names the peers it expects. With an
+//! open ACL it does, and can test guesses offline at the cost of one
+//! Argon2id per guess: choose passwords accordingly (a PAKE would close
+//! that; see the README's threat model).
 //!
 //! Which sessions need the room key: [`RoomKey::bind_sdp`] binds the key to
 //! the DTLS fingerprint of an SDP this peer sends, and the handshake of the
@@ -59,16 +64,18 @@ use crate::signal::RoomCode;
 pub const AUTH_MAGIC: [u8; 4] = *b"CWA1";
 /// Signing context.
 pub const AUTH_CONTEXT: &[u8] = b"cairn-webrtc/1 auth\0";
-/// Length of the auth message without a room proof.
+/// Length of the auth message.
 pub const AUTH_LEN: usize = 4 + 32 + 1 + 64;
 /// Role bit: this side answers requests (serves its store).
 pub const ROLE_SERVES: u8 = 0x01;
 /// Role bit: this side sends requests.
 pub const ROLE_CALLS: u8 = 0x02;
-/// Role bit: a room proof ([`ROOM_PROOF_LEN`] bytes) follows the signature.
+/// Role bit: this side holds a room key and sends a room proof.
 pub const ROLE_ROOM: u8 = 0x04;
-/// Length of the room proof.
-pub const ROOM_PROOF_LEN: usize = 32;
+/// Magic of the room proof message.
+pub const ROOM_PROOF_MAGIC: [u8; 4] = *b"CWP1";
+/// Length of the room proof message (magic and keyed hash).
+pub const ROOM_PROOF_LEN: usize = 4 + 32;
 /// Context of the room proof (a keyed blake3 hash).
 pub const ROOM_PROOF_CONTEXT: &[u8] = b"cairn-webrtc/1 room password\0";
 /// Prefix of the Argon2id salt (the room code follows).
@@ -196,27 +203,25 @@ fn transcript(context: &[u8], first: &[u8], second: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Our auth message for a session with these fingerprints, with the room
-/// proof when the session is bound to a room key.
+/// Our auth message for a session with these fingerprints; `room` says
+/// whether we hold a room key for it (and will send a proof).
 pub(crate) fn auth_message(
     keypair: &Keypair,
     roles: u8,
     local_fp: &[u8],
     remote_fp: &[u8],
-    room: Option<&RoomKey>,
+    room: bool,
 ) -> Vec<u8> {
     let sig = keypair.sign(&transcript(AUTH_CONTEXT, local_fp, remote_fp));
-    let mut out = Vec::with_capacity(AUTH_LEN + ROOM_PROOF_LEN);
+    let mut out = Vec::with_capacity(AUTH_LEN);
     out.extend_from_slice(&AUTH_MAGIC);
     out.extend_from_slice(keypair.author().as_bytes());
-    match room {
-        Some(_) => out.push(roles | ROLE_ROOM),
-        None => out.push(roles & !ROLE_ROOM),
-    }
+    out.push(if room {
+        roles | ROLE_ROOM
+    } else {
+        roles & !ROLE_ROOM
+    });
     out.extend_from_slice(&sig.to_bytes());
-    if let Some(k) = room {
-        out.extend_from_slice(k.proof(local_fp, remote_fp).as_bytes());
-    }
     out
 }
 
@@ -226,25 +231,14 @@ fn unauth(reason: impl Into<String>) -> Error {
     }
 }
 
-/// Check the peer's auth message (and its room proof when `room` is
-/// given); returns its peer id and roles.
-pub(crate) fn verify_auth(
-    msg: &[u8],
-    local_fp: &[u8],
-    remote_fp: &[u8],
-    room: Option<&RoomKey>,
-) -> Result<(AuthorId, u8)> {
-    let (Some(magic), Some(id), Some(&roles), Some(sig)) = (
-        msg.get(..4),
-        msg.get(4..36),
-        msg.get(36),
-        msg.get(37..AUTH_LEN),
-    ) else {
+/// Check the peer's auth message; returns its peer id and roles.
+pub(crate) fn verify_auth(msg: &[u8], local_fp: &[u8], remote_fp: &[u8]) -> Result<(AuthorId, u8)> {
+    let (Some(magic), Some(id), Some(&roles), Some(sig)) =
+        (msg.get(..4), msg.get(4..36), msg.get(36), msg.get(37..))
+    else {
         return Err(unauth("the peer did not authenticate"));
     };
-    let proof = msg.get(AUTH_LEN..).unwrap_or_default();
-    let has_proof = roles & ROLE_ROOM != 0;
-    if magic != AUTH_MAGIC || proof.len() != if has_proof { ROOM_PROOF_LEN } else { 0 } {
+    if msg.len() != AUTH_LEN || magic != AUTH_MAGIC {
         return Err(unauth("the peer did not authenticate"));
     }
     if local_fp.is_empty() || remote_fp.is_empty() || local_fp == remote_fp {
@@ -260,24 +254,52 @@ pub(crate) fn verify_auth(
         &Signature::from_bytes(&sig),
     )
     .map_err(|_| unauth("peer signature does not cover this DTLS session"))?;
-    if let Some(k) = room {
-        if !has_proof {
-            return Err(unauth(format!(
-                "peer {peer} did not prove the room password (it has none)"
-            )));
-        }
-        let want = k.proof(remote_fp, local_fp);
-        let got: [u8; 32] = proof
-            .try_into()
-            .map_err(|_| unauth("malformed room proof"))?;
-        // blake3::Hash compares in constant time.
-        if want != blake3::Hash::from_bytes(got) {
-            return Err(unauth(format!(
-                "peer {peer} does not know the room password"
-            )));
-        }
-    }
     Ok((peer, roles))
+}
+
+/// The refusal of a peer that holds no key for our password room.
+pub(crate) fn no_room_key(peer: &AuthorId) -> Error {
+    unauth(format!(
+        "peer {peer} did not prove the room password (it has none)"
+    ))
+}
+
+/// Our room proof message for this session.
+pub(crate) fn room_proof(key: &RoomKey, local_fp: &[u8], remote_fp: &[u8]) -> Vec<u8> {
+    let mut out = ROOM_PROOF_MAGIC.to_vec();
+    out.extend_from_slice(key.proof(local_fp, remote_fp).as_bytes());
+    out
+}
+
+/// Whether `msg` is a room proof message (and not, say, a refusal frame).
+pub(crate) fn is_room_proof(msg: &[u8]) -> bool {
+    msg.len() == ROOM_PROOF_LEN && msg.get(..4) == Some(&ROOM_PROOF_MAGIC[..])
+}
+
+/// Check the peer's room proof message against our room key.
+pub(crate) fn verify_room_proof(
+    key: &RoomKey,
+    msg: &[u8],
+    local_fp: &[u8],
+    remote_fp: &[u8],
+    peer: &AuthorId,
+) -> Result<()> {
+    let got: Option<[u8; 32]> = msg
+        .get(4..)
+        .filter(|_| is_room_proof(msg))
+        .and_then(|p| p.try_into().ok());
+    let Some(got) = got else {
+        return Err(unauth(format!(
+            "peer {peer} did not send its room password proof"
+        )));
+    };
+    // blake3::Hash compares in constant time.
+    if key.proof(remote_fp, local_fp) != blake3::Hash::from_bytes(got) {
+        return Err(unauth(format!(
+            "peer {peer} does not know the room password"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,19 +311,27 @@ mod tests {
     fn auth_roundtrip_and_binding() {
         let k = Keypair::generate();
         let (a, b) = ([1u8; 32], [2u8; 32]);
-        let m = auth_message(&k, ROLE_SERVES | ROLE_CALLS, &a, &b, None);
-        let (peer, roles) = verify_auth(&m, &b, &a, None).unwrap();
+        let m = auth_message(&k, ROLE_SERVES | ROLE_CALLS, &a, &b, false);
+        let (peer, roles) = verify_auth(&m, &b, &a).unwrap();
         assert_eq!(peer, k.author());
         assert_eq!(roles, 3);
         // Reflected, or relayed onto another session: refused.
-        assert!(verify_auth(&m, &a, &b, None).is_err());
-        assert!(verify_auth(&m, &b, &[3u8; 32], None).is_err());
+        assert!(verify_auth(&m, &a, &b).is_err());
+        assert!(verify_auth(&m, &b, &[3u8; 32]).is_err());
         let mut bad = m.clone();
         bad[40] ^= 1;
-        assert!(verify_auth(&bad, &b, &a, None).is_err());
+        assert!(verify_auth(&bad, &b, &a).is_err());
         for n in 0..m.len() {
-            assert!(verify_auth(&m[..n], &b, &a, None).is_err());
+            assert!(verify_auth(&m[..n], &b, &a).is_err());
         }
+        let mut long = m.clone();
+        long.push(0);
+        assert!(verify_auth(&long, &b, &a).is_err());
+        let with_room = auth_message(&k, ROLE_CALLS, &a, &b, true);
+        assert_eq!(
+            verify_auth(&with_room, &b, &a).unwrap().1,
+            ROLE_CALLS | ROLE_ROOM
+        );
     }
 
     #[test]
@@ -310,25 +340,25 @@ mod tests {
         let right = RoomKey::derive(&room, "secret").unwrap();
         let wrong = RoomKey::derive(&room, "guess").unwrap();
         let other_room = RoomKey::derive(&"ABC-DEG".parse().unwrap(), "secret").unwrap();
-        let k = Keypair::generate();
+        let peer = Keypair::generate().author();
         let (a, b) = ([1u8; 32], [2u8; 32]);
-        let m = auth_message(&k, ROLE_CALLS, &a, &b, Some(&right));
-        assert_eq!(m.len(), AUTH_LEN + ROOM_PROOF_LEN);
-        let (_, roles) = verify_auth(&m, &b, &a, Some(&right)).unwrap();
-        assert_eq!(roles, ROLE_CALLS | ROLE_ROOM);
-        // A peer in no password room accepts it.
-        verify_auth(&m, &b, &a, None).unwrap();
+        let m = room_proof(&right, &a, &b);
+        assert_eq!(m.len(), ROOM_PROOF_LEN);
+        assert!(is_room_proof(&m));
+        verify_room_proof(&right, &m, &b, &a, &peer).unwrap();
         for k2 in [&wrong, &other_room] {
-            let e = verify_auth(&m, &b, &a, Some(k2)).unwrap_err();
+            let e = verify_room_proof(k2, &m, &b, &a, &peer).unwrap_err();
             assert!(e.to_string().contains("room password"), "{e}");
         }
         // Reflected or moved to another session: refused.
-        assert!(verify_auth(&m, &a, &b, Some(&right)).is_err());
-        assert!(verify_auth(&m, &b, &[3u8; 32], Some(&right)).is_err());
-        // No proof at all.
-        let none = auth_message(&k, ROLE_CALLS, &a, &b, None);
-        let e = verify_auth(&none, &b, &a, Some(&right)).unwrap_err();
-        assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
+        assert!(verify_room_proof(&right, &m, &a, &b, &peer).is_err());
+        assert!(verify_room_proof(&right, &m, &b, &[3u8; 32], &peer).is_err());
+        // Not a proof at all (a frame, a truncated proof).
+        for bad in [&m[..20], &[0u8; 36][..], &[][..]] {
+            assert!(!is_room_proof(bad));
+            let e = verify_room_proof(&right, bad, &b, &a, &peer).unwrap_err();
+            assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
+        }
         assert!(RoomKey::derive(&room, "").is_err());
     }
 

@@ -11,7 +11,8 @@ mod store;
 
 pub use auth::{
     AUTH_CONTEXT, AUTH_LEN, AUTH_MAGIC, ROLE_CALLS, ROLE_ROOM, ROLE_SERVES, ROOM_KEY_MEMORY_KIB,
-    ROOM_KEY_PASSES, ROOM_PROOF_CONTEXT, ROOM_PROOF_LEN, ROOM_SALT_CONTEXT, RoomKey,
+    ROOM_KEY_PASSES, ROOM_PROOF_CONTEXT, ROOM_PROOF_LEN, ROOM_PROOF_MAGIC, ROOM_SALT_CONTEXT,
+    RoomKey,
 };
 pub use cairn_protocol::{
     AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreEvent, StoreProvider,
