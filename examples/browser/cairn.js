@@ -3,6 +3,7 @@
 // adapters/webrtc/README.md. It calls (sends requests); it does not serve.
 
 import { blake3 } from '@noble/hashes/blake3.js';
+import { argon2idAsync } from '@noble/hashes/argon2.js';
 import { ed25519 } from '@noble/curves/ed25519.js';
 
 export const CHUNK = 64 * 1024;            // largest data channel message we send
@@ -10,6 +11,13 @@ export const MAX_FRAME = 16 * 1024 * 1024; // our frame limit (announced in HELL
 const MAX_MESSAGE = 1024 * 1024 * 1024;    // reassembly bound
 const AUTH_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 auth\0');
 const ROLE_CALLS = 0x02;
+const ROLE_ROOM = 0x04; // a room proof follows the signature
+const AUTH_LEN = 101;
+const ROOM_PROOF_MAGIC = new TextEncoder().encode('CWP1');
+const ROOM_PROOF_LEN = 4 + 32;
+const ROOM_PROOF_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room password\0');
+const ROOM_SALT_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room key\0');
+const JOIN_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 signal join\0');
 
 export const T = {
   HELLO: 0x01, APPEND: 0x10, GET_CHANGES: 0x11, HEAD: 0x15, ALL_CHANGE_IDS: 0x18,
@@ -235,6 +243,19 @@ function fingerprint(sdp) {
 
 function concat(...bs) { const w = new W(); for (const b of bs) w.bytes(b); return w.done(); }
 
+// Constant-time enough for 32 bytes compared once per handshake.
+function equal(a, b) {
+  if (a.length !== b.length) return false;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d |= a[i] ^ b[i];
+  return d === 0;
+}
+
+/** The room proof: keyed blake3 over the session's fingerprints, own first (adapters/webrtc/src/auth.rs). */
+function roomProof(roomKey, first, second) {
+  return blake3(concat(ROOM_PROOF_CONTEXT, first, second), { key: roomKey });
+}
+
 // ---- connection ----
 
 /**
@@ -242,28 +263,49 @@ function concat(...bs) { const w = new W(); for (const b of bs) w.bytes(b); retu
  * (bound to the DTLS fingerprints), exchanges hellos, then offers typed calls.
  */
 export class CairnChannel {
-  static async open(pc, channel, { secretKey, publicKey, storeId }) {
+  /** `roomKey` (from `roomKey()`): prove the room password, and require the peer's proof. */
+  static async open(pc, channel, { secretKey, publicKey, storeId, roomKey = null }) {
     const c = new CairnChannel(channel, storeId);
     const localFp = fingerprint(pc.localDescription.sdp);
     const remoteFp = fingerprint(pc.remoteDescription.sdp);
     const sig = ed25519.sign(concat(AUTH_CONTEXT, localFp, remoteFp), secretKey);
-    c.sendRaw(concat(enc.encode('CWA1'), publicKey, Uint8Array.of(ROLE_CALLS), sig));
-    c.sendRaw(helloFrame(storeId));
+    const roles = ROLE_CALLS | (roomKey ? ROLE_ROOM : 0);
+    c.sendRaw(concat(enc.encode('CWA1'), publicKey, Uint8Array.of(roles), sig));
     const auth = await c.nextRaw();
-    if (auth.length !== 101 || dec.decode(auth.subarray(0, 4)) !== 'CWA1') {
+    if (auth.length !== AUTH_LEN || dec.decode(auth.subarray(0, 4)) !== 'CWA1') {
       c.decoder.push(auth);
       const m = c.decoder.pop();
       if (m && m.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(m.r))}`);
       throw new Error('the peer did not authenticate');
     }
     c.peer = auth.subarray(4, 36).slice();
-    if (!ed25519.verify(auth.subarray(37, 101), concat(AUTH_CONTEXT, remoteFp, localFp), c.peer)) {
+    if (!ed25519.verify(auth.subarray(37, AUTH_LEN), concat(AUTH_CONTEXT, remoteFp, localFp), c.peer)) {
       throw new Error('peer signature does not cover this DTLS session');
+    }
+    const peerHasKey = (auth[36] & ROLE_ROOM) !== 0;
+    // Our proof goes only to a peer that proved its id and holds a room key too.
+    if (roomKey) {
+      if (!peerHasKey) throw new Error(`peer ${hex(c.peer)} did not prove the room password (it has none)`);
+      c.sendRaw(concat(ROOM_PROOF_MAGIC, roomProof(roomKey, localFp, remoteFp)));
+    }
+    c.sendRaw(helloFrame(storeId));
+    if (peerHasKey) {
+      // Its proof, alone in the next message; anything else (a refusal) is framed.
+      const next = await c.nextRaw();
+      const isProof = next.length === ROOM_PROOF_LEN && equal(next.subarray(0, 4), ROOM_PROOF_MAGIC);
+      if (!isProof) {
+        c.raw.unshift(next);
+      } else if (roomKey && !equal(next.subarray(4), roomProof(roomKey, remoteFp, localFp))) {
+        throw new Error(`peer ${hex(c.peer)} does not know the room password`);
+      } else if (roomKey) {
+        c.proven = true;
+      }
     }
     c.peerServes = (auth[36] & 1) === 1;
     const hello = await c.nextMessage();
     if (hello.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(hello.r))}`);
     if (hello.type !== T.HELLO) throw new Error(`expected HELLO, got ${hello.type}`);
+    if (roomKey && !c.proven) throw new Error(`peer ${hex(c.peer)} did not send its room password proof`);
     const r = hello.r;
     if (dec.decode(r.take(4)) !== 'CAIR' || r.u16() !== 2) throw new Error('bad hello: not protocol version 2');
     const sid = r.str16();
@@ -370,8 +412,15 @@ export class CairnChannel {
 
 // ---- signaling (adapters/webrtc README) ----
 
-export function passwordVerifier(room, password) {
-  return hex(blake3(concat(enc.encode('cairn-webrtc room password v1\0'), enc.encode(room), Uint8Array.of(0), enc.encode(password))));
+/**
+ * The room key of `room` (normalized, 6 characters) with `password`:
+ * Argon2id v0x13, m = 19 MiB, t = 2, p = 1, 32 bytes, salt
+ * "cairn-webrtc/1 room key\0" ‖ room. It never leaves the browser: peers
+ * prove it to each other inside DTLS (the signaling server sees nothing).
+ */
+export async function roomKey(room, password) {
+  if (!password) throw new Error(`empty password for room ${room}`);
+  return argon2idAsync(enc.encode(password), concat(ROOM_SALT_CONTEXT, enc.encode(room)), { t: 2, m: 19 * 1024, p: 1, dkLen: 32 });
 }
 
 export function normalizeRoom(code) {
@@ -391,16 +440,22 @@ export async function connectViaRoom({ signalUrl, room, password, secretKey, pub
   let wake = null;
   ws.onmessage = (e) => { inbox.push(JSON.parse(e.data)); if (wake) { const w = wake; wake = null; w(); } };
   await new Promise((res, rej) => { ws.onopen = res; ws.onerror = () => rej(new Error('signaling unreachable')); });
+  ws.onclose = () => { inbox.push({ type: 'closed' }); if (wake) { const w = wake; wake = null; w(); } };
   const next = async () => { while (!inbox.length) await new Promise((r) => { wake = r; }); return inbox.shift(); };
-  const join = { type: 'join', room: code, peer: hex(publicKey) };
-  if (password) join.password = passwordVerifier(code, password);
-  ws.send(JSON.stringify(join));
+  const key = password ? await roomKey(code, password) : null;
+  // Prove we own our peer id: sign the server's challenge.
+  const challenge = await next();
+  if (challenge.type !== 'challenge') throw new Error(`signaling: expected a challenge: ${JSON.stringify(challenge)}`);
+  const nonce = unhex(challenge.nonce);
+  const signature = ed25519.sign(concat(JOIN_CONTEXT, nonce, enc.encode(code)), secretKey);
+  ws.send(JSON.stringify({ type: 'join', room: code, peer: hex(publicKey), signature: hex(signature) }));
   const welcome = await next();
   if (welcome.type !== 'welcome') throw new Error(`signaling refused: ${JSON.stringify(welcome)}`);
   let target = welcome.peers[0];
   while (!target) {
     const m = await next();
     if (m.type === 'joined') target = m.peer;
+    if (m.type === 'closed' || m.type === 'error') throw new Error(`signaling: ${JSON.stringify(m)}`);
   }
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel('cairn/1', { ordered: true });
@@ -417,9 +472,10 @@ export async function connectViaRoom({ signalUrl, room, password, secretKey, pub
       break;
     }
     if (m.type === 'error') throw new Error(`signaling: ${m.code}: ${m.message}`);
+    if (m.type === 'closed') throw new Error('signaling server closed the connection');
   }
   await opened;
-  const conn = await CairnChannel.open(pc, channel, { secretKey, publicKey, storeId });
+  const conn = await CairnChannel.open(pc, channel, { secretKey, publicKey, storeId, roomKey: key });
   conn.pc = pc;
   conn.ws = ws;
   return conn;

@@ -3,7 +3,8 @@
 //! On a single ordered channel every frame shares the channel and the
 //! message type tells the halves apart: requests (`0x10..=0x1D`) go to this
 //! side's server half, responses and `NOTIFY` to its client half (the
-//! [`Correlator`]). After the auth messages each side sends one `HELLO`
+//! [`Correlator`]). The auth messages (and room proofs) are those of
+//! `auth.rs`. After the auth messages each side sends one `HELLO`
 //! (its store id, capabilities, head, frame limit) or an `ERROR` with id 0
 //! (refused) and closes.
 
@@ -23,7 +24,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::{auth_message, verify_auth};
+use crate::auth::{
+    ROLE_ROOM, auth_message, bound_room_key, is_room_proof, no_room_key, room_proof, verify_auth,
+    verify_room_proof,
+};
 use crate::rtc::Channel;
 
 type Waiter = oneshot::Sender<Result<Response>>;
@@ -170,7 +174,16 @@ impl Conn {
     /// and route in a background task.
     pub(crate) async fn establish(mut ch: Channel, cfg: ConnConfig) -> Result<Arc<Conn>> {
         let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-        let auth = auth_message(&cfg.keypair, cfg.roles, &ch.local_fp, &ch.remote_fp);
+        // A session whose SDP was sent for a password room must prove the
+        // room key both ways (auth.rs).
+        let room = bound_room_key(&ch.local_fp);
+        let auth = auth_message(
+            &cfg.keypair,
+            cfg.roles,
+            &ch.local_fp,
+            &ch.remote_fp,
+            room.is_some(),
+        );
         ch.tx.send(auth).await.map_err(|_| closed())?;
         let first = match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
             Ok(Some(m)) => m,
@@ -199,16 +212,65 @@ impl Conn {
             refuse(&mut ch, &e, deadline).await;
             return Err(e);
         }
+        // Our room proof goes only to a peer that proved its id, that the
+        // policy admits, and that holds a room key too.
+        if let Some(k) = &room {
+            if roles & ROLE_ROOM == 0 {
+                let e = no_room_key(&peer);
+                warn!(%peer, "refusing a peer without the room password");
+                refuse(&mut ch, &e, deadline).await;
+                return Err(e);
+            }
+            ch.tx
+                .send(room_proof(k, &ch.local_fp, &ch.remote_fp))
+                .await
+                .map_err(|_| closed())?;
+        }
         let mine = server_hello(&*cfg.store, cfg.max_frame).await?;
         ch.tx
             .send(encode(&Message::Hello(mine), MIN_MAX_FRAME)?)
             .await
             .map_err(|_| closed())?;
         let mut dec = FrameDecoder::new(cfg.max_frame).with_max_message(cfg.max_message);
+        // The peer's room proof, if it said it would send one: alone in the
+        // next message. Anything else (its refusal, most likely) is framed.
+        let mut proven = room.is_none();
+        if roles & ROLE_ROOM != 0 {
+            let next = match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(closed()),
+                Err(_) => {
+                    return Err(Error::Unauthorized {
+                        reason: format!("peer {peer} sent no room password proof in time"),
+                    });
+                }
+            };
+            if is_room_proof(&next) {
+                if let Some(k) = &room {
+                    if let Err(e) = verify_room_proof(k, &next, &ch.local_fp, &ch.remote_fp, &peer)
+                    {
+                        warn!(%peer, error = %e, "refusing a peer with the wrong room password");
+                        refuse(&mut ch, &e, deadline).await;
+                        return Err(e);
+                    }
+                    proven = true;
+                }
+            } else {
+                dec.push(&next);
+            }
+        }
         let hello = next_msg(&mut ch, &mut dec, deadline)
             .await
             .and_then(|m| check_hello(m, Some(&store_id)));
         let hello = match hello {
+            Ok(h) if !proven => {
+                drop(h);
+                let e = Error::Unauthorized {
+                    reason: format!("peer {peer} did not send its room password proof"),
+                };
+                refuse(&mut ch, &e, deadline).await;
+                return Err(e);
+            }
             Ok(h) => h,
             Err(e) => {
                 debug!(%peer, error = %e, "handshake refused");
@@ -588,5 +650,85 @@ async fn serve(
             let resp = dispatch(store, &conn.peer, body, opts).await;
             let _ = send_response(&conn.out, id, resp, out_limit).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::auth::{AUTH_LEN, ROLE_CALLS, ROLE_SERVES, RoomKey};
+    use crate::signal::RoomCode;
+    use cairn_protocol::Acl;
+
+    /// A channel pair over memory, with made-up fingerprints; returns ours
+    /// (for `establish`) and the far end's halves.
+    fn pipe(
+        local_fp: Vec<u8>,
+        remote_fp: Vec<u8>,
+    ) -> (Channel, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+        let (to_us, rx) = mpsc::channel(16);
+        let (tx, from_us) = mpsc::channel(16);
+        (
+            Channel {
+                tx,
+                rx,
+                local_fp,
+                remote_fp,
+            },
+            to_us,
+            from_us,
+        )
+    }
+
+    fn sdp_with(fp: &[u8]) -> String {
+        let hexes: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
+        format!("v=0\r\na=fingerprint:sha-256 {}\r\n", hexes.join(":"))
+    }
+
+    #[tokio::test]
+    async fn a_peer_the_acl_refuses_gets_no_room_proof() {
+        // We are in a password room and let only `friend` in; `stranger`
+        // (say, a signaling operator in the middle) knows no password and
+        // claims to hold a room key, hoping for our proof to test guesses on.
+        let (ours, theirs) = (vec![7u8; 32], vec![9u8; 32]);
+        let room: RoomCode = "ABC-DEF".parse().unwrap();
+        RoomKey::derive(&room, "secret")
+            .unwrap()
+            .bind_sdp(&sdp_with(&ours))
+            .unwrap();
+        let me = Keypair::generate();
+        let (friend, stranger) = (Keypair::generate(), Keypair::generate());
+        let sid = StoreId::new("t").unwrap();
+        let store = Arc::new(cairn_memory::MemoryStore::new(sid.clone()));
+        let policy = Acl::new().allow(&sid, friend.author(), Permission::ReadWrite);
+        let cfg = ConnConfig {
+            keypair: me.clone(),
+            roles: ROLE_SERVES | ROLE_CALLS,
+            store,
+            serve: ServeOptions::default(),
+            policy: Arc::new(policy),
+            max_frame: MIN_MAX_FRAME,
+            max_message: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        };
+        let (ch, to_us, mut from_us) = pipe(ours.clone(), theirs.clone());
+        let task = tokio::spawn(Conn::establish(ch, cfg));
+        to_us
+            .send(auth_message(&stranger, ROLE_CALLS, &theirs, &ours, true))
+            .await
+            .unwrap();
+        let our_auth = from_us.recv().await.unwrap();
+        assert_eq!(our_auth.len(), AUTH_LEN);
+        // Next: the refusal, never a proof.
+        let next = tokio::time::timeout(Duration::from_secs(5), from_us.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!is_room_proof(&next), "a refused peer got our room proof");
+        drop(to_us);
+        let e = task.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
     }
 }

@@ -7,14 +7,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::{Error, Result};
+use cairn::{Error, Keypair, Result};
 use cairn_protocol::Backoff;
 use cairn_protocol::PeerId;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
+
+use crate::auth::RoomKey;
 
 /// What a peer hears from its signaling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,10 @@ pub enum SignalMessage {
 }
 
 /// A way to reach the other peers of a room. Implement it to carry
-/// offers and answers over anything (a chat, a QR code, a server).
+/// offers and answers over anything (a chat, a QR code, a server). For a
+/// password room, bind the room's [`RoomKey`] to every SDP before sending
+/// it ([`RoomKey::bind_sdp`]), as [`WsSignaling`] does: the sessions made
+/// from those SDPs then require the password proof of the peer.
 #[async_trait]
 pub trait Signaling: Send + 'static {
     /// The next event; `None` when the signaling is over for good.
@@ -133,31 +139,37 @@ impl fmt::Debug for RoomCode {
     }
 }
 
-/// What a client sends to the password check instead of the password:
-/// `hex(blake3("cairn-webrtc room password v1\0" ‖ room ‖ "\0" ‖ password))`.
-/// The server compares verifiers; it never sees the password.
-pub fn password_verifier(room: &RoomCode, password: &str) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"cairn-webrtc room password v1\0");
-    h.update(room.as_str().as_bytes());
-    h.update(b"\0");
-    h.update(password.as_bytes());
-    h.finalize().to_hex().to_string()
+/// Context of the join signature: a member signs
+/// `JOIN_CONTEXT ‖ nonce[32] ‖ room code[6]` (the server's challenge, the
+/// six canonical characters) with its peer key.
+pub const JOIN_CONTEXT: &[u8] = b"cairn-webrtc/1 signal join\0";
+
+/// The bytes a member signs to join `room` after challenge `nonce`.
+pub fn join_transcript(nonce: &[u8], room: &RoomCode) -> Vec<u8> {
+    let mut m = JOIN_CONTEXT.to_vec();
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(room.as_str().as_bytes());
+    m
 }
 
 /// Messages between a client and the signaling server (JSON text frames).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WireSignal {
-    /// Client → server, first message.
+    /// Server → client, first message: a fresh random challenge.
+    Challenge {
+        /// 32 random bytes, 64 hex characters.
+        nonce: String,
+    },
+    /// Client → server, first message, answering the challenge.
     Join {
         /// Room code (any accepted spelling).
         room: String,
         /// The client's peer id, 64 hex characters.
         peer: String,
-        /// [`password_verifier`], if the room has a password.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        password: Option<String>,
+        /// Ed25519 signature by the peer id over [`join_transcript`]
+        /// (128 hex characters): proves the client owns the id.
+        signature: String,
     },
     /// Server → client: joined; the others present.
     Welcome {
@@ -185,8 +197,8 @@ pub enum WireSignal {
         /// The offer or answer.
         data: SignalMessage,
     },
-    /// Server → client: a refusal (`wrong_password`, `room_full`,
-    /// `bad_request`, `rate_limited`, `unknown_peer`).
+    /// Server → client: a refusal (`bad_signature`, `room_full`,
+    /// `bad_request`, `too_large`, `rate_limited`, `unknown_peer`).
     Error {
         /// Machine-readable code.
         code: String,
@@ -205,73 +217,140 @@ type Ws =
 /// A [`Signaling`] through a [`SignalingServer`](crate::SignalingServer)
 /// room over WebSocket, reconnecting (and rejoining) with capped backoff
 /// when the server goes away.
-#[derive(Debug)]
 pub struct WsSignaling {
     events: mpsc::Receiver<SignalEvent>,
     out: mpsc::Sender<(PeerId, SignalMessage)>,
+    room_key: Option<RoomKey>,
+}
+
+impl fmt::Debug for WsSignaling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsSignaling")
+            .field("password", &self.room_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Target {
     url: String,
-    join: String,
+    room: RoomCode,
+    keypair: Keypair,
+}
+
+/// How long the server has to upgrade, send its challenge, then its
+/// welcome.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server silent this long (pinged after half of it) is taken as gone,
+/// and the client reconnects.
+const CLIENT_IDLE: Duration = Duration::from_secs(90);
+/// Largest message accepted from the server.
+const CLIENT_MAX_MESSAGE: usize = 1024 * 1024;
+
+async fn next_text(ws: &mut Ws, what: &str) -> Result<String> {
+    loop {
+        let m = tokio::time::timeout(SERVER_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| ws_err(format!("no {what} from the signaling server")))?;
+        match m {
+            Some(Ok(WsMessage::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(other)) => return Err(ws_err(format!("expected a {what}, got {other:?}"))),
+            Some(Err(e)) => return Err(ws_err(e)),
+            None => return Err(ws_err(format!("signaling server closed before the {what}"))),
+        }
+    }
+}
+
+fn refusal(code: &str, message: &str) -> Error {
+    if code == "bad_signature" {
+        Error::Unauthorized {
+            reason: format!("signaling refused: {code}: {message}"),
+        }
+    } else {
+        Error::backend(
+            "signaling",
+            code == "room_full" || code == "rate_limited",
+            std::io::Error::other(format!("{code}: {message}")),
+        )
+    }
 }
 
 async fn connect_join(t: &Target) -> Result<(Ws, Vec<PeerId>)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(t.url.as_str())
+    // What a server may make us hold: SDPs are a few KiB.
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(CLIENT_MAX_MESSAGE);
+    cfg.max_frame_size = Some(CLIENT_MAX_MESSAGE);
+    let connect = tokio_tungstenite::connect_async_with_config(t.url.as_str(), Some(cfg), false);
+    let (mut ws, _) = tokio::time::timeout(SERVER_TIMEOUT, connect)
         .await
+        .map_err(|_| {
+            ws_err(format!(
+                "{}: no WebSocket upgrade within {SERVER_TIMEOUT:?}",
+                t.url
+            ))
+        })?
         .map_err(ws_err)?;
-    ws.send(WsMessage::text(t.join.clone()))
-        .await
-        .map_err(ws_err)?;
-    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .map_err(|_| ws_err("no welcome from the signaling server"))?;
-    let text = match first {
-        Some(Ok(WsMessage::Text(t))) => t,
-        Some(Ok(other)) => return Err(ws_err(format!("unexpected {other:?}"))),
-        Some(Err(e)) => return Err(ws_err(e)),
-        None => return Err(ws_err("signaling server closed")),
+    let text = next_text(&mut ws, "challenge").await?;
+    let nonce = match serde_json::from_str::<WireSignal>(&text) {
+        Ok(WireSignal::Challenge { nonce }) => hex::decode(nonce)
+            .ok()
+            .filter(|n| n.len() == 32)
+            .ok_or_else(|| ws_err("malformed challenge from the signaling server"))?,
+        Ok(WireSignal::Error { code, message }) => return Err(refusal(&code, &message)),
+        _ => return Err(ws_err("expected a challenge from the signaling server")),
     };
-    match serde_json::from_str::<WireSignal>(text.as_str()) {
+    let signature = t.keypair.sign(&join_transcript(&nonce, &t.room));
+    let join = WireSignal::Join {
+        room: t.room.as_str().to_owned(),
+        peer: t.keypair.author().to_hex(),
+        signature: hex::encode(signature.to_bytes()),
+    };
+    let join = serde_json::to_string(&join).map_err(ws_err)?;
+    ws.send(WsMessage::text(join)).await.map_err(ws_err)?;
+    let text = next_text(&mut ws, "welcome").await?;
+    match serde_json::from_str::<WireSignal>(&text) {
         Ok(WireSignal::Welcome { peers }) => {
             Ok((ws, peers.iter().filter_map(|p| p.parse().ok()).collect()))
         }
-        Ok(WireSignal::Error { code, message }) => {
-            if code == "wrong_password" || code == "unknown_peer" {
-                Err(Error::Unauthorized {
-                    reason: format!("signaling refused: {code}: {message}"),
-                })
-            } else {
-                Err(Error::backend(
-                    "signaling",
-                    code == "room_full" || code == "rate_limited",
-                    std::io::Error::other(format!("{code}: {message}")),
-                ))
-            }
-        }
+        Ok(WireSignal::Error { code, message }) => Err(refusal(&code, &message)),
         _ => Err(ws_err("expected a welcome")),
     }
 }
 
 impl WsSignaling {
-    /// Connect to `url` (`ws://host:port`) and join `room` as `peer`. Fails
-    /// if the server refuses (wrong password: [`Error::Unauthorized`]; room
-    /// full) or cannot be reached; later losses of the server are retried
-    /// in the background.
+    /// Connect to `url` (`ws://host:port`) and join `room` as `keypair`'s
+    /// peer id, signing the server's challenge to prove the id is ours.
+    /// Fails if the server refuses (a bad signature:
+    /// [`Error::Unauthorized`]; room full) or cannot be reached; later
+    /// losses of the server are retried in the background.
+    ///
+    /// With a `password`, the room key ([`RoomKey::derive`], Argon2id) is
+    /// bound to every offer and answer sent, so the peers of the room prove
+    /// it to each other inside DTLS and refuse a peer that does not know it
+    /// ([`Error::Unauthorized`] from the pairing). The server never sees the
+    /// password, nor anything derived from it: it lets anyone into the room,
+    /// and the peers keep the strangers out.
     pub async fn connect(
         url: &str,
         room: &RoomCode,
         password: Option<&str>,
-        peer: PeerId,
+        keypair: &Keypair,
     ) -> Result<Self> {
-        let join = WireSignal::Join {
-            room: room.as_str().to_owned(),
-            peer: peer.to_hex(),
-            password: password.map(|p| password_verifier(room, p)),
+        let room_key = match password {
+            Some(p) => {
+                let (room, p) = (room.clone(), p.to_owned());
+                Some(
+                    tokio::task::spawn_blocking(move || RoomKey::derive(&room, &p))
+                        .await
+                        .map_err(ws_err)??,
+                )
+            }
+            None => None,
         };
         let target = Target {
             url: url.to_owned(),
-            join: serde_json::to_string(&join).map_err(ws_err)?,
+            room: room.clone(),
+            keypair: keypair.clone(),
         };
         let (ws, present) = connect_join(&target).await?;
         info!(%room, "joined signaling room");
@@ -279,7 +358,11 @@ impl WsSignaling {
         let (out, out_rx) = mpsc::channel(256);
         let _ = ev_tx.send(SignalEvent::Present(present)).await;
         tokio::spawn(run(target, ws, ev_tx, out_rx));
-        Ok(WsSignaling { events, out })
+        Ok(WsSignaling {
+            events,
+            out,
+            room_key,
+        })
     }
 }
 
@@ -294,10 +377,27 @@ async fn run(
     loop {
         if let Some(mut sock) = ws.take() {
             attempt = 0;
+            let mut heard = tokio::time::Instant::now();
+            let mut pinged = false;
             loop {
+                // A server silent for CLIENT_IDLE, even to a ping, is gone.
+                let wake = heard + if pinged { CLIENT_IDLE } else { CLIENT_IDLE / 2 };
                 tokio::select! {
                     _ = ev_tx.closed() => return,
+                    _ = tokio::time::sleep_until(wake) => {
+                        if pinged {
+                            debug!("the signaling server went silent");
+                            break;
+                        }
+                        pinged = true;
+                        let ping = sock.send(WsMessage::Ping(Default::default()));
+                        if !matches!(tokio::time::timeout(SERVER_TIMEOUT, ping).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
                     m = sock.next() => {
+                        heard = tokio::time::Instant::now();
+                        pinged = false;
                         let text = match m {
                             Some(Ok(WsMessage::Text(t))) => t,
                             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
@@ -318,7 +418,8 @@ async fn run(
                         let Some((to, data)) = o else { return };
                         let msg = WireSignal::Signal { to: Some(to.to_hex()), from: None, data };
                         let Ok(text) = serde_json::to_string(&msg) else { continue };
-                        if sock.send(WsMessage::text(text)).await.is_err() {
+                        let sent = tokio::time::timeout(SERVER_TIMEOUT, sock.send(WsMessage::text(text))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             break;
                         }
                     }
@@ -358,6 +459,11 @@ impl Signaling for WsSignaling {
         self.events.recv().await
     }
     async fn send(&mut self, to: PeerId, message: SignalMessage) -> Result<()> {
+        if let Some(key) = &self.room_key {
+            // Before it leaves: the peer cannot open DTLS without it.
+            let (SignalMessage::Offer { sdp } | SignalMessage::Answer { sdp }) = &message;
+            key.bind_sdp(sdp)?;
+        }
         self.out
             .send((to, message))
             .await

@@ -44,9 +44,7 @@ async fn joined(
     key: &Keypair,
 ) -> WebRtcStore {
     let s = peer(cache, key, Acl::open());
-    let sig = WsSignaling::connect(server, room, None, key.author())
-        .await
-        .unwrap();
+    let sig = WsSignaling::connect(server, room, None, key).await.unwrap();
     s.join(sig);
     s
 }
@@ -191,25 +189,28 @@ async fn peers_re_pair_after_the_signaling_server_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_room_password_is_refused() {
+async fn a_password_room_pairs_the_peers_that_know_the_password() {
+    // The server keeps no password: anyone joins the room; the peers prove
+    // the password to each other inside DTLS (tests/signaling_adversarial.rs
+    // has the refusals).
     let srv = signaling().await;
     let room = RoomCode::random().unwrap();
-    let ka = Keypair::generate();
-    let _a = WsSignaling::connect(&srv.url(), &room, Some("secret"), ka.author())
-        .await
-        .unwrap();
-    let kb = Keypair::generate();
-    let e = WsSignaling::connect(&srv.url(), &room, Some("guess"), kb.author())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
-    let e = WsSignaling::connect(&srv.url(), &room, None, kb.author())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
-    WsSignaling::connect(&srv.url(), &room, Some("secret"), kb.author())
-        .await
-        .unwrap();
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let (ca, cb) = (mem(), mem());
+    let x = change(&doc("x"), ChangeKind::Create, &[], 10);
+    ca.append(vec![x.clone()]).await.unwrap();
+    let a = peer(ca, &ka, Acl::open());
+    let b = peer(cb, &kb, Acl::open());
+    for (s, k) in [(&a, &ka), (&b, &kb)] {
+        let sig = WsSignaling::connect(&srv.url(), &room, Some("secret"), k)
+            .await
+            .unwrap();
+        s.join(sig);
+    }
+    a.wait_connected(T).await.unwrap();
+    wait_holds(&b, &[x.id()].into()).await;
+    a.close().await;
+    b.close().await;
     srv.shutdown().await;
 }
 
@@ -229,14 +230,14 @@ async fn a_room_refuses_more_peers_than_its_limit() {
     for _ in 0..2 {
         let k = Keypair::generate();
         keep.push(
-            WsSignaling::connect(&srv.url(), &room, None, k.author())
+            WsSignaling::connect(&srv.url(), &room, None, &k)
                 .await
                 .unwrap(),
         );
     }
     let k = Keypair::generate();
     assert!(
-        WsSignaling::connect(&srv.url(), &room, None, k.author())
+        WsSignaling::connect(&srv.url(), &room, None, &k)
             .await
             .is_err()
     );
@@ -248,11 +249,11 @@ async fn presence_reports_joins_and_leaves() {
     let srv = signaling().await;
     let room = RoomCode::random().unwrap();
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
-    let mut a = WsSignaling::connect(&srv.url(), &room, None, ka.author())
+    let mut a = WsSignaling::connect(&srv.url(), &room, None, &ka)
         .await
         .unwrap();
     assert_eq!(a.recv().await, Some(SignalEvent::Present(vec![])));
-    let b = WsSignaling::connect(&srv.url(), &room, None, kb.author())
+    let b = WsSignaling::connect(&srv.url(), &room, None, &kb)
         .await
         .unwrap();
     let ev = tokio::time::timeout(T, a.recv()).await.unwrap();

@@ -381,7 +381,7 @@ async fn open_one(url: StoreUrl, access: Access, id: &StoreId, net: &NetArgs) ->
             let w = webrtc_store(id, &key, *bind);
             let sig = tokio::time::timeout(
                 net.timeout(),
-                WsSignaling::connect(signal, room, password.as_deref(), key.author()),
+                WsSignaling::connect(signal, room, password.as_deref(), &key),
             )
             .await
             .map_err(|_| {

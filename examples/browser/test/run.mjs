@@ -65,11 +65,13 @@ const port = http.address().port;
 const alphabet = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789';
 const room = Array.from({ length: 6 }, () => alphabet[Math.floor(Math.random() * 32)]).join('');
 const store = 'browser/test';
+// A password room: both sides prove it inside DTLS (Argon2id room key).
+const password = `pw-${Math.random().toString(36).slice(2)}`;
 
 const signal = start('signal', process.env.CAIRN_SIGNAL_BIN, ['--listen', '127.0.0.1:0']);
 const [, url] = await signal.waitLine(/^listening (ws:\/\/\S+)/);
 const peer = start('rust-peer', process.env.CAIRN_PEER_BIN, [
-  '--signal', url, '--room', room, '--store', store,
+  '--signal', url, '--room', room, '--password', password, '--store', store,
   '--generate', String(N), '--first-payload', String(BIG), '--expect', String(2 * N),
 ]);
 await peer.waitLine(/^peer [0-9a-f]{64}/);
@@ -87,7 +89,7 @@ const browser = await chromium.launch({
 const page = await browser.newPage();
 page.on('console', (m) => console.log(`[page] ${m.text()}`));
 page.on('pageerror', (e) => console.log(`[page error] ${e}`));
-const q = new URLSearchParams({ signal: url, room: `${room.slice(0, 3)}-${room.slice(3)}`.toLowerCase(), store, n: String(N), big: String(BIG) });
+const q = new URLSearchParams({ signal: url, room: `${room.slice(0, 3)}-${room.slice(3)}`.toLowerCase(), password, store, n: String(N), big: String(BIG) });
 await page.goto(`http://127.0.0.1:${port}/index.html?${q}`);
 await page.waitForFunction(() => window.cairnResult, null, { timeout: 240_000, polling: 100 });
 const result = await page.evaluate(() => window.cairnResult);

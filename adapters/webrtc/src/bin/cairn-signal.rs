@@ -19,6 +19,12 @@ struct Args {
     /// Most messages per second per client.
     #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// Most connections at once from one address (IPv6: per /64).
+    #[arg(long, default_value_t = 32)]
+    max_per_ip: usize,
+    /// Seconds a member may stay silent (it is pinged after half of it).
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,6 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         SignalingOptions {
             max_peers_per_room: args.max_peers,
             messages_per_second: args.rate,
+            max_connections_per_ip: args.max_per_ip,
+            idle_timeout: std::time::Duration::from_secs(args.idle_secs.max(1)),
             ..SignalingOptions::default()
         },
     )

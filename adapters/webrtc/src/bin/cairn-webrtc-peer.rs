@@ -74,13 +74,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         WebRtcStoreOptions::default(),
     );
     println!("peer {}", key.author().to_hex());
-    let sig = WsSignaling::connect(
-        &args.signal,
-        &args.room,
-        args.password.as_deref(),
-        key.author(),
-    )
-    .await?;
+    let sig =
+        WsSignaling::connect(&args.signal, &args.room, args.password.as_deref(), &key).await?;
     store.join(sig);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     if let Some(want) = args.expect {

@@ -527,7 +527,7 @@ async fn join_room(
         opts.bind_ip = ip;
     }
     let w = WebRtcStore::new(store, key, acl, opts);
-    let sig = WsSignaling::connect(&signal, &room, password.as_deref(), key.author())
+    let sig = WsSignaling::connect(&signal, &room, password.as_deref(), key)
         .await
         .ctx(format!("{full}: signaling server {signal}"))?;
     w.join(sig);
