@@ -196,24 +196,53 @@ class Decoder {
       const body = this.take(len);
       const r = new R(body);
       const type = r.u8(), flags = r.u8(), id = r.u32();
-      if (flags & ~1) throw new Error('reserved flag bits set');
-      const more = (flags & 1) === 1;
+      if (flags & ~7) throw new Error('reserved flag bits set');
+      const more = (flags & 1) === 1, split = (flags & 2) === 2, cont = (flags & 4) === 4;
+      if (split && (cont || !more)) throw new Error('SPLIT needs MORE and excludes CONT');
       if (!LIST_TYPES.has(type)) {
-        if (more) throw new Error('MORE on a message without a list');
+        if (more || split || cont) throw new Error('MORE on a message without a list');
         return { type, id, r };
       }
-      // List message: fixed fields, then the list (count + items).
+      // List message: fixed fields, then the list (count + items); an item
+      // larger than a frame travels as SPLIT + CONT frames (docs/protocol.md).
       const key = `${type}:${id}`;
       let acc = this.partial.get(key);
-      const fixed = type === T.APPENDED ? r.u64() : null;
-      const n = r.u32();
-      const items = [];
-      for (let i = 0; i < n; i++) items.push(readItem(type, r));
-      if (r.left() !== 0) throw new Error('trailing bytes');
-      this.total += len;
+      // A split item's bytes count once, as its item_len, when it starts.
+      if (!cont) this.total += len;
       if (this.total > MAX_MESSAGE) throw new Error('TOO_LARGE: message');
-      if (!acc) { acc = { type, id, fixed, items: [] }; this.partial.set(key, acc); }
-      for (const it of items) acc.items.push(it);
+      if (cont) {
+        if (!acc || !acc.split) throw new Error('CONT with no split item in progress');
+        const bytes = r.take(r.left());
+        if (bytes.length === 0 || acc.split.got + bytes.length > acc.split.len) throw new Error('CONT past the split item');
+        acc.split.parts.push(bytes.slice());
+        acc.split.got += bytes.length;
+        if (acc.split.got === acc.split.len) {
+          const item = new R(concat(...acc.split.parts));
+          acc.items.push(readItem(type, item));
+          if (item.left() !== 0) throw new Error('trailing bytes in a split item');
+          acc.split = null;
+        } else if (!more) {
+          throw new Error('message ended inside a split item');
+        }
+      } else {
+        if (acc && acc.split) throw new Error('list frame before the split item is complete');
+        const fixed = type === T.APPENDED ? r.u64() : null;
+        const n = r.u32();
+        const items = [];
+        for (let i = 0; i < n; i++) items.push(readItem(type, r));
+        if (!acc) { acc = { type, id, fixed, items: [], split: null }; this.partial.set(key, acc); }
+        for (const it of items) acc.items.push(it);
+        if (split) {
+          const itemLen = Number(r.u64());
+          const first = r.take(r.left());
+          if (first.length === 0 || first.length >= itemLen) throw new Error('bad split item');
+          this.total += itemLen;
+          if (this.total > MAX_MESSAGE) throw new Error('TOO_LARGE: message');
+          acc.split = { len: itemLen, parts: [first.slice()], got: first.length };
+        } else if (r.left() !== 0) {
+          throw new Error('trailing bytes');
+        }
+      }
       if (more) continue;
       this.partial.delete(key);
       if (this.partial.size === 0) this.total = 0;

@@ -38,22 +38,16 @@
 //! Argon2id per guess: choose passwords accordingly (a PAKE would close
 //! that; see the README's threat model).
 //!
-//! Which sessions need the room key: [`RoomKey::bind_sdp`] binds the key to
-//! the DTLS fingerprint of an SDP this peer sends, and the handshake of the
-//! channel with that fingerprint requires the proof. [`WsSignaling`] binds
-//! every offer and answer it sends; a custom [`Signaling`] should do the
-//! same. Bindings are process-wide and consumed by the handshake; at most
-//! 65 536 wait at once, those older than 10 minutes are forgotten to make
-//! room, and when none is that old `bind_sdp` fails (the SDP is not sent)
-//! instead of dropping one.
+//! Which sessions need the room key: those paired through a
+//! [`Signaling`] whose [`room_key`](crate::Signaling::room_key) is set, as
+//! [`WsSignaling`]'s is when it joins with a password. Manual pairing
+//! carries no room key (its strings travel out of band).
 //!
 //! [`WsSignaling`]: crate::WsSignaling
 //! [`Signaling`]: crate::Signaling
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use cairn::{AuthorId, Error, Keypair, Result};
 use ed25519_dalek::Signature;
@@ -84,15 +78,6 @@ pub const ROOM_SALT_CONTEXT: &[u8] = b"cairn-webrtc/1 room key\0";
 pub const ROOM_KEY_MEMORY_KIB: u32 = 19 * 1024;
 /// Argon2id passes of a [`RoomKey`].
 pub const ROOM_KEY_PASSES: u32 = 2;
-
-/// How long a [`RoomKey::bind_sdp`] binding is surely kept for its
-/// handshake (channels open within `open_timeout`, 20 s by default); older
-/// ones are forgotten only to make room.
-const BINDING_TTL: Duration = Duration::from_secs(600);
-/// Most bindings held at once; over it (after forgetting those older than
-/// [`BINDING_TTL`]), new ones are refused, never evicted: an evicted
-/// binding would open its session without the password.
-const MAX_BINDINGS: usize = 65_536;
 
 /// A room's key, derived from its password with Argon2id (v0x13,
 /// m = 19 MiB, t = 2, p = 1; salt [`ROOM_SALT_CONTEXT`] ‖ room code). Peers
@@ -131,69 +116,9 @@ impl RoomKey {
         Ok(RoomKey(Arc::new(key)))
     }
 
-    /// Require this key of the session that will use the DTLS certificate
-    /// of `sdp` (an offer or answer this peer is about to send). Fails on
-    /// an SDP with no `a=fingerprint:sha-256` line, and (retryable) while
-    /// 65 536 bindings younger than 10 minutes already wait for their
-    /// handshake: do not send the SDP then.
-    pub fn bind_sdp(&self, sdp: &str) -> Result<()> {
-        let fp = sdp_fingerprint(sdp)?;
-        let now = Instant::now();
-        let mut b = bindings().lock().unwrap_or_else(|e| e.into_inner());
-        if b.len() >= MAX_BINDINGS {
-            b.retain(|_, (_, at)| now.duration_since(*at) < BINDING_TTL);
-        }
-        // Full: refuse (the SDP is not sent) rather than evict a binding,
-        // which would let that session open without the password.
-        if b.len() >= MAX_BINDINGS {
-            return Err(Error::backend(
-                "webrtc",
-                true,
-                std::io::Error::other(format!(
-                    "{MAX_BINDINGS} password-room sessions already pending; try again later"
-                )),
-            ));
-        }
-        b.insert(fp, (self.clone(), now));
-        Ok(())
-    }
-
     fn proof(&self, first: &[u8], second: &[u8]) -> blake3::Hash {
         blake3::keyed_hash(&self.0, &transcript(ROOM_PROOF_CONTEXT, first, second))
     }
-}
-
-type Bindings = Mutex<HashMap<Vec<u8>, (RoomKey, Instant)>>;
-
-fn bindings() -> &'static Bindings {
-    static B: OnceLock<Bindings> = OnceLock::new();
-    B.get_or_init(Bindings::default)
-}
-
-/// The room key bound to our DTLS fingerprint `local_fp`, if any (the
-/// binding is consumed: one channel, one handshake).
-pub(crate) fn bound_room_key(local_fp: &[u8]) -> Option<RoomKey> {
-    let mut b = bindings().lock().unwrap_or_else(|e| e.into_inner());
-    // However old: a binding is only ever forgotten to make room.
-    b.remove(local_fp).map(|(key, _)| key)
-}
-
-/// The raw SHA-256 fingerprint of an SDP's DTLS certificate.
-pub(crate) fn sdp_fingerprint(sdp: &str) -> Result<Vec<u8>> {
-    let bad = || Error::invalid("the SDP has no a=fingerprint:sha-256 line");
-    let line = sdp
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("a=fingerprint:"))
-        .find_map(|l| {
-            let (alg, fp) = l.split_once(' ')?;
-            alg.eq_ignore_ascii_case("sha-256").then_some(fp.trim())
-        })
-        .ok_or_else(bad)?;
-    let fp = hex::decode(line.replace(':', "")).map_err(|_| bad())?;
-    if fp.len() != 32 {
-        return Err(bad());
-    }
-    Ok(fp)
 }
 
 fn transcript(context: &[u8], first: &[u8], second: &[u8]) -> Vec<u8> {
@@ -371,20 +296,5 @@ mod tests {
             hex::encode(*k.0),
             "00b8ad8ce440d3a9cd90b84470bf9df19ab188cb0eeb0d08530f11f54920633f"
         );
-    }
-
-    #[test]
-    fn sdp_bindings_are_found_once() {
-        let room: RoomCode = "ABC-DEF".parse().unwrap();
-        let key = RoomKey::derive(&room, "pw").unwrap();
-        let fp: Vec<u8> = (0u8..32).collect();
-        let colons: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
-        let sdp = format!("v=0\r\na=fingerprint:sha-256 {}\r\n", colons.join(":"));
-        assert_eq!(sdp_fingerprint(&sdp).unwrap(), fp);
-        key.bind_sdp(&sdp).unwrap();
-        assert!(bound_room_key(&fp).is_some());
-        assert!(bound_room_key(&fp).is_none());
-        assert!(key.bind_sdp("v=0\r\n").is_err());
-        assert!(sdp_fingerprint("a=fingerprint:sha-256 zz").is_err());
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::auth::{
-    ROLE_ROOM, auth_message, bound_room_key, is_room_proof, no_room_key, room_proof, verify_auth,
+    ROLE_ROOM, RoomKey, auth_message, is_room_proof, no_room_key, room_proof, verify_auth,
     verify_room_proof,
 };
 use crate::rtc::Channel;
@@ -64,6 +64,8 @@ pub(crate) struct ConnConfig {
     /// How long a request waits for its answer (plus a second per MiB it
     /// carries) before it fails with a timeout.
     pub(crate) request_timeout: Duration,
+    /// The room key both sides must prove (a password room), if any.
+    pub(crate) room_key: Option<RoomKey>,
 }
 
 /// One authenticated, greeted connection.
@@ -176,7 +178,7 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
         // A session whose SDP was sent for a password room must prove the
         // room key both ways (auth.rs).
-        let room = bound_room_key(&ch.local_fp);
+        let room = cfg.room_key.clone();
         let auth = auth_message(
             &cfg.keypair,
             cfg.roles,
@@ -681,11 +683,6 @@ mod tests {
         )
     }
 
-    fn sdp_with(fp: &[u8]) -> String {
-        let hexes: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
-        format!("v=0\r\na=fingerprint:sha-256 {}\r\n", hexes.join(":"))
-    }
-
     #[tokio::test]
     async fn a_peer_the_acl_refuses_gets_no_room_proof() {
         // We are in a password room and let only `friend` in; `stranger`
@@ -693,10 +690,7 @@ mod tests {
         // claims to hold a room key, hoping for our proof to test guesses on.
         let (ours, theirs) = (vec![7u8; 32], vec![9u8; 32]);
         let room: RoomCode = "ABC-DEF".parse().unwrap();
-        RoomKey::derive(&room, "secret")
-            .unwrap()
-            .bind_sdp(&sdp_with(&ours))
-            .unwrap();
+        let key = RoomKey::derive(&room, "secret").unwrap();
         let me = Keypair::generate();
         let (friend, stranger) = (Keypair::generate(), Keypair::generate());
         let sid = StoreId::new("t").unwrap();
@@ -712,6 +706,7 @@ mod tests {
             max_message: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            room_key: Some(key),
         };
         let (ch, to_us, mut from_us) = pipe(ours.clone(), theirs.clone());
         let task = tokio::spawn(Conn::establish(ch, cfg));

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::auth::RoomKey;
 use crate::rtc::{PendingOffer, Setup};
 use crate::signal::{SignalEvent, SignalMessage, Signaling};
 use crate::store::{Inner, start};
@@ -32,6 +33,8 @@ struct Room<S> {
     answering: HashMap<PeerId, tokio::task::AbortHandle>,
     /// Each member's offer budget: tokens left and when they were counted.
     budgets: HashMap<PeerId, (f64, Instant)>,
+    /// The room key every session of this room must prove, if any.
+    room_key: Option<RoomKey>,
     done_tx: mpsc::UnboundedSender<(PeerId, bool, Result<PeerId>)>,
 }
 
@@ -41,6 +44,7 @@ pub(crate) async fn run<S: Signaling>(inner: Arc<Inner>, sig: S) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let cancel = inner.cancel.clone();
     let mut room = Room {
+        room_key: sig.room_key().or_else(|| inner.opts.room_key.clone()),
         me: inner.keypair.author(),
         inner,
         sig,
@@ -187,8 +191,9 @@ impl<S: Signaling> Room<S> {
                     Ok(rx) => {
                         let inner = self.inner.clone();
                         let done = self.done_tx.clone();
+                        let key = self.room_key.clone();
                         tokio::spawn(async move {
-                            let r = start(inner, rx).await;
+                            let r = start(inner, rx, key).await;
                             let _ = done.send((from, true, r));
                         });
                     }
@@ -210,8 +215,9 @@ impl<S: Signaling> Room<S> {
             .await?;
         let inner = self.inner.clone();
         let done = self.done_tx.clone();
+        let key = self.room_key.clone();
         let task = tokio::spawn(async move {
-            let r = start(inner, rx).await;
+            let r = start(inner, rx, key).await;
             let _ = done.send((from, false, r));
         });
         self.answering.insert(from, task.abort_handle());

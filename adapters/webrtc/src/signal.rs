@@ -56,9 +56,9 @@ pub enum SignalMessage {
 
 /// A way to reach the other peers of a room. Implement it to carry
 /// offers and answers over anything (a chat, a QR code, a server). For a
-/// password room, bind the room's [`RoomKey`] to every SDP before sending
-/// it ([`RoomKey::bind_sdp`]), as [`WsSignaling`] does: the sessions made
-/// from those SDPs then require the password proof of the peer.
+/// password room, return the room's [`RoomKey`] from
+/// [`Signaling::room_key`], as [`WsSignaling`] does: every session paired
+/// through this signaling then requires the peer's password proof.
 #[async_trait]
 pub trait Signaling: Send + 'static {
     /// The next event; `None` when the signaling is over for good.
@@ -67,6 +67,11 @@ pub trait Signaling: Send + 'static {
     /// Send `message` to peer `to`. Best effort: a lost message is
     /// recovered by the pairing's timeout and retry.
     async fn send(&mut self, to: PeerId, message: SignalMessage) -> Result<()>;
+    /// The key of a password room (its sessions must prove it both ways);
+    /// `None` (the default) for a room without a password.
+    fn room_key(&self) -> Option<RoomKey> {
+        None
+    }
 }
 
 /// The 32 characters of room codes: no I, O, 0 or 1.
@@ -459,15 +464,13 @@ impl Signaling for WsSignaling {
         self.events.recv().await
     }
     async fn send(&mut self, to: PeerId, message: SignalMessage) -> Result<()> {
-        if let Some(key) = &self.room_key {
-            // Before it leaves: the peer cannot open DTLS without it.
-            let (SignalMessage::Offer { sdp } | SignalMessage::Answer { sdp }) = &message;
-            key.bind_sdp(sdp)?;
-        }
         self.out
             .send((to, message))
             .await
             .map_err(|_| Error::Closed)
+    }
+    fn room_key(&self) -> Option<RoomKey> {
+        self.room_key.clone()
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::{ROLE_CALLS, ROLE_SERVES};
+use crate::auth::{ROLE_CALLS, ROLE_SERVES, RoomKey};
 use crate::conn::{Conn, ConnConfig};
 use crate::rtc::{Channel, PendingOffer, Setup};
 
@@ -71,6 +71,11 @@ pub struct WebRtcStoreOptions {
     /// together (default 32): a room full of members flooding offers cannot
     /// exhaust the process's file descriptors.
     pub max_handshakes: usize,
+    /// A room key ([`RoomKey::derive`]) every session of this store must
+    /// prove both ways, manual pairings included (default none). Sessions
+    /// paired through a [`Signaling`](crate::Signaling) of a password room
+    /// use that room's key instead.
+    pub room_key: Option<RoomKey>,
 }
 
 impl Default for WebRtcStoreOptions {
@@ -90,6 +95,7 @@ impl Default for WebRtcStoreOptions {
             offer_burst: 4,
             offer_interval: Duration::from_secs(2),
             max_handshakes: 32,
+            room_key: None,
         }
     }
 }
@@ -202,7 +208,7 @@ impl ManualOffer {
     pub async fn accept(self, answer: &str) -> Result<PeerId> {
         let sdp = decode_sdp(answer)?;
         let rx = self.pending.accept(&sdp, self.inner.opts.open_timeout)?;
-        start(self.inner.clone(), rx).await
+        start(self.inner.clone(), rx, self.inner.opts.room_key.clone()).await
     }
 }
 
@@ -335,7 +341,8 @@ impl WebRtcStore {
             .answer(&sdp, self.inner.opts.open_timeout)?;
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if let Err(e) = start(inner, rx).await {
+            let key = inner.opts.room_key.clone();
+            if let Err(e) = start(inner, rx, key).await {
                 warn!(error = %e, "pairing failed");
             }
         });
@@ -386,6 +393,7 @@ impl WebRtcStore {
 pub(crate) async fn start(
     inner: Arc<Inner>,
     rx: oneshot::Receiver<Result<Channel>>,
+    room_key: Option<RoomKey>,
 ) -> Result<PeerId> {
     let ch = tokio::select! {
         _ = inner.cancel.cancelled() => return Err(Error::Closed),
@@ -401,6 +409,7 @@ pub(crate) async fn start(
         max_message: inner.opts.max_message,
         handshake_timeout: inner.opts.handshake_timeout,
         request_timeout: inner.opts.request_timeout,
+        room_key,
     };
     let conn = Conn::establish(ch, cfg).await?;
     let peer = conn.peer;

@@ -518,20 +518,30 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
     let srv = server(SignalingOptions::default()).await;
     let url = srv.url();
     let room = RoomCode::random().unwrap();
-    let store = |k: &Keypair| {
+    // Each store proves the room key of the password its user typed (the
+    // manual offers below travel through the signaling server).
+    let store = |k: &Keypair, password: Option<&str>| {
+        let mut opts = WebRtcStoreOptions::default();
+        opts.room_key = password.map(|p| RoomKey::derive(&room, p).unwrap());
         WebRtcStore::new(
             Arc::new(MemoryStore::new(sid())),
             k,
             Arc::new(Acl::open()),
-            WebRtcStoreOptions::default(),
+            opts,
         )
     };
-    let (ka, kb, kc) = (
+    let (ka, kb, kn, kc) = (
+        Keypair::generate(),
         Keypair::generate(),
         Keypair::generate(),
         Keypair::generate(),
     );
-    let (a, b, c) = (store(&ka), store(&kb), store(&kc));
+    let (a, b, n, c) = (
+        store(&ka, Some("secret")),
+        store(&kb, Some("guess")),
+        store(&kn, None),
+        store(&kc, Some("secret")),
+    );
     let mut sa = WsSignaling::connect(&url, &room, Some("secret"), &ka)
         .await
         .unwrap();
@@ -546,8 +556,8 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
     assert!(a.peers().borrow().is_empty());
     assert!(b.peers().borrow().is_empty());
     // No password at all: refused the same way.
-    let mut sb = WsSignaling::connect(&url, &room, None, &kb).await.unwrap();
-    let e = pair_through(&a, &mut sa, &b, &mut sb).await.unwrap_err();
+    let mut sn = WsSignaling::connect(&url, &room, None, &kn).await.unwrap();
+    let e = pair_through(&a, &mut sa, &n, &mut sn).await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
     // The right password pairs.
     let mut sc = WsSignaling::connect(&url, &room, Some("secret"), &kc)
@@ -555,6 +565,7 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
         .unwrap();
     let proven = pair_through(&a, &mut sa, &c, &mut sc).await.unwrap();
     assert_eq!(proven, kc.author());
+    n.close().await;
     a.close().await;
     b.close().await;
     c.close().await;
