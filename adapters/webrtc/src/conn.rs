@@ -66,7 +66,15 @@ pub(crate) struct ConnConfig {
     pub(crate) request_timeout: Duration,
     /// The room key both sides must prove (a password room), if any.
     pub(crate) room_key: Option<RoomKey>,
+    /// Changes not to notify the peer of, because our outbox delivers them
+    /// to it anyway (without this, a local append would travel twice: once
+    /// delivered, once fetched after the notification).
+    pub(crate) delivered: Option<Delivered>,
 }
+
+/// Whether our outbox delivers a change to a peer (see
+/// [`ConnConfig::delivered`]).
+pub(crate) type Delivered = Arc<dyn Fn(&PeerId, &cairn::ChangeId) -> bool + Send + Sync>;
 
 /// One authenticated, greeted connection.
 pub(crate) struct Conn {
@@ -74,6 +82,8 @@ pub(crate) struct Conn {
     corr: Mutex<Correlator<Waiter>>,
     subs: Mutex<HashMap<u32, mpsc::Sender<SubItem>>>,
     request_timeout: Duration,
+    /// See [`ConnConfig::delivered`].
+    delivered: Option<Delivered>,
     /// The peer's proven id.
     pub(crate) peer: PeerId,
     /// The peer's roles (auth message).
@@ -292,6 +302,7 @@ impl Conn {
             hello,
             closed: CancellationToken::new(),
             request_timeout: cfg.request_timeout,
+            delivered: cfg.delivered.clone(),
         });
         tokio::spawn(read_loop(conn.clone(), ch, dec, cfg));
         Ok(conn)
@@ -629,6 +640,12 @@ async fn serve(
                         _ => break,
                     }
                 }
+                if let Some(delivered) = &conn.delivered {
+                    metas.retain(|m| !delivered(&conn.peer, &m.id));
+                    if metas.is_empty() {
+                        continue;
+                    }
+                }
                 let msg = Message::Notify {
                     subscription: id,
                     metas,
@@ -707,6 +724,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             room_key: Some(key),
+            delivered: None,
         };
         let (ch, to_us, mut from_us) = pipe(ours.clone(), theirs.clone());
         let task = tokio::spawn(Conn::establish(ch, cfg));

@@ -410,6 +410,12 @@ pub(crate) async fn start(
         handshake_timeout: inner.opts.handshake_timeout,
         request_timeout: inner.opts.request_timeout,
         room_key,
+        delivered: {
+            let node = inner.node.clone();
+            Some(Arc::new(move |peer: &PeerId, id: &cairn::ChangeId| {
+                node.outbox().delivers_to(peer, id)
+            }))
+        },
     };
     let conn = Conn::establish(ch, cfg).await?;
     let peer = conn.peer;

@@ -199,13 +199,20 @@ impl Node {
             .iter()
             .map(|c| (c.id(), c.payload.len() as u64))
             .collect();
-        let out = self.cache.append(changes).await?;
-        self.outbox.add(
-            out.new
-                .iter()
-                .map(|id| (*id, sizes.get(id).copied().unwrap_or(0))),
-        );
-        Ok(out)
+        // Reserved while the cache stores them: a peer's subscription that
+        // sees them in the cache already knows the outbox brings them.
+        let ids: Vec<ChangeId> = sizes.keys().copied().collect();
+        self.outbox.reserve(&ids);
+        let out = self.cache.append(changes).await;
+        if let Ok(out) = &out {
+            self.outbox.add(
+                out.new
+                    .iter()
+                    .map(|id| (*id, sizes.get(id).copied().unwrap_or(0))),
+            );
+        }
+        self.outbox.release(&ids);
+        out
     }
 
     /// Apply a notification from `peer` (reached as `remote`): the changes

@@ -57,6 +57,8 @@ struct State {
     entries: BTreeMap<u64, Entry>,
     by_id: HashMap<ChangeId, u64>,
     attached: BTreeSet<PeerId>,
+    /// Ids being appended locally right now (counted), not yet added.
+    reserved: HashMap<ChangeId, u32>,
     failures: VecDeque<DeliveryFailure>,
     /// Failures not yet reported by `flush`.
     unreported: usize,
@@ -161,6 +163,47 @@ impl Outbox {
                 );
             }
         });
+    }
+
+    /// Mark `ids` as about to be added (a local append is storing them), so
+    /// [`delivers_to`](Self::delivers_to) already answers for them; undo
+    /// with [`release`](Self::release) once they are added or the append
+    /// failed.
+    pub fn reserve(&self, ids: &[ChangeId]) {
+        self.update(|s| {
+            for id in ids {
+                *s.reserved.entry(*id).or_default() += 1;
+            }
+        });
+    }
+
+    /// Undo a [`reserve`](Self::reserve).
+    pub fn release(&self, ids: &[ChangeId]) {
+        self.update(|s| {
+            for id in ids {
+                if let Some(n) = s.reserved.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.reserved.remove(id);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the outbox will deliver `id` to `peer` (attached, and it
+    /// has neither confirmed nor refused it), or `id` is being appended
+    /// locally right now. A notification to `peer` about such a change is
+    /// redundant: the change itself is on its way.
+    pub fn delivers_to(&self, peer: &PeerId, id: &ChangeId) -> bool {
+        self.read(|s| {
+            s.reserved.contains_key(id)
+                || (s.attached.contains(peer)
+                    && s.by_id
+                        .get(id)
+                        .and_then(|k| s.entries.get(k))
+                        .is_some_and(|e| !e.done.contains(peer)))
+        })
     }
 
     /// A peer can now be delivered to (its session is up).
