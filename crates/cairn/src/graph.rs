@@ -77,32 +77,57 @@ pub fn topo_sort<T>(
 /// dependency order. Changes made concurrently with the snapshot (an offline
 /// branch) are not covered and so are always included. Without any snapshot
 /// it is the same as `false`.
-pub fn plan_doc_load(mut metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Vec<ChangeMeta> {
+///
+/// # Cost
+/// Metadata may come from anyone, so the cost must not grow with the number
+/// of snapshots times the number of changes (a document flooded with
+/// snapshots would stall every load). The plan sorts (O(n log n) for n
+/// changes and e deps), then counts what every snapshot covers exactly in one
+/// forward pass, O((n + e) · w), where w is the number of chains the
+/// history that others build on is split into (about the number of branches
+/// open at once; snapshots nobody builds on cost nothing). If w would pass
+/// [`MAX_CHAINS`] (a history with that many concurrent branches, or a
+/// cycle, which real ids cannot form), it falls back to bounds that rule
+/// out most snapshots in one pass and exact counts for the rest, 64
+/// snapshots per sweep over the history. Either way the result is the same.
+pub fn plan_doc_load(metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Vec<ChangeMeta> {
+    plan_with(metas, from_last_snapshot, MAX_CHAINS)
+}
+
+/// Most chains [`plan_doc_load`] splits a history into before it switches
+/// to its fallback.
+pub const MAX_CHAINS: usize = 64;
+
+fn plan_with(
+    mut metas: Vec<ChangeMeta>,
+    from_last_snapshot: bool,
+    max_chains: usize,
+) -> Vec<ChangeMeta> {
     metas.sort_by_key(|m| (m.created_at, m.id));
     metas.dedup_by_key(|m| m.id);
     let metas = topo_sort(metas, |m| m.id, |m| &m.deps);
-    if !from_last_snapshot {
+    if !from_last_snapshot || !metas.iter().any(|m| m.kind == ChangeKind::Snapshot) {
         return metas;
     }
-    let index: HashMap<ChangeId, usize> =
-        metas.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
-    // (snapshot index, what it covers, ranking key)
-    type Best = (usize, Vec<bool>, (usize, u64, ChangeId));
-    let mut best: Option<Best> = None;
-    for (s, m) in metas.iter().enumerate() {
-        if m.kind != ChangeKind::Snapshot {
-            continue;
-        }
-        let covered = ancestors(&metas, &index, s);
-        let count = covered.iter().filter(|&&c| c).count();
-        let key = (count, m.created_at, m.id);
-        if best.as_ref().is_none_or(|(_, _, k)| key > *k) {
-            best = Some((s, covered, key));
-        }
-    }
-    let Some((s, covered, _)) = best else {
+    let graph = DepGraph::new(&metas);
+    let counts = if graph.cyclic {
+        None
+    } else {
+        chain_counts(&graph, max_chains)
+    };
+    let best = match counts {
+        Some(counts) => metas
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.kind == ChangeKind::Snapshot)
+            .max_by_key(|&(i, m)| (counts[i], m.created_at, m.id))
+            .map(|(i, _)| i),
+        None => best_by_sweeps(&metas, &graph),
+    };
+    let Some(s) = best else {
         return metas;
     };
+    let covered = graph.ancestors(s);
     let mut out = Vec::with_capacity(metas.len());
     let mut rest = Vec::new();
     for (i, m) in metas.into_iter().enumerate() {
@@ -116,28 +141,283 @@ pub fn plan_doc_load(mut metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Ve
     out
 }
 
-/// Which of `metas` are transitive deps of `metas[start]` (not counting itself).
-fn ancestors(metas: &[ChangeMeta], index: &HashMap<ChangeId, usize>, start: usize) -> Vec<bool> {
-    let mut covered = vec![false; metas.len()];
-    let mut stack: Vec<usize> = metas[start]
-        .deps
-        .iter()
-        .filter_map(|d| index.get(d).copied())
-        .collect();
-    while let Some(i) = stack.pop() {
-        if covered[i] || i == start {
+/// The deps of each change within the document, by position in the
+/// dependency order, deduplicated (compressed rows).
+struct DepGraph {
+    start: Vec<usize>,
+    deps: Vec<usize>,
+    /// Some dep points forward: only with a dependency cycle.
+    cyclic: bool,
+}
+
+impl DepGraph {
+    fn new(metas: &[ChangeMeta]) -> Self {
+        let index: HashMap<ChangeId, usize> =
+            metas.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        let mut start = Vec::with_capacity(metas.len() + 1);
+        let mut deps = Vec::with_capacity(metas.len());
+        let mut cyclic = false;
+        let mut row = Vec::new();
+        start.push(0);
+        for (i, m) in metas.iter().enumerate() {
+            row.clear();
+            // A change that names itself adds nothing to what it covers.
+            row.extend(
+                m.deps
+                    .iter()
+                    .filter_map(|d| index.get(d).copied())
+                    .filter(|&j| j != i),
+            );
+            row.sort_unstable();
+            row.dedup();
+            cyclic |= row.last().is_some_and(|&j| j > i);
+            deps.extend_from_slice(&row);
+            start.push(deps.len());
+        }
+        DepGraph {
+            start,
+            deps,
+            cyclic,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.start.len() - 1
+    }
+
+    fn deps(&self, i: usize) -> &[usize] {
+        &self.deps[self.start[i]..self.start[i + 1]]
+    }
+
+    /// Which changes are transitive deps of `start` (not counting itself):
+    /// one reverse-reachability sweep.
+    fn ancestors(&self, start: usize) -> Vec<bool> {
+        let mut covered = vec![false; self.len()];
+        let mut stack: Vec<usize> = self.deps(start).to_vec();
+        while let Some(i) = stack.pop() {
+            if covered[i] || i == start {
+                continue;
+            }
+            covered[i] = true;
+            stack.extend(self.deps(i).iter().filter(|&&d| !covered[d]));
+        }
+        covered
+    }
+}
+
+/// How many changes each change covers (its transitive deps), exactly, for
+/// an acyclic graph in dependency order; `None` if the history others build
+/// on needs more than `max_chains` chains.
+///
+/// The changes that something depends on are split greedily into chains
+/// (each member a transitive dep of the next). What a change covers is
+/// closed under deps, so it holds a prefix of every chain, and is counted
+/// by the length of each prefix: a label of one number per chain, the
+/// elementwise maximum of its deps' labels. Changes nothing depends on (the
+/// usual fake snapshot) need a label but join no chain.
+fn chain_counts(graph: &DepGraph, max_chains: usize) -> Option<Vec<usize>> {
+    let n = graph.len();
+    let mut has_dependent = vec![false; n];
+    for &d in &graph.deps {
+        has_dependent[d] = true;
+    }
+    // Length of each chain so far.
+    let mut chains: Vec<u32> = Vec::new();
+    // Labels of the changes in chains, ragged: a change's label has one
+    // entry per chain that existed when it was placed (later chains hold
+    // only later changes, none of them its deps). Entry c is how many
+    // members of chain c it covers or is.
+    let mut at: Vec<usize> = vec![0; n];
+    let mut width: Vec<u32> = vec![0; n];
+    let mut labels: Vec<u32> = Vec::new();
+    let mut counts = vec![0usize; n];
+    let mut label: Vec<u32> = Vec::new();
+    for (v, count) in counts.iter_mut().enumerate() {
+        label.clear();
+        label.resize(chains.len(), 0);
+        for &d in graph.deps(v) {
+            let (from, w) = (at[d], width[d] as usize);
+            for (l, &x) in label.iter_mut().zip(&labels[from..from + w]) {
+                *l = (*l).max(x);
+            }
+        }
+        *count = label.iter().map(|&l| l as usize).sum();
+        if !has_dependent[v] {
             continue;
         }
-        covered[i] = true;
-        stack.extend(metas[i].deps.iter().filter_map(|d| index.get(d).copied()));
+        // Join a chain whose last member `v` covers, or start one.
+        let c = match label.iter().zip(&chains).position(|(l, len)| l == len) {
+            Some(c) => c,
+            None if chains.len() < max_chains => {
+                chains.push(0);
+                label.push(0);
+                chains.len() - 1
+            }
+            None => return None,
+        };
+        chains[c] += 1;
+        label[c] = chains[c];
+        at[v] = labels.len();
+        width[v] = label.len() as u32;
+        labels.extend_from_slice(&label);
     }
-    covered
+    Some(counts)
 }
+
+/// The fallback of [`plan_doc_load`]: the best snapshot (most covered, then
+/// latest `created_at`, then highest id), by bounds first and exact counts
+/// (64 snapshots per sweep) only for those the bounds cannot rule out.
+fn best_by_sweeps(metas: &[ChangeMeta], graph: &DepGraph) -> Option<usize> {
+    let n = graph.len();
+    let is_snapshot = |i: usize| metas[i].kind == ChangeKind::Snapshot;
+    // Bounds on what each change covers: at least what any dep covers plus
+    // that dep, at most the sum of that, and never more than the changes
+    // before it. Valid only without cycles; with one, no bounds at all.
+    let (mut lo, mut hi) = (vec![0usize; n], vec![n; n]);
+    // A snapshot that another snapshot covers covers strictly less, so it
+    // cannot be the best (without cycles).
+    let mut below_snapshot = vec![false; n];
+    if !graph.cyclic {
+        for v in 0..n {
+            let (mut l, mut h) = (0usize, 0usize);
+            for &d in graph.deps(v) {
+                l = l.max(lo[d] + 1);
+                h = h.saturating_add(hi[d] + 1);
+            }
+            lo[v] = l;
+            hi[v] = h.min(v);
+        }
+        for v in (0..n).rev() {
+            if below_snapshot[v] || is_snapshot(v) {
+                for &d in graph.deps(v) {
+                    below_snapshot[d] = true;
+                }
+            }
+        }
+    }
+    type Key = (usize, u64, ChangeId);
+    let upper = |i: usize| -> Key { (hi[i], metas[i].created_at, metas[i].id) };
+    let lower = |i: usize| -> Key { (lo[i], metas[i].created_at, metas[i].id) };
+    let mut candidates: Vec<usize> = (0..n)
+        .filter(|&i| is_snapshot(i) && !below_snapshot[i])
+        .collect();
+    candidates.sort_by_key(|&i| std::cmp::Reverse(upper(i)));
+    // No candidate whose upper bound is below another's lower bound can win.
+    let floor = candidates.iter().map(|&i| lower(i)).max()?;
+    let mut best: Option<(Key, usize)> = None;
+    let mut sweep = Sweep::new(n);
+    let mut batch = Vec::with_capacity(64);
+    let mut rest = candidates.iter().copied();
+    let mut done = false;
+    while !done {
+        batch.clear();
+        while batch.len() < 64 {
+            let Some(i) = rest.next() else {
+                done = true;
+                break;
+            };
+            let up = upper(i);
+            if up < floor || best.as_ref().is_some_and(|(k, _)| up <= *k) {
+                // Sorted by upper bound: none of the rest can win either.
+                done = true;
+                break;
+            }
+            if lo[i] == hi[i] {
+                let key = lower(i);
+                if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                    best = Some((key, i));
+                }
+            } else {
+                batch.push(i);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        for (&i, count) in batch.iter().zip(sweep.counts(graph, &batch)) {
+            let key = (count, metas[i].created_at, metas[i].id);
+            if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                best = Some((key, i));
+            }
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// Exact coverage counts for up to 64 changes at once: one bit per change,
+/// pushed down to its deps, latest position first (so, without cycles, each
+/// change is visited once per sweep; with one, until nothing changes).
+struct Sweep {
+    masks: Vec<u64>,
+    queued: Vec<bool>,
+    touched: Vec<usize>,
+    heap: BinaryHeap<usize>,
+}
+
+impl Sweep {
+    fn new(n: usize) -> Self {
+        Sweep {
+            masks: vec![0; n],
+            queued: vec![false; n],
+            touched: Vec::new(),
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    fn counts(&mut self, graph: &DepGraph, batch: &[usize]) -> Vec<usize> {
+        for (b, &s) in batch.iter().enumerate().take(64) {
+            if self.masks[s] == 0 {
+                self.touched.push(s);
+            }
+            self.masks[s] |= 1 << b;
+            if !self.queued[s] {
+                self.queued[s] = true;
+                self.heap.push(s);
+            }
+        }
+        while let Some(v) = self.heap.pop() {
+            self.queued[v] = false;
+            let m = self.masks[v];
+            for &d in graph.deps(v) {
+                let old = self.masks[d];
+                if old | m != old {
+                    if old == 0 {
+                        self.touched.push(d);
+                    }
+                    self.masks[d] = old | m;
+                    if !self.queued[d] {
+                        self.queued[d] = true;
+                        self.heap.push(d);
+                    }
+                }
+            }
+        }
+        let mut counts = vec![0usize; batch.len()];
+        for v in self.touched.drain(..) {
+            let mut m = std::mem::take(&mut self.masks[v]);
+            while m != 0 {
+                counts[m.trailing_zeros() as usize] += 1;
+                m &= m - 1;
+            }
+        }
+        // Each change was counted once for its own bit; it does not cover
+        // itself (not even through a cycle).
+        for c in &mut counts {
+            *c = c.saturating_sub(1);
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+#[path = "../benches/reference/plan_doc_load.rs"]
+mod reference;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{ChangeBuilder, DocId};
+    use proptest::prelude::*;
 
     fn mk(kind: ChangeKind, deps: &[&ChangeMeta], t: u64) -> ChangeMeta {
         ChangeBuilder::new(kind, DocId::new("d").unwrap())
@@ -200,5 +480,138 @@ mod tests {
             .collect();
         // s2 covers a, b, c; s1 only a (and is itself not covered by s2).
         assert_eq!(plan, vec![s2.id, s1.id]);
+    }
+
+    fn ids(metas: &[ChangeMeta]) -> Vec<ChangeId> {
+        metas.iter().map(|m| m.id).collect()
+    }
+
+    /// The new plan, with its chain labels and with its fallback, equals
+    /// the reference.
+    fn check_against_reference(metas: Vec<ChangeMeta>) -> Result<(), TestCaseError> {
+        for snap in [false, true] {
+            let want = ids(&reference::plan_doc_load(metas.clone(), snap));
+            prop_assert_eq!(&ids(&plan_doc_load(metas.clone(), snap)), &want);
+            for max_chains in [0, 1, 2] {
+                prop_assert_eq!(&ids(&plan_with(metas.clone(), snap, max_chains)), &want);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `n` changes, each a snapshot or not, each depending on some
+    /// earlier ones, with clashing clocks; given shuffled, some twice.
+    fn history() -> impl Strategy<Value = Vec<ChangeMeta>> {
+        prop::collection::vec(
+            (
+                prop::bool::weighted(0.3),
+                0u64..6,
+                prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            ),
+            0..48,
+        )
+        .prop_flat_map(|spec| {
+            let mut metas: Vec<ChangeMeta> = Vec::with_capacity(spec.len());
+            for (i, (snapshot, t, deps)) in spec.into_iter().enumerate() {
+                let kind = if snapshot {
+                    ChangeKind::Snapshot
+                } else {
+                    ChangeKind::Change
+                };
+                let deps: Vec<ChangeId> = if i == 0 {
+                    Vec::new()
+                } else {
+                    deps.iter().map(|d| metas[d.index(i)].id).collect()
+                };
+                let meta = ChangeBuilder::new(kind, DocId::new("d").unwrap())
+                    .deps(deps)
+                    .created_at(t)
+                    .payload(vec![i as u8, (i >> 8) as u8])
+                    .build()
+                    .unwrap()
+                    .meta;
+                metas.push(meta);
+            }
+            let n = metas.len();
+            (
+                Just(metas).prop_shuffle(),
+                prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+            )
+                .prop_map(move |(mut metas, twice)| {
+                    if n > 0 {
+                        let again: Vec<_> =
+                            twice.iter().map(|i| metas[i.index(n)].clone()).collect();
+                        metas.extend(again);
+                    }
+                    metas
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn plan_equals_the_reference(metas in history()) {
+            check_against_reference(metas)?;
+        }
+
+        /// Metadata with made-up ids can name any dep, itself and later
+        /// changes included (cycles): the plan still equals the reference.
+        #[test]
+        fn plan_equals_the_reference_with_made_up_ids(
+            spec in prop::collection::vec(
+                (prop::bool::weighted(0.4), 0u64..4, prop::collection::vec(0usize..24, 0..4)),
+                1..24,
+            )
+        ) {
+            let base = mk(ChangeKind::Change, &[], 0);
+            let metas: Vec<ChangeMeta> = spec
+                .iter()
+                .enumerate()
+                .map(|(i, (snapshot, t, deps))| {
+                    let mut m = base.clone();
+                    m.id = ChangeId::from_bytes([i as u8; 32]);
+                    m.kind = if *snapshot { ChangeKind::Snapshot } else { ChangeKind::Change };
+                    m.created_at = *t;
+                    m.deps = deps
+                        .iter()
+                        .map(|&d| ChangeId::from_bytes([(d % spec.len()) as u8; 32]))
+                        .collect();
+                    m
+                })
+                .collect();
+            check_against_reference(metas)?;
+        }
+    }
+
+    #[test]
+    fn a_flood_of_snapshots_gives_the_reference_plan() {
+        // Three devices' branches that merge now and then, snapshots in the
+        // history, and then snapshots that nobody builds on.
+        let mut metas = vec![mk(ChangeKind::Create, &[], 0)];
+        let mut heads = [0usize; 3];
+        for i in 1..300usize {
+            let dev = i % 3;
+            let mut deps = vec![&metas[heads[dev]]];
+            if i % 17 == 0 {
+                deps.push(&metas[heads[(dev + 1) % 3]]);
+            }
+            let kind = if i % 10 == 0 {
+                ChangeKind::Snapshot
+            } else {
+                ChangeKind::Change
+            };
+            let m = mk(kind, &deps, i as u64);
+            metas.push(m);
+            heads[dev] = metas.len() - 1;
+        }
+        let history = metas.len();
+        for i in 0..200usize {
+            let a = &metas[(i * 7919) % history];
+            let b = &metas[(i * 104_729) % history];
+            let deps = if i % 2 == 0 { vec![a] } else { vec![a, b] };
+            let m = mk(ChangeKind::Snapshot, &deps, 1_000 + (i % 5) as u64);
+            metas.push(m);
+        }
+        check_against_reference(metas).unwrap();
     }
 }
