@@ -42,7 +42,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn::{Change, ChangeBuilder, ChangeId, ChangeKind, DocId, Keypair, RequireSignature, StoreId};
+use cairn::{
+    Change, ChangeBuilder, ChangeId, ChangeKind, DocId, Keypair, RequireSignature, StoreId,
+};
 use cairn_protocol::{FrameDecoder, Message, RemoteCalls, client_hello, encode};
 use cairn_quic::*;
 use cairn_redb::RedbStore;
@@ -264,7 +266,9 @@ async fn idle_session(ep: &quinn::Endpoint, srv: &ServerProcess) -> quinn::Conne
         .unwrap();
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let hello = Message::Hello(client_hello(sid(), 1 << 24));
-    s.write_all(&encode(&hello, 1 << 24).unwrap()).await.unwrap();
+    s.write_all(&encode(&hello, 1 << 24).unwrap())
+        .await
+        .unwrap();
     s.finish().unwrap();
     let bytes = r.read_to_end(1 << 16).await.unwrap();
     let mut dec = FrameDecoder::new(1 << 24);
@@ -306,9 +310,15 @@ async fn run(srv: &ServerProcess) {
     // Subscribers first; `subscribe` returns once the server confirmed it.
     let mut subs = Vec::new();
     for _ in 0..subscribers {
-        let c = QuicClient::connect(srv.addr, srv.peer_id, &Keypair::generate(), &sid(), max_frame)
-            .await
-            .unwrap();
+        let c = QuicClient::connect(
+            srv.addr,
+            srv.peer_id,
+            &Keypair::generate(),
+            &sid(),
+            max_frame,
+        )
+        .await
+        .unwrap();
         let mut stream = c.subscribe().await.unwrap();
         let (index, started) = (index.clone(), started.clone());
         subs.push(tokio::spawn(async move {
@@ -331,18 +341,25 @@ async fn run(srv: &ServerProcess) {
                     prop.push(Duration::from_micros(now.saturating_sub(t0 - 1)));
                 }
             }
+            let done = epoch.elapsed();
             drop(stream);
             c.close().await;
-            (seen, prop)
+            (seen, prop, done)
         }));
     }
 
     let mut writers = Vec::new();
     for _ in 0..clients {
         writers.push(
-            QuicClient::connect(srv.addr, srv.peer_id, &Keypair::generate(), &sid(), max_frame)
-                .await
-                .unwrap(),
+            QuicClient::connect(
+                srv.addr,
+                srv.peer_id,
+                &Keypair::generate(),
+                &sid(),
+                max_frame,
+            )
+            .await
+            .unwrap(),
         );
     }
     let go = Arc::new(tokio::sync::Barrier::new(clients + 1));
@@ -357,43 +374,58 @@ async fn run(srv: &ServerProcess) {
             let mut lat = Vec::with_capacity(changes.len());
             for (k, change) in changes.into_iter().enumerate() {
                 let t = Instant::now();
-                started[first + k].store(
-                    epoch.elapsed().as_micros() as u64 + 1,
-                    Ordering::Release,
-                );
+                started[first + k].store(epoch.elapsed().as_micros() as u64 + 1, Ordering::Release);
                 let out = client.remote_append(vec![change]).await.unwrap();
                 lat.push(t.elapsed());
                 assert_eq!(out.new.len(), 1, "an append stored nothing new");
             }
+            let done = epoch.elapsed();
             client.close().await;
-            lat
+            (lat, done)
         }));
     }
     go.wait().await;
     let t = Instant::now();
     let mut lat = Vec::with_capacity(total);
+    let mut last_done = Duration::ZERO;
     for task in tasks {
-        lat.extend(task.await.unwrap());
+        let (l, done) = task.await.unwrap();
+        lat.extend(l);
+        last_done = last_done.max(done);
     }
-    let elapsed = t.elapsed();
+    // From the start until the last append was answered (closing the
+    // clients not counted).
+    let elapsed = last_done.saturating_sub(t.duration_since(epoch));
     let mut prop = Vec::with_capacity(total * subscribers);
     let mut duplicated = 0usize;
     let mut lost = 0usize;
+    let mut last_seen = Duration::ZERO;
     for sub in subs {
-        let (seen, p) = sub.await.unwrap();
+        let (seen, p, done) = sub.await.unwrap();
+        last_seen = last_seen.max(done);
         lost += seen.iter().filter(|&&n| n == 0).count();
-        duplicated += seen.iter().map(|&n| n.saturating_sub(1) as usize).sum::<usize>();
+        duplicated += seen
+            .iter()
+            .map(|&n| n.saturating_sub(1) as usize)
+            .sum::<usize>();
         prop.extend(p);
     }
-    let all_seen = t.elapsed();
+    // From the start of the appends until the last subscriber saw its last.
+    let all_seen = last_seen.saturating_sub(t.duration_since(epoch));
     let hwm = status_kib(&pid, "VmHWM:");
     let rss1 = status_kib(&pid, "VmRSS:");
     let (cpu1, my_cpu1) = (cpu_s(&pid, hz), cpu_s("self", hz));
 
     // What the server holds, read back by paged scan.
-    let reader = QuicClient::connect(srv.addr, srv.peer_id, &Keypair::generate(), &sid(), max_frame)
-        .await
-        .unwrap();
+    let reader = QuicClient::connect(
+        srv.addr,
+        srv.peer_id,
+        &Keypair::generate(),
+        &sid(),
+        max_frame,
+    )
+    .await
+    .unwrap();
     let mut held = vec![0u32; total];
     let (mut after, mut items, mut pages) = (0u64, 0usize, 0usize);
     while pages < total + 1 {
@@ -403,7 +435,9 @@ async fn run(srv: &ServerProcess) {
         pages += 1;
         for item in &page {
             items += 1;
-            held[*index.get(&item.meta.id).expect("the server holds a stranger")] += 1;
+            held[*index
+                .get(&item.meta.id)
+                .expect("the server holds a stranger")] += 1;
         }
     }
     reader.close().await;
@@ -460,8 +494,8 @@ async fn run(srv: &ServerProcess) {
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let t = Instant::now();
     let mut conns = Vec::with_capacity(idle);
-    let mut pending = futures::stream::iter((0..idle).map(|_| idle_session(&ep, srv)))
-        .buffer_unordered(32);
+    let mut pending =
+        futures::stream::iter((0..idle).map(|_| idle_session(&ep, srv))).buffer_unordered(32);
     while let Some(c) = tokio::time::timeout(DEADLINE, pending.next())
         .await
         .expect("idle connections took too long")
@@ -500,7 +534,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(tokio::time::timeout(DEADLINE * 2, run(&srv)))
+    rt.block_on(async { tokio::time::timeout(DEADLINE * 2, run(&srv)).await })
         .expect("the load bench took over 20 minutes");
     drop(rt);
     srv.stop();
