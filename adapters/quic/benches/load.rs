@@ -28,8 +28,14 @@
 //!   127.0.0.1. The rest are the defaults, with `RequireSignature` as the
 //!   verifier.
 //!
+//! 3. Baseline, in the same run: the same appends (the same signed changes,
+//!    the signature checked as the server's `RequireSignature` does) by as
+//!    many tasks straight into a durable `RedbStore` in this process, with no
+//!    network, protocol or subscribers.
+//!
 //! Lines start with `load ` and are `key=value` pairs. `CAIRN_LOAD_CLIENTS`,
-//! `CAIRN_LOAD_APPENDS` and `CAIRN_LOAD_IDLE` change the sizes.
+//! `CAIRN_LOAD_APPENDS`, `CAIRN_LOAD_SUBSCRIBERS` and `CAIRN_LOAD_IDLE`
+//! change the sizes.
 //!
 //! Run: `cargo bench -p cairn-quic --bench load`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -284,7 +290,7 @@ async fn run(srv: &ServerProcess) {
     let clients = env_usize("CAIRN_LOAD_CLIENTS", 100);
     let appends = env_usize("CAIRN_LOAD_APPENDS", 1000);
     let idle = env_usize("CAIRN_LOAD_IDLE", 1000);
-    let subscribers = 10;
+    let subscribers = env_usize("CAIRN_LOAD_SUBSCRIBERS", 10);
     let total = clients * appends;
     let pid = srv.pid().to_string();
     let hz = clock_ticks();
@@ -292,6 +298,7 @@ async fn run(srv: &ServerProcess) {
 
     // Signed before the clock starts.
     let work: Vec<Vec<Change>> = (0..clients).map(|c| changes_of(c, appends)).collect();
+    let baseline_work = work.clone();
     let index: Arc<HashMap<ChangeId, usize>> = Arc::new(
         work.iter()
             .flatten()
@@ -521,6 +528,54 @@ async fn run(srv: &ServerProcess) {
         c.close(0u32.into(), b"done");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), ep.wait_idle()).await;
+    drop(conns);
+
+    baseline(baseline_work, hz).await;
+}
+
+/// The same appends straight into a durable `RedbStore` in this process.
+async fn baseline(work: Vec<Vec<Change>>, hz: f64) {
+    use cairn::{AppendOnlyStore, Verifier};
+    let total: usize = work.iter().map(Vec::len).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        RedbStore::open(dir.path().join("baseline.redb"), sid())
+            .await
+            .unwrap(),
+    );
+    let cpu0 = cpu_s("self", hz);
+    let go = Arc::new(tokio::sync::Barrier::new(work.len() + 1));
+    let mut tasks = Vec::new();
+    for changes in work {
+        let (go, store) = (go.clone(), store.clone());
+        tasks.push(tokio::spawn(async move {
+            go.wait().await;
+            let mut lat = Vec::with_capacity(changes.len());
+            for change in changes {
+                let t = Instant::now();
+                RequireSignature.verify(&change.meta).unwrap();
+                let out = store.append(vec![change]).await.unwrap();
+                lat.push(t.elapsed());
+                assert_eq!(out.new.len(), 1, "an append stored nothing new");
+            }
+            lat
+        }));
+    }
+    go.wait().await;
+    let t = Instant::now();
+    let mut lat = Vec::with_capacity(total);
+    for task in tasks {
+        lat.extend(task.await.unwrap());
+    }
+    let elapsed = t.elapsed();
+    let cpu = cpu_s("self", hz) - cpu0;
+    assert_eq!(store.head().await.unwrap().seq as usize, total);
+    println!(
+        "load baseline=redb_in_process changes={total} p50_ms={} p99_ms={} changes_per_s={:.0} cpu_s={cpu:.2}",
+        ms(pct(&mut lat, 0.5)),
+        ms(pct(&mut lat, 0.99)),
+        total as f64 / elapsed.as_secs_f64(),
+    );
 }
 
 fn main() {
