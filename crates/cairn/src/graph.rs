@@ -81,22 +81,24 @@ pub fn topo_sort<T>(
 /// # Cost
 /// Metadata may come from anyone, so the cost must not grow with the number
 /// of snapshots times the number of changes (a document flooded with
-/// snapshots would stall every load). The plan sorts (O(n log n) for n
-/// changes and e deps), then counts what every snapshot covers exactly in one
-/// forward pass, O((n + e) · w), where w is the number of chains the
-/// history that others build on is split into (about the number of branches
-/// open at once; snapshots nobody builds on cost nothing). If w would pass
-/// [`MAX_CHAINS`] (a history with that many concurrent branches, or a
-/// cycle, which real ids cannot form), it falls back to bounds that rule
-/// out most snapshots in one pass and exact counts for the rest, 64
-/// snapshots per sweep over the history. Either way the result is the same.
+/// snapshots would stall every load). For n changes with e deps the plan
+/// sorts (O(n log n + e)), then counts what each change covers in one
+/// forward pass, O((n + e) · w): the changes that others build on are split
+/// into w chains (about the number of branches open at once, at most 64),
+/// and a change's label, one number per chain, says how much of each chain
+/// it covers. Snapshots that nobody builds on (the usual flood) join no
+/// chain and cost O(deps · w) each. Past 64 chains (a history with that many
+/// concurrent branches built on, or a cycle, which real ids cannot form)
+/// the changes after get bounds instead; snapshots the bounds cannot rule
+/// out are counted exactly 64 per sweep over the history, so only that case
+/// costs more, O((n + e) log n) per 64 such snapshots. Either way the plan
+/// is the same.
 pub fn plan_doc_load(metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Vec<ChangeMeta> {
     plan_with(metas, from_last_snapshot, MAX_CHAINS)
 }
 
-/// Most chains [`plan_doc_load`] splits a history into before it switches
-/// to its fallback.
-pub const MAX_CHAINS: usize = 64;
+/// Most chains [`plan_doc_load`] labels a history with.
+const MAX_CHAINS: usize = 64;
 
 fn plan_with(
     mut metas: Vec<ChangeMeta>,
@@ -110,20 +112,8 @@ fn plan_with(
         return metas;
     }
     let graph = DepGraph::new(&metas);
-    let counts = if graph.cyclic {
-        None
-    } else {
-        chain_counts(&graph, max_chains)
-    };
-    let best = match counts {
-        Some(counts) => metas
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.kind == ChangeKind::Snapshot)
-            .max_by_key(|&(i, m)| (counts[i], m.created_at, m.id))
-            .map(|(i, _)| i),
-        None => best_by_sweeps(&metas, &graph),
-    };
+    let (lo, hi) = coverage_bounds(&graph, max_chains);
+    let best = best_snapshot(&metas, &graph, &lo, &hi);
     let Some(s) = best else {
         return metas;
     };
@@ -205,43 +195,64 @@ impl DepGraph {
     }
 }
 
-/// How many changes each change covers (its transitive deps), exactly, for
-/// an acyclic graph in dependency order; `None` if the history others build
-/// on needs more than `max_chains` chains.
+/// Bounds `lo[i] <= covered <= hi[i]` on how many changes each change
+/// covers (its transitive deps), exact (`lo == hi`) wherever chain labels
+/// reach: everywhere unless the history needs more than `max_chains` chains.
 ///
 /// The changes that something depends on are split greedily into chains
 /// (each member a transitive dep of the next). What a change covers is
-/// closed under deps, so it holds a prefix of every chain, and is counted
-/// by the length of each prefix: a label of one number per chain, the
-/// elementwise maximum of its deps' labels. Changes nothing depends on (the
-/// usual fake snapshot) need a label but join no chain.
-fn chain_counts(graph: &DepGraph, max_chains: usize) -> Option<Vec<usize>> {
+/// closed under deps, so it holds a prefix of every chain; the lengths of
+/// those prefixes are its label, the elementwise maximum of its deps'
+/// labels, and they add up to its count as long as every dep is in a chain
+/// and exact itself. Changes nothing depends on (the usual fake snapshot)
+/// need a label but join no chain. Elsewhere: at least what any dep covers
+/// plus that dep, at most the sum of that, and never more than the changes
+/// before it. With a cycle (which real ids cannot form): no bounds at all.
+fn coverage_bounds(graph: &DepGraph, max_chains: usize) -> (Vec<usize>, Vec<usize>) {
     let n = graph.len();
+    if graph.cyclic {
+        return (vec![0; n], vec![n; n]);
+    }
+    let (mut lo, mut hi) = (vec![0usize; n], vec![0usize; n]);
     let mut has_dependent = vec![false; n];
     for &d in &graph.deps {
         has_dependent[d] = true;
     }
+    // Exact, and in a chain (so its dependents can be exact).
+    let mut chained = vec![false; n];
     // Length of each chain so far.
     let mut chains: Vec<u32> = Vec::new();
-    // Labels of the changes in chains, ragged: a change's label has one
-    // entry per chain that existed when it was placed (later chains hold
-    // only later changes, none of them its deps). Entry c is how many
-    // members of chain c it covers or is.
+    // Labels of the chained changes, ragged: one entry per chain that
+    // existed when the change was placed (later chains hold only later
+    // changes, none of them its deps). Entry c is how many members of chain
+    // c it covers or is.
     let mut at: Vec<usize> = vec![0; n];
     let mut width: Vec<u32> = vec![0; n];
     let mut labels: Vec<u32> = Vec::new();
-    let mut counts = vec![0usize; n];
     let mut label: Vec<u32> = Vec::new();
-    for (v, count) in counts.iter_mut().enumerate() {
+    for v in 0..n {
+        let deps = graph.deps(v);
+        if !deps.iter().all(|&d| chained[d]) {
+            let (mut l, mut h) = (0usize, 0usize);
+            for &d in deps {
+                l = l.max(lo[d] + 1);
+                h = h.saturating_add(hi[d] + 1);
+            }
+            lo[v] = l;
+            hi[v] = h.min(v);
+            continue;
+        }
         label.clear();
         label.resize(chains.len(), 0);
-        for &d in graph.deps(v) {
+        for &d in deps {
             let (from, w) = (at[d], width[d] as usize);
             for (l, &x) in label.iter_mut().zip(&labels[from..from + w]) {
                 *l = (*l).max(x);
             }
         }
-        *count = label.iter().map(|&l| l as usize).sum();
+        let count = label.iter().map(|&l| l as usize).sum();
+        lo[v] = count;
+        hi[v] = count;
         if !has_dependent[v] {
             continue;
         }
@@ -253,40 +264,33 @@ fn chain_counts(graph: &DepGraph, max_chains: usize) -> Option<Vec<usize>> {
                 label.push(0);
                 chains.len() - 1
             }
-            None => return None,
+            None => continue,
         };
         chains[c] += 1;
         label[c] = chains[c];
         at[v] = labels.len();
         width[v] = label.len() as u32;
         labels.extend_from_slice(&label);
+        chained[v] = true;
     }
-    Some(counts)
+    (lo, hi)
 }
 
-/// The fallback of [`plan_doc_load`]: the best snapshot (most covered, then
-/// latest `created_at`, then highest id), by bounds first and exact counts
-/// (64 snapshots per sweep) only for those the bounds cannot rule out.
-fn best_by_sweeps(metas: &[ChangeMeta], graph: &DepGraph) -> Option<usize> {
+/// The best snapshot (most covered, then latest `created_at`, then highest
+/// id), from the bounds, counting exactly (64 snapshots per sweep) only
+/// those the bounds cannot rule out.
+fn best_snapshot(
+    metas: &[ChangeMeta],
+    graph: &DepGraph,
+    lo: &[usize],
+    hi: &[usize],
+) -> Option<usize> {
     let n = graph.len();
     let is_snapshot = |i: usize| metas[i].kind == ChangeKind::Snapshot;
-    // Bounds on what each change covers: at least what any dep covers plus
-    // that dep, at most the sum of that, and never more than the changes
-    // before it. Valid only without cycles; with one, no bounds at all.
-    let (mut lo, mut hi) = (vec![0usize; n], vec![n; n]);
     // A snapshot that another snapshot covers covers strictly less, so it
     // cannot be the best (without cycles).
     let mut below_snapshot = vec![false; n];
     if !graph.cyclic {
-        for v in 0..n {
-            let (mut l, mut h) = (0usize, 0usize);
-            for &d in graph.deps(v) {
-                l = l.max(lo[d] + 1);
-                h = h.saturating_add(hi[d] + 1);
-            }
-            lo[v] = l;
-            hi[v] = h.min(v);
-        }
         for v in (0..n).rev() {
             if below_snapshot[v] || is_snapshot(v) {
                 for &d in graph.deps(v) {
@@ -305,7 +309,7 @@ fn best_by_sweeps(metas: &[ChangeMeta], graph: &DepGraph) -> Option<usize> {
     // No candidate whose upper bound is below another's lower bound can win.
     let floor = candidates.iter().map(|&i| lower(i)).max()?;
     let mut best: Option<(Key, usize)> = None;
-    let mut sweep = Sweep::new(n);
+    let mut sweep = None;
     let mut batch = Vec::with_capacity(64);
     let mut rest = candidates.iter().copied();
     let mut done = false;
@@ -334,6 +338,7 @@ fn best_by_sweeps(metas: &[ChangeMeta], graph: &DepGraph) -> Option<usize> {
         if batch.is_empty() {
             continue;
         }
+        let sweep = sweep.get_or_insert_with(|| Sweep::new(n));
         for (&i, count) in batch.iter().zip(sweep.counts(graph, &batch)) {
             let key = (count, metas[i].created_at, metas[i].id);
             if best.as_ref().is_none_or(|(k, _)| key > *k) {
