@@ -7,9 +7,11 @@
 //!   another);
 //! - `flood`: the same history, then the snapshots as fakes nobody builds
 //!   on, each depending on one or two random changes (all concurrent);
-//! - `wide`: like `flood`, but each fake snapshot has a change built on it,
-//!   so the history is too wide for chain labels and the current algorithm
-//!   takes its fallback (bounds, then 64 snapshots per sweep).
+//! - `wide`: the worst case of the current algorithm: the history has 128
+//!   devices' branches (more than the 64 chains it labels), then the fake
+//!   snapshots, each with a change built on it, so most coverage is only
+//!   bounded and the snapshots the bounds cannot rule out are counted 64
+//!   per sweep.
 //!
 //! One line per case: `plan_doc_load shape=… changes=… snapshots=… old_ms=…
 //! new_ms=… speedup=… same=…` (new: the median of 5 runs; old: one run).
@@ -54,16 +56,16 @@ fn meta(kind: ChangeKind, deps: Vec<ChangeId>, t: u64, salt: u64) -> ChangeMeta 
         .meta
 }
 
-/// Three devices' branches; every `merge_every`-th change also depends on
-/// another device's head; every `snapshot_every`-th is a snapshot.
-fn history(n: usize, snapshot_every: usize) -> Vec<ChangeMeta> {
+/// `devices` branches; every 7th change also depends on another device's
+/// head; every `snapshot_every`-th is a snapshot.
+fn history(n: usize, devices: usize, snapshot_every: usize) -> Vec<ChangeMeta> {
     let mut metas = vec![meta(ChangeKind::Create, vec![], 0, 0)];
-    let mut heads = [0usize; 3];
+    let mut heads = vec![0usize; devices];
     for i in 1..n {
-        let dev = i % 3;
+        let dev = i % devices;
         let mut deps = vec![metas[heads[dev]].id];
         if i % 7 == 0 {
-            deps.push(metas[heads[(dev + 1) % 3]].id);
+            deps.push(metas[heads[(dev + 1) % devices]].id);
         }
         let kind = if snapshot_every > 0 && i % snapshot_every == 0 {
             ChangeKind::Snapshot
@@ -79,11 +81,11 @@ fn history(n: usize, snapshot_every: usize) -> Vec<ChangeMeta> {
 fn shape(name: &str, changes: usize, snapshots: usize) -> Vec<ChangeMeta> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ changes as u64);
     match name {
-        "history" => history(changes, changes / snapshots),
+        "history" => history(changes, 3, changes / snapshots),
         "flood" | "wide" => {
             let built_on = name == "wide";
             let base = changes - snapshots - if built_on { snapshots } else { 0 };
-            let mut metas = history(base, 0);
+            let mut metas = history(base, if built_on { 128 } else { 3 }, 0);
             for i in 0..snapshots {
                 let mut deps = vec![metas[rng.below(base)].id];
                 if i % 2 == 1 {

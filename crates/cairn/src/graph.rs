@@ -350,8 +350,9 @@ fn best_snapshot(
 }
 
 /// Exact coverage counts for up to 64 changes at once: one bit per change,
-/// pushed down to its deps, latest position first (so, without cycles, each
-/// change is visited once per sweep; with one, until nothing changes).
+/// pushed down to its deps, latest position first: without cycles one scan
+/// down the positions visits each change once; with one, a queue runs
+/// until nothing changes.
 struct Sweep {
     masks: Vec<u64>,
     queued: Vec<bool>,
@@ -375,9 +376,26 @@ impl Sweep {
                 self.touched.push(s);
             }
             self.masks[s] |= 1 << b;
-            if !self.queued[s] {
+            if graph.cyclic && !self.queued[s] {
                 self.queued[s] = true;
                 self.heap.push(s);
+            }
+        }
+        if !graph.cyclic {
+            // Deps come first: one scan down from the latest position, no
+            // queue; positions nothing reached cost one load each.
+            let top = batch.iter().copied().max().unwrap_or(0);
+            for v in (0..=top).rev() {
+                let m = self.masks[v];
+                if m == 0 {
+                    continue;
+                }
+                for &d in graph.deps(v) {
+                    if self.masks[d] == 0 {
+                        self.touched.push(d);
+                    }
+                    self.masks[d] |= m;
+                }
             }
         }
         while let Some(v) = self.heap.pop() {
