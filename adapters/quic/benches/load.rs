@@ -236,9 +236,13 @@ fn cpu_s(pid: &str, hz: f64) -> f64 {
 
 // ---- the clients ----------------------------------------------------------
 
+/// The `p` quantile (zero for no samples).
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+    let last = v.len().saturating_sub(1);
+    v.get((last as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
