@@ -91,8 +91,9 @@ pub fn topo_sort<T>(
 /// concurrent branches built on, or a cycle, which real ids cannot form)
 /// the changes after get bounds instead; snapshots the bounds cannot rule
 /// out are counted exactly 64 per sweep over the history, so only that case
-/// costs more, O((n + e) log n) per 64 such snapshots. Either way the plan
-/// is the same.
+/// costs more, O(n + e) per 64 such snapshots. Memory: up to 64 numbers per
+/// change that others build on (4 bytes each), one bit per change and
+/// snapshot in a sweep's batch. Either way the plan is the same.
 pub fn plan_doc_load(metas: Vec<ChangeMeta>, from_last_snapshot: bool) -> Vec<ChangeMeta> {
     plan_with(metas, from_last_snapshot, MAX_CHAINS)
 }
