@@ -14,7 +14,9 @@
 //!   per sweep.
 //!
 //! One line per case: `plan_doc_load shape=… changes=… snapshots=… old_ms=…
-//! new_ms=… speedup=… same=…` (new: the median of 5 runs; old: one run).
+//! new_ms=… order_only_ms=… speedup=… same=…` (new: the median of 5 runs;
+//! old: one run; order_only: the median of 5 plans without snapshots, i.e.
+//! the sort into dependency order alone).
 //! The old algorithm takes minutes per 100k case: `CAIRN_PLAN_OLD=N` runs it
 //! only on documents of at most N changes (`0`: never).
 //!
@@ -134,6 +136,17 @@ fn main() {
             }
             new_times.sort();
             let new = new_times[new_times.len() / 2];
+            // The part that does not look at snapshots: sort and order.
+            let mut order_times = Vec::new();
+            for _ in 0..5 {
+                let input = metas.clone();
+                let t = Instant::now();
+                let all = plan_doc_load(input, false);
+                order_times.push(t.elapsed());
+                assert_eq!(all.len(), changes);
+            }
+            order_times.sort();
+            let order = order_times[order_times.len() / 2];
             let (old, same) = if changes <= old_up_to {
                 let input = metas.clone();
                 let t = Instant::now();
@@ -145,10 +158,11 @@ fn main() {
                 (None, None)
             };
             println!(
-                "plan_doc_load shape={name} changes={changes} snapshots={snapshots} planned={} old_ms={} new_ms={:.1} speedup={} same={}",
+                "plan_doc_load shape={name} changes={changes} snapshots={snapshots} planned={} old_ms={} new_ms={:.1} order_only_ms={:.1} speedup={} same={}",
                 plan.len(),
                 old.map_or("-".into(), |o| format!("{:.1}", ms(o))),
                 ms(new),
+                ms(order),
                 old.map_or("-".into(), |o| format!(
                     "{:.0}x",
                     o.as_secs_f64() / new.as_secs_f64()
