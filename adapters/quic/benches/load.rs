@@ -33,6 +33,11 @@
 //!    many tasks straight into a durable `RedbStore` in this process, with no
 //!    network, protocol or subscribers.
 //!
+//! `CAIRN_LOAD_WRITER=quicstore` makes the writers `QuicStore`s (a memory
+//! cache each) that `append` and then `flush` every change: the latency is
+//! then until the outbox has the server's confirmation, and every writer is
+//! also a subscriber (a `QuicStore` always subscribes), so run it smaller.
+//!
 //! Lines start with `load ` and are `key=value` pairs. `CAIRN_LOAD_CLIENTS`,
 //! `CAIRN_LOAD_APPENDS`, `CAIRN_LOAD_SUBSCRIBERS` and `CAIRN_LOAD_IDLE`
 //! change the sizes.
@@ -48,9 +53,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn::AppendOnlyStore;
 use cairn::{
     Change, ChangeBuilder, ChangeId, ChangeKind, DocId, Keypair, RequireSignature, StoreId,
 };
+use cairn_memory::MemoryStore;
 use cairn_protocol::{FrameDecoder, Message, RemoteCalls, client_hello, encode};
 use cairn_quic::*;
 use cairn_redb::RedbStore;
@@ -290,11 +297,21 @@ async fn idle_session(ep: &quinn::Endpoint, srv: &ServerProcess) -> quinn::Conne
     conn
 }
 
+/// How a load client appends.
+enum Writer {
+    /// `remote_append`, answered after the server's commit.
+    Client(QuicClient),
+    /// `append` into its cache, then `flush` until the outbox has the
+    /// server's confirmation.
+    Store(QuicStore),
+}
+
 async fn run(srv: &ServerProcess) {
     let clients = env_usize("CAIRN_LOAD_CLIENTS", 100);
     let appends = env_usize("CAIRN_LOAD_APPENDS", 1000);
     let idle = env_usize("CAIRN_LOAD_IDLE", 1000);
     let subscribers = env_usize("CAIRN_LOAD_SUBSCRIBERS", 10);
+    let quicstore = std::env::var("CAIRN_LOAD_WRITER").as_deref() == Ok("quicstore");
     let total = clients * appends;
     let pid = srv.pid().to_string();
     let hz = clock_ticks();
@@ -361,22 +378,31 @@ async fn run(srv: &ServerProcess) {
 
     let mut writers = Vec::new();
     for _ in 0..clients {
-        writers.push(
-            QuicClient::connect(
+        let key = Keypair::generate();
+        writers.push(if quicstore {
+            let cache = Arc::new(MemoryStore::new(sid()));
+            let store = QuicStore::new(
+                cache,
                 srv.addr,
                 srv.peer_id,
-                &Keypair::generate(),
-                &sid(),
-                max_frame,
+                &key,
+                QuicStoreOptions::default(),
             )
-            .await
-            .unwrap(),
-        );
+            .unwrap();
+            store.wait_connected(Duration::from_secs(60)).await.unwrap();
+            Writer::Store(store)
+        } else {
+            Writer::Client(
+                QuicClient::connect(srv.addr, srv.peer_id, &key, &sid(), max_frame)
+                    .await
+                    .unwrap(),
+            )
+        });
     }
     let go = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     let mut offset = 0;
-    for (client, changes) in writers.into_iter().zip(work) {
+    for (writer, changes) in writers.into_iter().zip(work) {
         let (go, started) = (go.clone(), started.clone());
         let first = offset;
         offset += changes.len();
@@ -386,12 +412,22 @@ async fn run(srv: &ServerProcess) {
             for (k, change) in changes.into_iter().enumerate() {
                 let t = Instant::now();
                 started[first + k].store(epoch.elapsed().as_micros() as u64 + 1, Ordering::Release);
-                let out = client.remote_append(vec![change]).await.unwrap();
+                let out = match &writer {
+                    Writer::Client(c) => c.remote_append(vec![change]).await.unwrap(),
+                    Writer::Store(s) => {
+                        let out = s.append(vec![change]).await.unwrap();
+                        s.flush(DEADLINE).await.unwrap();
+                        out
+                    }
+                };
                 lat.push(t.elapsed());
                 assert_eq!(out.new.len(), 1, "an append stored nothing new");
             }
             let done = epoch.elapsed();
-            client.close().await;
+            match writer {
+                Writer::Client(c) => c.close().await,
+                Writer::Store(s) => s.close().await,
+            }
             (lat, done)
         }));
     }
@@ -456,17 +492,23 @@ async fn run(srv: &ServerProcess) {
     let server_dup = items - (total - server_lost);
 
     println!(
-        "load clients={clients} appends={appends} subscribers={subscribers} changes={total} payload_bytes=64 signed=true store=redb-durable"
+        "load clients={clients} appends={appends} subscribers={subscribers} changes={total} payload_bytes=64 signed=true store=redb-durable writer={}",
+        if quicstore { "quicstore" } else { "client" }
     );
     println!(
         "load check server_ids={items} server_lost={server_lost} server_duplicated={server_dup} subscriber_lost={lost} subscriber_duplicated={duplicated}"
     );
     println!(
-        "load append_latency n={} p50_ms={} p99_ms={} max_ms={} confirmed_by=remote_append_response",
+        "load append_latency n={} p50_ms={} p99_ms={} max_ms={} confirmed_by={}",
         lat.len(),
         ms(pct(&mut lat, 0.5)),
         ms(pct(&mut lat, 0.99)),
         ms(pct(&mut lat, 1.0)),
+        if quicstore {
+            "quicstore_flush"
+        } else {
+            "remote_append_response"
+        },
     );
     println!(
         "load propagation n={} p50_ms={} p99_ms={} max_ms={}",
@@ -539,7 +581,7 @@ async fn run(srv: &ServerProcess) {
 
 /// The same appends straight into a durable `RedbStore` in this process.
 async fn baseline(work: Vec<Vec<Change>>, hz: f64) {
-    use cairn::{AppendOnlyStore, Verifier};
+    use cairn::Verifier;
     let total: usize = work.iter().map(Vec::len).sum();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
