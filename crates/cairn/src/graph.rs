@@ -1,7 +1,7 @@
 //! Dependency ordering: topological sort and the plan for loading one document.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::ids::ChangeId;
 use crate::record::{ChangeKind, ChangeMeta};
@@ -29,11 +29,11 @@ pub fn topo_sort<T>(
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut already_sorted = true;
     for (i, t) in items.iter().enumerate() {
-        let mut seen = HashSet::new();
         for d in deps_of(t) {
+            // `children[j]` ends with `i` iff `i` already named `j`.
             if let Some(&j) = index.get(d)
                 && j != i
-                && seen.insert(j)
+                && children[j].last() != Some(&i)
             {
                 indegree[i] += 1;
                 children[j].push(i);
