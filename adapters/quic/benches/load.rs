@@ -7,7 +7,11 @@
 //!    paged `scan`, holds exactly the 100,000 ids, and each subscriber saw
 //!    each id exactly once);
 //! 2. 1,000 idle authenticated connections (raw quinn, TLS with a client
-//!    key each and the hello exchanged), held at once.
+//!    key each and the hello exchanged), held at once;
+//! 3. a baseline, in the same run: the same appends (the same signed
+//!    changes, the signature checked as the server's `RequireSignature`
+//!    does) by as many tasks straight into a durable `RedbStore` in this
+//!    process, with no network, protocol or subscribers.
 //!
 //! The server runs in a child process (this binary, run again with
 //! `CAIRN_LOAD_ROLE=server`), so its memory and CPU are its own: the parent
@@ -27,11 +31,6 @@
 //!   64) and `max_connections` (default 1024) to 4096: every client is on
 //!   127.0.0.1. The rest are the defaults, with `RequireSignature` as the
 //!   verifier.
-//!
-//! 3. Baseline, in the same run: the same appends (the same signed changes,
-//!    the signature checked as the server's `RequireSignature` does) by as
-//!    many tasks straight into a durable `RedbStore` in this process, with no
-//!    network, protocol or subscribers.
 //!
 //! `CAIRN_LOAD_WRITER=quicstore` makes the writers `QuicStore`s (a memory
 //! cache each) that `append` and then `flush` every change: the latency is
