@@ -682,24 +682,26 @@ impl AppendOnlyStore for RedbStore {
         from_last_snapshot: bool,
     ) -> Result<Vec<ChangeMeta>> {
         let doc = doc.clone();
-        let metas = self
-            .read(move |inner| {
-                let rtx = inner.read_txn()?;
-                let docs = rtx.open_table(DOCS).map_err(map)?;
-                let changes = rtx.open_table(CHANGES).map_err(map)?;
-                let mut metas = Vec::new();
-                let d = doc.as_str();
-                for entry in docs.range((d, 0u64)..=(d, u64::MAX)).map_err(map)? {
-                    let (_, v) = entry.map_err(map)?;
-                    let meta = get_meta(&changes, v.value())?.ok_or_else(|| {
-                        corrupt(format!("doc index of {d} points to a missing change"))
-                    })?;
-                    metas.push(meta);
-                }
-                Ok(metas)
-            })
-            .await?;
-        Ok(cairn::graph::plan_doc_load(metas, from_last_snapshot))
+        // The plan is CPU work over every change of the document: it runs on
+        // the blocking pool with the read, not on the executor.
+        self.read(move |inner| {
+            let rtx = inner.read_txn()?;
+            let docs = rtx.open_table(DOCS).map_err(map)?;
+            let changes = rtx.open_table(CHANGES).map_err(map)?;
+            let mut metas = Vec::new();
+            let d = doc.as_str();
+            for entry in docs.range((d, 0u64)..=(d, u64::MAX)).map_err(map)? {
+                let (_, v) = entry.map_err(map)?;
+                let meta = get_meta(&changes, v.value())?.ok_or_else(|| {
+                    corrupt(format!("doc index of {d} points to a missing change"))
+                })?;
+                metas.push(meta);
+            }
+            // Plan with the read transaction closed.
+            drop((docs, changes, rtx));
+            Ok(cairn::graph::plan_doc_load(metas, from_last_snapshot))
+        })
+        .await
     }
 
     async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
