@@ -302,3 +302,62 @@ async fn repeated_ids_and_unbounded_scans_are_bounded() {
     );
     victim.close().await;
 }
+
+/// A store whose live feed fails: every subscription yields one error.
+#[derive(Debug)]
+struct BrokenFeed(MemoryStore);
+
+#[async_trait]
+impl cairn::AppendOnlyStore for BrokenFeed {
+    fn store_id(&self) -> &cairn::StoreId {
+        self.0.store_id()
+    }
+    fn capabilities(&self) -> cairn::Capabilities {
+        self.0.capabilities()
+    }
+    async fn append(&self, changes: Vec<cairn::Change>) -> Result<cairn::AppendOutcome> {
+        self.0.append(changes).await
+    }
+    async fn get_changes(&self, ids: &[cairn::ChangeId]) -> Result<Vec<cairn::Change>> {
+        self.0.get_changes(ids).await
+    }
+    async fn get_metas(&self, ids: &[cairn::ChangeId]) -> Result<Vec<cairn::ChangeMeta>> {
+        self.0.get_metas(ids).await
+    }
+    async fn has_changes(&self, ids: &[cairn::ChangeId]) -> Result<Vec<bool>> {
+        self.0.has_changes(ids).await
+    }
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<cairn::ScanItem>> {
+        self.0.scan(after, limit).await
+    }
+    async fn head(&self) -> Result<cairn::Head> {
+        self.0.head().await
+    }
+    async fn subscribe(&self) -> Result<cairn::ChangeStream> {
+        use futures::StreamExt;
+        let e = cairn::Error::backend("feed", true, std::io::Error::other("the feed broke"));
+        Ok(futures::stream::once(async move { Err(e) }).boxed())
+    }
+}
+
+/// A served subscription whose feed fails tells its subscriber with an
+/// error for that subscription, so live updates do not just stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_served_subscription_reaches_the_subscriber() {
+    let victim = WebRtcStore::new(
+        Arc::new(BrokenFeed(MemoryStore::new(sid()))),
+        &Keypair::generate(),
+        Arc::new(Acl::open()),
+        WebRtcStoreOptions::default(),
+    );
+    let mut h = Hostile::pair(&victim, &Keypair::generate()).await;
+    h.request(5, Request::Subscribe).await;
+    let (first, _) = h.until(5).await;
+    assert!(matches!(first, Response::Done), "{first:?}");
+    let (second, _) = h.until(5).await;
+    match second {
+        Response::Error(e) => assert!(e.into_error().to_string().contains("feed broke")),
+        other => panic!("expected the subscription's error, got {other:?}"),
+    }
+    victim.close().await;
+}
