@@ -16,6 +16,10 @@ use cairn_protocol::{
 use cairn_webrtc::*;
 use tokio::sync::mpsc;
 
+/// These tests measure this process's RSS and descriptors, and `cargo test`
+/// runs a file's tests as threads of one process: they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const T: Duration = Duration::from_secs(20);
 
 fn lo() -> std::net::IpAddr {
@@ -174,6 +178,7 @@ async fn answer_to(
 /// socket for up to 20 s: 50 offers were 50 more descriptors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_flood_opens_a_bounded_number_of_sockets() {
+    let _serial = SERIAL.lock().await;
     let (kv, ka, kc) = (
         Keypair::generate(),
         Keypair::generate(),
@@ -241,6 +246,7 @@ async fn an_offer_flood_opens_a_bounded_number_of_sockets() {
 /// for life and the 65th request was never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_capped_and_never_starve_requests() {
+    let _serial = SERIAL.lock().await;
     let victim = store(&Keypair::generate());
     let mut h = Hostile::pair(&victim, &Keypair::generate()).await;
     for id in 1..=70 {
@@ -269,6 +275,7 @@ async fn subscriptions_are_capped_and_never_starve_requests() {
 /// would have been 20 GiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_ids_and_unbounded_scans_are_bounded() {
+    let _serial = SERIAL.lock().await;
     let victim = store(&Keypair::generate());
     let big = ChangeBuilder::new(ChangeKind::Change, doc("d"))
         .payload(vec![7u8; 1 << 20])
@@ -344,6 +351,7 @@ impl cairn::AppendOnlyStore for BrokenFeed {
 /// error for that subscription, so live updates do not just stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_served_subscription_reaches_the_subscriber() {
+    let _serial = SERIAL.lock().await;
     let victim = WebRtcStore::new(
         Arc::new(BrokenFeed(MemoryStore::new(sid()))),
         &Keypair::generate(),

@@ -24,6 +24,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// Longest any single step may take before the test fails.
+
+/// These tests measure this process's RSS and descriptors, and `cargo test`
+/// runs a file's tests as threads of one process: they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const STEP: Duration = Duration::from_secs(10);
 
 /// The join signature's context (README, "Signaling").
@@ -122,6 +127,7 @@ async fn tcp_from(source: [u8; 4], server: std::net::SocketAddr) -> std::io::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_join_are_cut_off_within_the_deadline() {
+    let _serial = SERIAL.lock().await;
     let deadline = Duration::from_millis(500);
     let srv = server(SignalingOptions {
         join_timeout: deadline,
@@ -168,6 +174,7 @@ async fn connections_that_never_join_are_cut_off_within_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_members_are_dropped_and_live_ones_kept() {
+    let _serial = SERIAL.lock().await;
     let idle = Duration::from_millis(600);
     let srv = server(SignalingOptions {
         idle_timeout: idle,
@@ -209,6 +216,7 @@ async fn silent_members_are_dropped_and_live_ones_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_address_is_capped_and_members_still_pair() {
+    let _serial = SERIAL.lock().await;
     let cap = 8;
     let srv = server(SignalingOptions {
         max_connections_per_ip: cap,
@@ -294,6 +302,7 @@ async fn a_flood_from_one_address_is_capped_and_members_still_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_never_reads_is_dropped_and_memory_stays_bounded() {
+    let _serial = SERIAL.lock().await;
     // Over this, the server buffered the spam for the member that does not
     // read (120 MiB are sent at it).
     const MAX_GROWTH_MIB: f64 = 32.0;
@@ -372,6 +381,7 @@ async fn a_member_that_never_reads_is_dropped_and_memory_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_with_another_peers_id_and_a_bad_signature_is_refused() {
+    let _serial = SERIAL.lock().await;
     let srv = server(SignalingOptions::default()).await;
     let url = srv.url();
     let room = RoomCode::random().unwrap();
@@ -420,6 +430,7 @@ async fn a_join_with_another_peers_id_and_a_bad_signature_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_refused() {
+    let _serial = SERIAL.lock().await;
     let max = 4096;
     let srv = server(SignalingOptions {
         max_message: max,
@@ -515,6 +526,7 @@ async fn pair_through(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accepted() {
+    let _serial = SERIAL.lock().await;
     let srv = server(SignalingOptions::default()).await;
     let url = srv.url();
     let room = RoomCode::random().unwrap();
@@ -574,6 +586,7 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_joins_are_refused_and_the_server_stays_up() {
+    let _serial = SERIAL.lock().await;
     let srv = server(SignalingOptions::default()).await;
     let url = srv.url();
     let room = RoomCode::random().unwrap();
@@ -665,6 +678,7 @@ async fn malformed_joins_are_refused_and_the_server_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_connection_cap_holds_across_addresses() {
+    let _serial = SERIAL.lock().await;
     let srv = server(SignalingOptions {
         max_connections: 4,
         ..SignalingOptions::default()
