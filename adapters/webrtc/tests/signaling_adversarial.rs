@@ -23,12 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-/// Longest any single step may take before the test fails.
-
 /// These tests measure this process's RSS and descriptors, and `cargo test`
 /// runs a file's tests as threads of one process: they take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Longest any single step may take before the test fails.
 const STEP: Duration = Duration::from_secs(10);
 
 /// The join signature's context (README, "Signaling").
