@@ -331,7 +331,20 @@ impl PostgresDb {
 
 /// Run `attempt` until it succeeds, fails for good, or has been retried
 /// `retries` times, with a short capped backoff between attempts.
-pub(crate) async fn retry<T, F, Fut>(retries: u32, mut attempt: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(retries: u32, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, Fail>>,
+{
+    retry_fail(retries, attempt).await.map_err(Fail::into_error)
+}
+
+/// [`retry`], keeping the last failure's kind (an ambiguous commit must be
+/// told apart from a batch that surely failed).
+pub(crate) async fn retry_fail<T, F, Fut>(
+    retries: u32,
+    mut attempt: F,
+) -> std::result::Result<T, Fail>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, Fail>>,
@@ -351,7 +364,7 @@ where
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(e) => return Err(e.into_error()),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -32,12 +32,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cairn::tail::SeqWatch;
-use cairn::{AppendOutcome, Change, ChangeId, Fingerprint, FingerprintBuckets, Result};
+use cairn::{AppendOutcome, Change, ChangeId, Error, Fingerprint, FingerprintBuckets, Result};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use crate::error::{Fail, corrupt};
-use crate::{PostgresDb, retry, to_u64};
+use crate::{PostgresDb, retry, retry_fail, to_u64};
 
 /// Most changes merged into one group commit.
 const GROUP_MAX_CHANGES: usize = 10_000;
@@ -81,7 +81,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
         }
         let group: Vec<&Encoded> = jobs.iter().map(|j| &j.enc).collect();
-        match retry(retries, || w.commit(&group)).await {
+        match retry_fail(retries, || w.commit(&group)).await {
             Ok(outs) => {
                 for (job, out) in jobs.into_iter().zip(outs) {
                     let _ = job.reply.send(Ok(out));
@@ -89,7 +89,22 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
             Err(e) if jobs.len() == 1 => {
                 if let Some(job) = jobs.into_iter().next() {
-                    let _ = job.reply.send(Err(e));
+                    let _ = job.reply.send(Err(e.into_error()));
+                }
+            }
+            // The group may have committed: committing its batches again
+            // would report them as duplicates of themselves. Every member
+            // gets the ambiguous (retryable) error; appending again is safe.
+            Err(Fail::Ambiguous(e)) => {
+                let why = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::backend(
+                        "postgres",
+                        true,
+                        std::io::Error::other(format!(
+                            "the connection was lost while committing; the batch may or may not be stored (appending it again is safe): {why}"
+                        )),
+                    )));
                 }
             }
             // Each batch on its own, so every caller gets its own error (or
