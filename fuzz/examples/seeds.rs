@@ -124,7 +124,10 @@ fn main() {
     let d = dir("signal_message");
     let hex64 = "ab".repeat(32);
     let jsons = [
-        ("challenge", format!(r#"{{"type":"challenge","nonce":"{hex64}"}}"#)),
+        (
+            "challenge",
+            format!(r#"{{"type":"challenge","nonce":"{hex64}"}}"#),
+        ),
         (
             "join",
             format!(
@@ -132,7 +135,10 @@ fn main() {
                 "cd".repeat(64)
             ),
         ),
-        ("welcome", format!(r#"{{"type":"welcome","peers":["{hex64}"]}}"#)),
+        (
+            "welcome",
+            format!(r#"{{"type":"welcome","peers":["{hex64}"]}}"#),
+        ),
         (
             "signal",
             format!(
