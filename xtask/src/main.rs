@@ -5,6 +5,11 @@
 //! already), then run `cargo test --workspace [ARGS…]`, the browser test
 //! included, with `CAIRN_PG_URL` pointing at it; the cluster is stopped at
 //! the end, whether the tests passed or not.
+//!
+//! `cargo xtask fuzz [--time SECS]`: build and run every fuzz target in
+//! `fuzz/` for SECS seconds each (default 30) with `cargo fuzz` on the
+//! stable toolchain (`RUSTC_BOOTSTRAP=1`), installing cargo-fuzz if it is
+//! missing; fails, naming the targets, if any crashes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,6 +18,8 @@ use std::process::{Command, ExitCode};
 /// benchmarks of cairn-postgres (standard library only).
 #[path = "../../adapters/postgres/tests/common/cluster.rs"]
 mod cluster;
+
+mod fuzz;
 
 /// Names the PostgreSQL server the tests use.
 const PG_URL_ENV: &str = "CAIRN_PG_URL";
@@ -31,9 +38,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("setup") => setup(),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies"
+                "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies\n       cargo xtask fuzz [--time SECS]           run every fuzz target SECS seconds (default 30)"
             );
             return ExitCode::FAILURE;
         }
