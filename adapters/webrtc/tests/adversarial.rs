@@ -223,9 +223,12 @@ async fn an_offer_flood_opens_a_bounded_number_of_sockets() {
         to_attacker <= 4,
         "{to_attacker} of 50 offers were answered (burst is 4)"
     );
+    // The burst's sockets (4; a replaced one closes within half a second),
+    // the legitimate pairing's two, and slack for the runtime: far below
+    // the 50 that one socket per offer would open.
     assert!(
-        grown <= 8,
-        "the flood opened {grown} file descriptors (bound: 8)"
+        grown <= 16,
+        "the flood opened {grown} file descriptors (bound: 16)"
     );
     let proven = tokio::time::timeout(
         Duration::from_secs(20),
