@@ -21,6 +21,9 @@ use crate::rtc::{PendingOffer, Setup};
 use crate::signal::{SignalEvent, SignalMessage, Signaling};
 use crate::store::{Inner, start};
 
+/// Most members whose offer budgets are tracked at once.
+const MAX_BUDGETS: usize = 4096;
+
 struct Room<S> {
     inner: Arc<Inner>,
     sig: S,
@@ -231,6 +234,17 @@ impl<S: Signaling> Room<S> {
         let burst = f64::from(o.offer_burst.max(1));
         let per = o.offer_interval.as_secs_f64().max(1e-3);
         let now = Instant::now();
+        if !self.budgets.contains_key(&from) && self.budgets.len() >= MAX_BUDGETS {
+            // Offers may claim any sender: forget the budgets that have
+            // refilled (a new one starts full, so nothing changes), and
+            // refuse newcomers while every budget is still in use.
+            self.budgets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() / per < burst
+            });
+            if self.budgets.len() >= MAX_BUDGETS {
+                return false;
+            }
+        }
         let (tokens, at) = self.budgets.entry(from).or_insert((burst, now));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() / per).min(burst);
         *at = now;
