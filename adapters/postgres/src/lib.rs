@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod fp;
 mod live;
 mod schema;
 mod store;
@@ -12,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn::{Fingerprint, Limits, Result, StoreId};
+use cairn::{Limits, Result, StoreId};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
@@ -294,9 +295,7 @@ impl PostgresDb {
                     let epoch = cairn::random_u64() as i64;
                     if let Some(row) = tx.query_opt(&sql.create_store, &[&id, &epoch]).await? {
                         let key: i64 = row.try_get(0)?;
-                        let empty = Fingerprint::default().to_bytes();
-                        tx.execute(&sql.create_buckets, &[&key, &&empty[..]])
-                            .await?;
+                        tx.execute(&sql.create_buckets, &[&key]).await?;
                     }
                     let row = tx.query_one(&sql.find_store, &[&id]).await?;
                     let key: i64 = row.try_get(0)?;

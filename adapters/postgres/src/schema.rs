@@ -36,6 +36,28 @@ const MIGRATIONS: &[&str] = &[
          fp        bytea   NOT NULL CHECK (length(fp) = 40),
          PRIMARY KEY (store_key, bucket)
      );",
+    // Version 2, for appends in one round trip:
+    // - bucket fingerprints as an exact, unreduced `numeric` sum plus a
+    //   count, so that an append adds to them on the server without reading
+    //   them first (`fp.rs`);
+    // - no foreign keys from `changes` and `buckets` to `stores`: the check
+    //   ran a trigger per inserted row, while every append holds its
+    //   store's row `FOR UPDATE` anyway and stores are never deleted.
+    "ALTER TABLE {s}.changes DROP CONSTRAINT IF EXISTS changes_store_key_fkey;
+     ALTER TABLE {s}.buckets DROP CONSTRAINT IF EXISTS buckets_store_key_fkey;
+     ALTER TABLE {s}.buckets SET (fillfactor = 40);
+     ALTER TABLE {s}.buckets ADD COLUMN sum numeric, ADD COLUMN n bigint;
+     UPDATE {s}.buckets SET
+         sum = round((SELECT sum(get_byte(fp, i)::numeric * power(256::numeric, i))
+                      FROM generate_series(0, 31) AS i)),
+         n = round((SELECT sum(get_byte(fp, 32 + i)::numeric * power(256::numeric, 7 - i))
+                    FROM generate_series(0, 7) AS i))::bigint;
+     ALTER TABLE {s}.buckets
+         DROP COLUMN fp,
+         ALTER COLUMN sum SET NOT NULL,
+         ALTER COLUMN n SET NOT NULL,
+         ADD CONSTRAINT buckets_sum_check CHECK (sum >= 0 AND scale(sum) = 0),
+         ADD CONSTRAINT buckets_n_check CHECK (n >= 0);",
 ];
 
 /// The schema version this build writes.
@@ -128,9 +150,8 @@ pub(crate) struct Sql {
     pub(crate) create_buckets: String,
     pub(crate) lock_head: String,
     pub(crate) existing: String,
-    pub(crate) buckets_of: String,
     pub(crate) insert: String,
-    pub(crate) update_buckets: String,
+    pub(crate) add_buckets: String,
     pub(crate) set_head: String,
     pub(crate) notify: String,
     pub(crate) head: String,
@@ -157,35 +178,45 @@ impl Sql {
                  ON CONFLICT (store_id) DO NOTHING RETURNING store_key"
             ),
             create_buckets: format!(
-                "INSERT INTO {s}.buckets (store_key, bucket, fp)
-                 SELECT $1, b, $2 FROM generate_series(0, {}) AS b",
+                "INSERT INTO {s}.buckets (store_key, bucket, sum, n)
+                 SELECT $1, b, 0, 0 FROM generate_series(0, {}) AS b",
                 FingerprintBuckets::COUNT - 1
             ),
             lock_head: format!("SELECT head FROM {s}.stores WHERE store_key = $1 FOR UPDATE"),
             existing: format!("SELECT id FROM {s}.changes WHERE store_key = $1 AND id = ANY($2)"),
-            buckets_of: format!(
-                "SELECT bucket, fp FROM {s}.buckets WHERE store_key = $1 AND bucket = ANY($2)"
-            ),
-            // The count guard turns "ON CONFLICT skipped a row" (impossible
-            // under the counter row lock) into an error that aborts the
-            // transaction, instead of a gap.
+            // Numbers the rows `head + 1 …` in order, reading `head` from
+            // the row this transaction has locked. No `ON CONFLICT`: an id
+            // already stored (the one-round-trip append does not check
+            // first) violates `changes_by_id`, which aborts the transaction;
+            // the writer then appends again, checking first (`writer.rs`).
             insert: format!(
-                "WITH ins AS (
-                     INSERT INTO {s}.changes (store_key, seq, id, doc_id, kind, meta, payload)
-                     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::text[], $5::int2[],
-                                              $6::bytea[], $7::bytea[])
-                     ON CONFLICT (store_key, id) DO NOTHING
+                "INSERT INTO {s}.changes (store_key, seq, id, doc_id, kind, meta, payload)
+                 SELECT $1, h.head + u.ord, u.id, u.doc_id, u.kind, u.meta, u.payload
+                 FROM (SELECT head FROM {s}.stores WHERE store_key = $1) AS h,
+                      unnest($2::bytea[], $3::text[], $4::int2[], $5::bytea[], $6::bytea[])
+                          WITH ORDINALITY AS u(id, doc_id, kind, meta, payload, ord)"
+            ),
+            // Adds each touched bucket's delta; a missing bucket row (never
+            // created, or deleted by hand) fails the transaction, naming it.
+            add_buckets: format!(
+                "WITH upd AS (
+                     UPDATE {s}.buckets AS b SET sum = b.sum + u.d::numeric, n = b.n + u.c
+                     FROM unnest($2::int4[], $3::text[], $4::int8[]) AS u(bucket, d, c)
+                     WHERE b.store_key = $1 AND b.bucket = u.bucket
                      RETURNING 1
                  )
-                 SELECT 1 / (CASE WHEN count(*) = $8::int8 THEN 1 ELSE 0 END) FROM ins"
+                 SELECT CASE WHEN count(*) = $5::int8 THEN 1
+                        ELSE ('cairn: a bucket row of store_key ' || $1::int8::text || ' is missing; '
+                              || count(*)::text || ' of ' || $5::int8::text || ' found')::int END
+                 FROM upd"
             ),
-            update_buckets: format!(
-                "UPDATE {s}.buckets AS b SET fp = u.fp
-                 FROM unnest($2::int4[], $3::bytea[]) AS u(bucket, fp)
-                 WHERE b.store_key = $1 AND b.bucket = u.bucket"
+            set_head: format!(
+                "UPDATE {s}.stores SET head = head + $2 WHERE store_key = $1 RETURNING head"
             ),
-            set_head: format!("UPDATE {s}.stores SET head = $2 WHERE store_key = $1"),
-            notify: "SELECT pg_notify($1, $2)".to_owned(),
+            notify: format!(
+                "SELECT pg_notify($1, store_key::text || ' ' || head::text)
+                 FROM {s}.stores WHERE store_key = $2"
+            ),
             head: format!("SELECT head FROM {s}.stores WHERE store_key = $1"),
             heads: format!("SELECT store_key, head FROM {s}.stores WHERE store_key = ANY($1)"),
             get_changes: format!(
@@ -216,7 +247,7 @@ impl Sql {
                  WHERE store_key = $1 AND doc_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
             ),
             bucket_range: format!(
-                "SELECT bucket, fp FROM {s}.buckets
+                "SELECT bucket, sum::text, n FROM {s}.buckets
                  WHERE store_key = $1 AND bucket >= $2 AND bucket < $3"
             ),
             channel: format!("cairn.{s}"),

@@ -105,13 +105,6 @@ fn successor(id: &ChangeId) -> Option<ChangeId> {
     None
 }
 
-pub(crate) fn fingerprint_of(bytes: &[u8]) -> Result<Fingerprint> {
-    let arr: &[u8; 40] = bytes
-        .try_into()
-        .map_err(|_| corrupt(format!("a bucket fingerprint is {} bytes", bytes.len())))?;
-    Ok(Fingerprint::from_bytes(arr))
-}
-
 impl StoreInner {
     fn page(&self) -> usize {
         self.db.inner.options.page_rows
@@ -269,8 +262,9 @@ impl StoreInner {
             let mut stored = FingerprintBuckets::default();
             for row in &rows {
                 let b: i32 = row.try_get(0)?;
-                let fp: &[u8] = row.try_get(1)?;
-                stored.set(b as usize, fingerprint_of(fp)?);
+                let sum: &str = row.try_get(1)?;
+                let n: i64 = row.try_get(2)?;
+                stored.set(b as usize, crate::fp::fingerprint_from(sum, n)?);
             }
             if stored != buckets {
                 return Err(corrupt("bucket fingerprints disagree with the stored ids").into());
@@ -517,8 +511,9 @@ impl AppendOnlyStore for PostgresStore {
                 })
                 .await?;
             for row in &rows {
-                let bytes: &[u8] = row.try_get(1).map_err(crate::error::map_pg)?;
-                fp.merge(&fingerprint_of(bytes)?);
+                let sum: &str = row.try_get(1).map_err(crate::error::map_pg)?;
+                let n: i64 = row.try_get(2).map_err(crate::error::map_pg)?;
+                fp.merge(&crate::fp::fingerprint_from(sum, n)?);
             }
             return Ok(fp.summary());
         }

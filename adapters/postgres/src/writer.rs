@@ -8,9 +8,9 @@
 //! sequence number. A transaction that appends first takes that row with
 //! `SELECT head … FOR UPDATE`; every other appender of the same store, in
 //! any process, blocks there until it commits or rolls back. Holding the
-//! lock, it reads which ids are already present, numbers the new changes
-//! `head + 1 …`, inserts them, sets `head` and commits, which releases the
-//! lock. So:
+//! lock, it inserts the new changes as `head + 1 …` (the insert reads
+//! `head` from the locked row), adds their ids to the bucket sums, moves
+//! `head` and commits, which releases the lock. So:
 //!
 //! - numbers are assigned in commit order: the next appender reads `head`
 //!   only after this one's commit (`READ COMMITTED` takes a fresh snapshot
@@ -23,20 +23,30 @@
 //!   appender can commit `N + 1`, everything up to `N` is already visible
 //!   to every new snapshot, and one `scan` query reads one snapshot.
 //!
-//! The same lock makes the id check exact (nobody else can insert into this
-//! store meanwhile); `ON CONFLICT DO NOTHING` stays as a second guard, and a
-//! guard on the inserted count aborts the transaction rather than leave a
-//! gap if that guard ever fires.
+//! # One round trip
+//!
+//! The common case sends `BEGIN`, the lock, the insert, the bucket
+//! update, the head update, `NOTIFY` and `COMMIT` at once and reads the
+//! answers together. It assumes every id is new; if one is stored already,
+//! the insert violates the unique index `changes_by_id`, which aborts the
+//! transaction (so `COMMIT` only rolls back and nothing is visible), and
+//! the writer appends again on the same connection, this time reading
+//! which ids are present under the lock first (two round trips). The
+//! lock makes that check exact: nobody else can insert into this store
+//! meanwhile. Every input row yields exactly one inserted row (the head
+//! subquery yields one row, since the lock found the store's row), so the
+//! numbering has no gaps.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cairn::tail::SeqWatch;
-use cairn::{AppendOutcome, Change, ChangeId, Error, Fingerprint, FingerprintBuckets, Result};
+use cairn::{AppendOutcome, Change, ChangeId, Error, FingerprintBuckets, Result};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use crate::error::{Fail, corrupt};
+use crate::fp::Delta;
 use crate::{PostgresDb, retry, retry_fail, to_u64};
 
 /// Most changes merged into one group commit.
@@ -150,34 +160,62 @@ impl Writer {
         group: &[&Encoded],
     ) -> Result<Vec<AppendOutcome>, Fail> {
         let sql = &self.db.inner.sql;
+        let st = Statements {
+            lock: client.prepare_cached(&sql.lock_head).await?,
+            existing: client.prepare_cached(&sql.existing).await?,
+            insert: client.prepare_cached(&sql.insert).await?,
+            add_buckets: client.prepare_cached(&sql.add_buckets).await?,
+            set_head: client.prepare_cached(&sql.set_head).await?,
+            notify: client.prepare_cached(&sql.notify).await?,
+        };
+
+        // The common case, one round trip: BEGIN, lock the counter row,
+        // insert everything (numbered by the server from the locked head),
+        // add to the buckets, move the head, notify, COMMIT. The insert's
+        // guard aborts the transaction if any id was already stored.
+        let (outs, rows) = plan(group, &HashSet::new());
         let key = self.key;
-        let lock = client.prepare_cached(&sql.lock_head).await?;
-        let existing = client.prepare_cached(&sql.existing).await?;
-        let buckets_of = client.prepare_cached(&sql.buckets_of).await?;
-        let insert = client.prepare_cached(&sql.insert).await?;
-        let update_buckets = client.prepare_cached(&sql.update_buckets).await?;
-        let set_head = client.prepare_cached(&sql.set_head).await?;
-        let notify = client.prepare_cached(&sql.notify).await?;
-
-        let all = || group.iter().flat_map(|e| e.batch.iter());
-        let ids: Vec<&[u8]> = all().map(|c| c.meta.id.as_bytes().as_slice()).collect();
-        let mut touched: Vec<i32> = all()
-            .map(|c| FingerprintBuckets::bucket_of(&c.meta.id) as i32)
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
-
-        // Round trip 1: BEGIN, lock the counter row, then (run by the
-        // server after the lock is granted, so they see every earlier
-        // append) the ids already present and the touched buckets.
         let p_lock: [&(dyn ToSql + Sync); 1] = [&key];
-        let p_existing: [&(dyn ToSql + Sync); 2] = [&key, &ids];
-        let p_buckets: [&(dyn ToSql + Sync); 2] = [&key, &touched];
-        let ((), head_row, existing_rows, bucket_rows) = futures::try_join!(
+        let (begun, locked, written, committed) = futures::join!(
             client.batch_execute("BEGIN"),
-            client.query_one(&lock, &p_lock),
-            client.query(&existing, &p_existing),
-            client.query(&buckets_of, &p_buckets),
+            client.query_one(&st.lock, &p_lock),
+            self.write(client, &st, &rows),
+            client.batch_execute("COMMIT"),
+        );
+        match (begun, locked, written, committed) {
+            (Ok(()), Ok(head_row), Ok(()), Ok(())) => {
+                // Committed: nothing after this point may fail the append.
+                if let Ok(head) = head_row.try_get::<_, i64>(0) {
+                    self.watch.publish(to_u64(head) + rows.len() as u64);
+                }
+                return Ok(outs);
+            }
+            // An id is already stored: nothing was written (the guard
+            // aborted the transaction, so COMMIT rolled it back). Append
+            // again, checking first.
+            (Ok(()), Ok(_), Err(e), Ok(())) if is_duplicate_guard(&e) => {}
+            (b, l, w, c) => {
+                // Report the first failure in pipeline order; one carried by
+                // the COMMIT's round trip may leave the outcome unknown.
+                let first = b.err().or(l.err()).or(w.err()).or(c.err());
+                return Err(first.map_or_else(
+                    || corrupt("an append failed without an error").into(),
+                    commit_failure,
+                ));
+            }
+        }
+
+        // Some ids are stored already: BEGIN, lock, read which (round trip
+        // 1), then write the rest and COMMIT (round trip 2).
+        let ids: Vec<&[u8]> = rows
+            .iter()
+            .map(|r| r.0.meta.id.as_bytes().as_slice())
+            .collect();
+        let p_existing: [&(dyn ToSql + Sync); 2] = [&key, &ids];
+        let ((), head_row, existing_rows) = futures::try_join!(
+            client.batch_execute("BEGIN"),
+            client.query_one(&st.lock, &p_lock),
+            client.query(&st.existing, &p_existing),
         )?;
         let head = to_u64(head_row.try_get::<_, i64>(0)?);
         let mut present: HashSet<ChangeId> = HashSet::with_capacity(existing_rows.len());
@@ -187,78 +225,115 @@ impl Writer {
                 ChangeId::from_slice(b).map_err(|_| corrupt("a stored id is not 32 bytes"))?,
             );
         }
-        let mut fps: HashMap<i32, Fingerprint> = HashMap::with_capacity(bucket_rows.len());
-        for row in &bucket_rows {
-            let b: i32 = row.try_get(0)?;
-            let fp: &[u8] = row.try_get(1)?;
-            fps.insert(b, crate::store::fingerprint_of(fp)?);
-        }
-
-        // Number the new changes, batch after batch; a change repeated in
-        // a later batch of the group is that batch's duplicate.
-        let mut outs = Vec::with_capacity(group.len());
-        let (mut seqs, mut new_ids, mut docs, mut kinds, mut metas, mut payloads) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut next = head;
-        for enc in group {
-            let mut out = AppendOutcome::default();
-            for (c, meta) in enc.batch.iter().zip(&enc.metas) {
-                let id = &c.meta.id;
-                if !present.insert(*id) {
-                    out.duplicates += 1;
-                    continue;
-                }
-                let b = FingerprintBuckets::bucket_of(id) as i32;
-                fps.get_mut(&b)
-                    .ok_or_else(|| corrupt(format!("bucket {b} is missing")))?
-                    .add(id);
-                next += 1;
-                out.new.push(*id);
-                seqs.push(next as i64);
-                new_ids.push(id.as_bytes().as_slice());
-                docs.push(c.meta.doc_id.as_str());
-                kinds.push(i16::from(c.meta.kind.code()));
-                metas.push(meta.as_slice());
-                payloads.push(c.payload.as_ref());
-            }
-            outs.push(out);
-        }
-        if next == head {
+        let (outs, rows) = plan(group, &present);
+        if rows.is_empty() {
             // Nothing new: end the transaction (and release the lock).
             client.batch_execute("ROLLBACK").await?;
             return Ok(outs);
         }
-
-        // Round trip 2: insert, buckets, head, notify, COMMIT. If any
-        // statement fails, the transaction is aborted and COMMIT only rolls
-        // it back; try_join reports the first failure.
-        let (bkeys, bvals): (Vec<i32>, Vec<[u8; 40]>) = touched
-            .iter()
-            .filter_map(|b| fps.get(b).map(|fp| (*b, fp.to_bytes())))
-            .unzip();
-        let bvals: Vec<&[u8]> = bvals.iter().map(|v| v.as_slice()).collect();
-        let count = seqs.len() as i64;
-        let new_head = next as i64;
-        let note = format!("{key} {next}");
-        let p_insert: [&(dyn ToSql + Sync); 8] = [
-            &key, &seqs, &new_ids, &docs, &kinds, &metas, &payloads, &count,
-        ];
-        let p_buckets: [&(dyn ToSql + Sync); 3] = [&key, &bkeys, &bvals];
-        let p_head: [&(dyn ToSql + Sync); 2] = [&key, &new_head];
-        let p_note: [&(dyn ToSql + Sync); 2] = [&sql.channel, &note];
         let r = futures::try_join!(
-            client.execute(&insert, &p_insert),
-            client.execute(&update_buckets, &p_buckets),
-            client.execute(&set_head, &p_head),
-            client.execute(&notify, &p_note),
+            self.write(client, &st, &rows),
             client.batch_execute("COMMIT"),
         );
         if let Err(e) = r {
             return Err(commit_failure(e));
         }
-        self.watch.publish(next);
+        self.watch.publish(head + rows.len() as u64);
         Ok(outs)
     }
+
+    /// Insert `rows` as the next sequence numbers, add them to their
+    /// buckets, move the head and notify: statements sent at once (inside a
+    /// transaction that holds the counter row), their answers awaited
+    /// together.
+    async fn write(
+        &self,
+        client: &deadpool_postgres::Object,
+        st: &Statements,
+        rows: &[(&Change, &[u8])],
+    ) -> Result<(), tokio_postgres::Error> {
+        let key = self.key;
+        let mut deltas: BTreeMap<i32, Delta> = BTreeMap::new();
+        let (mut ids, mut docs, mut kinds, mut metas, mut payloads) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        for (c, meta) in rows {
+            let id = &c.meta.id;
+            deltas
+                .entry(FingerprintBuckets::bucket_of(id) as i32)
+                .or_default()
+                .add(id);
+            ids.push(id.as_bytes().as_slice());
+            docs.push(c.meta.doc_id.as_str());
+            kinds.push(i16::from(c.meta.kind.code()));
+            metas.push(*meta);
+            payloads.push(c.payload.as_ref());
+        }
+        let bkeys: Vec<i32> = deltas.keys().copied().collect();
+        let bsums: Vec<String> = deltas.values().map(Delta::decimal).collect();
+        let bcounts: Vec<i64> = deltas.values().map(|d| d.count() as i64).collect();
+        let count = rows.len() as i64;
+        let touched = bkeys.len() as i64;
+        let p_insert: [&(dyn ToSql + Sync); 6] = [&key, &ids, &docs, &kinds, &metas, &payloads];
+        let p_buckets: [&(dyn ToSql + Sync); 5] = [&key, &bkeys, &bsums, &bcounts, &touched];
+        let p_head: [&(dyn ToSql + Sync); 2] = [&key, &count];
+        let p_note: [&(dyn ToSql + Sync); 2] = [&self.db.inner.sql.channel, &key];
+        futures::try_join!(
+            client.execute(&st.insert, &p_insert),
+            client.execute(&st.add_buckets, &p_buckets),
+            client.execute(&st.set_head, &p_head),
+            client.execute(&st.notify, &p_note),
+        )?;
+        Ok(())
+    }
+}
+
+/// The prepared statements of one append.
+struct Statements {
+    lock: tokio_postgres::Statement,
+    existing: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+    add_buckets: tokio_postgres::Statement,
+    set_head: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+/// Split `group` into each batch's outcome and the rows to insert, in
+/// order: a change already `stored`, or repeated in an earlier batch of the
+/// group, is a duplicate of its batch.
+fn plan<'a>(
+    group: &[&'a Encoded],
+    stored: &HashSet<ChangeId>,
+) -> (Vec<AppendOutcome>, Vec<(&'a Change, &'a [u8])>) {
+    let mut seen: HashSet<ChangeId> = HashSet::new();
+    let mut outs = Vec::with_capacity(group.len());
+    let mut rows = Vec::new();
+    for enc in group {
+        let mut out = AppendOutcome::default();
+        for (c, meta) in enc.batch.iter().zip(&enc.metas) {
+            let id = c.meta.id;
+            if stored.contains(&id) || !seen.insert(id) {
+                out.duplicates += 1;
+                continue;
+            }
+            out.new.push(id);
+            rows.push((c, meta.as_slice()));
+        }
+        outs.push(out);
+    }
+    (outs, rows)
+}
+
+/// The insert failed because an id of the batch is already stored.
+fn is_duplicate_guard(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("changes_by_id")
+    })
 }
 
 /// Classify a failure of the round trip that carries `COMMIT`. A
