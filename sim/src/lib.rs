@@ -747,7 +747,7 @@ impl Sim {
             if conn.generation != generation {
                 return;
             }
-            conn.sent.insert(id, msg);
+            conn.sent.entry(id).or_default().push(msg);
             let old = if replay && !conn.recorded.is_empty() {
                 let k = (id as usize).wrapping_mul(31) % conn.recorded.len();
                 conn.recorded.get(k).cloned()
