@@ -77,6 +77,15 @@ pub struct Outcome {
     pub events: u64,
     /// Changes appended by honest peers.
     pub authored: usize,
+    /// Changes the finished syncs transferred.
+    pub transferred: u64,
+    /// Syncs that ended in an error (timeouts, disconnects, refusals).
+    pub failed_syncs: u64,
+    /// Responses the correlator dropped as answering no pending request
+    /// (duplicates and replayed frames).
+    pub unsolicited: u64,
+    /// Crash-restarts of redb peers.
+    pub restarts: u64,
 }
 
 impl Outcome {
@@ -143,6 +152,8 @@ struct Sim {
     violations: Vec<String>,
     ops: Vec<(String, Op)>,
     authored: usize,
+    transferred: u64,
+    failed_syncs: u64,
 }
 
 /// Run the simulation for `seed`. Never panics: a panic is a violation.
@@ -155,6 +166,10 @@ pub fn run(seed: u64, opts: SimOptions) -> Outcome {
             violations: vec![format!("setup failed: {e}")],
             events: 0,
             authored: 0,
+            transferred: 0,
+            failed_syncs: 0,
+            unsolicited: 0,
+            restarts: 0,
         },
         Err(p) => Outcome {
             seed,
@@ -168,6 +183,10 @@ pub fn run(seed: u64, opts: SimOptions) -> Outcome {
             )],
             events: 0,
             authored: 0,
+            transferred: 0,
+            failed_syncs: 0,
+            unsolicited: 0,
+            restarts: 0,
         },
     }
 }
@@ -182,6 +201,10 @@ fn run_inner(seed: u64, opts: SimOptions) -> Result<Outcome> {
         violations: std::mem::take(&mut sim.violations),
         events: net.events,
         authored: sim.authored,
+        transferred: sim.transferred,
+        failed_syncs: sim.failed_syncs,
+        unsolicited: net.unsolicited,
+        restarts: sim.peers.iter().map(|p| p.restarts).sum(),
     })
 }
 
@@ -269,6 +292,8 @@ impl Sim {
             violations: Vec::new(),
             ops: Vec::new(),
             authored: 0,
+            transferred: 0,
+            failed_syncs: 0,
         };
         for i in 0..sim.peers.len() {
             if sim.peers[i].role == Role::Honest && sim.rng.chance(60) {
@@ -609,8 +634,14 @@ impl Sim {
                 Ok(Poll::Ready(r)) => {
                     let (name, _) = self.ops.remove(i);
                     let (tag, v) = match &r {
-                        Ok(n) => (b'k', *n),
-                        Err(_) => (b'r', 0),
+                        Ok(n) => {
+                            self.transferred += n;
+                            (b'k', *n)
+                        }
+                        Err(_) => {
+                            self.failed_syncs += 1;
+                            (b'r', 0)
+                        }
                     };
                     self.trace(tag, i as u64, v);
                     let _ = name;
@@ -652,7 +683,7 @@ impl Sim {
                 link,
                 generation,
                 bytes,
-            } => self.to_server(link, generation, &bytes),
+            } => self.serve_frame(link, generation, &bytes),
             Event::ToClient {
                 link,
                 generation,
@@ -686,7 +717,7 @@ impl Sim {
         }
     }
 
-    fn to_server(&mut self, link: Link, generation: u64, bytes: &[u8]) {
+    fn serve_frame(&mut self, link: Link, generation: u64, bytes: &[u8]) {
         let mut requests = Vec::new();
         {
             let mut net = lock(&self.net);

@@ -136,7 +136,7 @@ impl AppendOnlyStore for DropEveryNth {
         for (c, h) in changes.into_iter().zip(held) {
             if !h {
                 let k = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-                if k % self.n == 0 {
+                if k.is_multiple_of(self.n) {
                     dropped.push(c.id());
                     continue;
                 }

@@ -54,7 +54,10 @@ fn replay() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let o = run(seed, SimOptions::default());
-    eprintln!("seed {seed}: trace {} ({} events)", o.trace, o.events);
+    eprintln!(
+        "seed {seed}: trace {} ({} events, {} authored, {} transferred, {} failed syncs, {} unsolicited, {} restarts)",
+        o.trace, o.events, o.authored, o.transferred, o.failed_syncs, o.unsolicited, o.restarts
+    );
     assert!(o.passed(), "{}", report(&[o]));
 }
 
