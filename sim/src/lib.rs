@@ -62,6 +62,11 @@ pub struct SimOptions {
     /// Make honest peer 0's store drop every `n`th new change while
     /// reporting it stored (a deliberate bug the simulator must catch).
     pub broken_drop_every: Option<u64>,
+    /// Let honest peer 0 accept every change (when pulling and when
+    /// serving appends) while the checker still holds it to the trusted-
+    /// authors policy: it then stores refused changes, which the simulator
+    /// must catch.
+    pub broken_accept_all: bool,
 }
 
 /// The result of one simulated run.
@@ -120,6 +125,9 @@ struct Peer {
     redb: Option<PathBuf>,
     broken: bool,
     verifier: Arc<dyn Verifier>,
+    /// The policy the peer applies (differs from `verifier` only for the
+    /// deliberately broken peer).
+    applied: Arc<dyn Verifier>,
     skew: i64,
     /// Ids in arrival order at the last check.
     seen: Vec<ChangeId>,
@@ -257,6 +265,11 @@ impl Sim {
             } else {
                 Arc::new(AcceptAll)
             };
+            let applied: Arc<dyn Verifier> = if i == 0 && opts.broken_accept_all {
+                Arc::new(AcceptAll)
+            } else {
+                verifier.clone()
+            };
             let skew = rng.below(10_001) as i64 - 5_000;
             peers.push(Peer {
                 role,
@@ -265,6 +278,7 @@ impl Sim {
                 redb,
                 broken,
                 verifier,
+                applied,
                 skew,
                 seen: Vec::new(),
                 acked: BTreeSet::new(),
@@ -605,7 +619,7 @@ impl Sim {
         let remote = RemoteStore::new("sim", self.store_id.clone(), &hello, call);
         let mut opts = SyncOptions {
             batch_changes: 1 + self.rng.pick(8),
-            verifier: self.peers[a].verifier.clone(),
+            verifier: self.peers[a].applied.clone(),
             ..SyncOptions::default()
         };
         if always {
@@ -755,7 +769,7 @@ impl Sim {
             store
         };
         let opts = ServeOptions {
-            verifier: self.peers[server].verifier.clone(),
+            verifier: self.peers[server].applied.clone(),
             ..ServeOptions::default()
         };
         let peer_id = self.peers[client].key.author();

@@ -65,6 +65,7 @@ fn replay() {
 fn a_broken_store_is_caught_with_its_seed() {
     let opts = SimOptions {
         broken_drop_every: Some(3),
+        ..SimOptions::default()
     };
     let failures = run_seeds(0, 50, opts);
     assert!(
@@ -104,4 +105,24 @@ fn stress_100k_seeds() {
         100_000.0 / took.as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", report(&failures));
+}
+
+#[test]
+fn a_store_that_keeps_refused_changes_is_caught() {
+    let opts = SimOptions {
+        broken_accept_all: true,
+        ..SimOptions::default()
+    };
+    let failures = run_seeds(0, 100, opts);
+    assert!(
+        !failures.is_empty(),
+        "the simulator missed a peer storing refused changes"
+    );
+    let o = &failures[0];
+    assert!(
+        o.violations.iter().any(|v| v.contains("policy refuses")),
+        "{:?}",
+        o.violations
+    );
+    assert_eq!(run(o.seed, opts).violations, o.violations);
 }
