@@ -4,7 +4,7 @@
 mod net;
 mod stores;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use cairn::{
     AcceptAll, AppendOnlyStore, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeStream, DocId,
-    Error, Keypair, Reconcile, Result, StoreId, SyncOptions, TrustedAuthors, Verifier,
+    Error, Keypair, Reconcile, Result, StoreId, SyncOptions, SyncState, TrustedAuthors, Verifier,
 };
 use cairn_memory::MemoryStore;
 use cairn_protocol::{FrameDecoder, Message, RemoteStore, ServeOptions};
@@ -123,6 +123,8 @@ struct Peer {
     cell: Cell,
     /// The redb file, for crash-restart.
     redb: Option<PathBuf>,
+    /// Whether the redb store flushes every commit.
+    durable: bool,
     broken: bool,
     verifier: Arc<dyn Verifier>,
     /// The policy the peer applies (differs from `verifier` only for the
@@ -144,7 +146,7 @@ impl Peer {
     }
 }
 
-type Op = Pin<Box<dyn Future<Output = Result<u64>>>>;
+type Op = Pin<Box<dyn Future<Output = Result<(u64, SyncState)>>>>;
 
 const BASE_TIME: u64 = 1_700_000_000_000;
 /// Most events one drive processes (every loop is bounded).
@@ -158,7 +160,9 @@ struct Sim {
     docs: Vec<DocId>,
     dir: tempfile::TempDir,
     violations: Vec<String>,
-    ops: Vec<(String, Op)>,
+    ops: Vec<(String, Link, Op)>,
+    /// Where each pair's syncs got to (`SyncState`, resumed by the next).
+    states: BTreeMap<Link, SyncState>,
     authored: usize,
     transferred: u64,
     failed_syncs: u64,
@@ -248,11 +252,9 @@ impl Sim {
             };
             let redb = (role == Role::Honest && use_redb && i == honest - 1)
                 .then(|| dir.path().join(format!("peer{i}-0.redb")));
+            let durable = rng.chance(50);
             let store: Arc<dyn AppendOnlyStore> = match &redb {
-                Some(path) => Arc::new(block_on(cairn_redb::RedbStore::open(
-                    path,
-                    store_id.clone(),
-                ))?),
+                Some(path) => Arc::new(block_on(open_redb(path, &store_id, durable))?),
                 None => Arc::new(MemoryStore::new(store_id.clone())),
             };
             let broken = i == 0 && opts.broken_drop_every.is_some();
@@ -276,6 +278,7 @@ impl Sim {
                 key,
                 cell: Arc::new(Mutex::new(store)),
                 redb,
+                durable,
                 broken,
                 verifier,
                 applied,
@@ -305,6 +308,7 @@ impl Sim {
             dir,
             violations: Vec::new(),
             ops: Vec::new(),
+            states: BTreeMap::new(),
             authored: 0,
             transferred: 0,
             failed_syncs: 0,
@@ -452,9 +456,36 @@ impl Sim {
             .join(format!("peer{i}-{}.redb", self.peers[i].restarts));
         // The bytes on disk now are what a crash leaves.
         std::fs::copy(&old, &image).map_err(Error::Io)?;
-        let store = block_on(cairn_redb::RedbStore::open(&image, self.store_id.clone()))?;
-        let prev = std::mem::replace(&mut *lock(&self.peers[i].cell), Arc::new(store));
+        let store = block_on(open_redb(&image, &self.store_id, self.peers[i].durable))?;
+        let prev = std::mem::replace(&mut *lock(&self.peers[i].cell), Arc::new(store.clone()));
         drop(prev);
+        // A durable store lost nothing; a non-durable one may have lost
+        // recent appends, but holds a prefix of what it held.
+        let ids = ids_of(&store)?;
+        let p = &mut self.peers[i];
+        if p.durable && ids != p.seen {
+            self.violations.push(format!(
+                "peer {i}: durable redb store held {} changes before a crash, {} after",
+                p.seen.len(),
+                ids.len()
+            ));
+        } else if !p.durable {
+            if ids.len() > p.seen.len() || p.seen[..ids.len()] != ids[..] {
+                self.violations.push(format!(
+                    "peer {i}: non-durable redb store is not a prefix of what it held after a crash"
+                ));
+            }
+            let kept: HashSet<ChangeId> = ids.iter().copied().collect();
+            p.acked.retain(|id| kept.contains(id));
+            let lost = ids.len() < p.seen.len();
+            p.seen = ids;
+            if lost {
+                // Its pull cursors say it holds what it lost: the sync
+                // engine cannot tell (a `SyncState` records the remote's
+                // position only), so the application drops them.
+                self.states.retain(|link, _| link.0 != i);
+            }
+        }
         self.peers[i].sub = None;
         self.peers[i].redb = Some(image);
         let _ = std::fs::remove_file(&old);
@@ -620,6 +651,7 @@ impl Sim {
         let mut opts = SyncOptions {
             batch_changes: 1 + self.rng.pick(8),
             verifier: self.peers[a].applied.clone(),
+            state: self.states.get(&(a, b)).cloned().unwrap_or_default(),
             ..SyncOptions::default()
         };
         if always {
@@ -631,9 +663,10 @@ impl Sim {
                 1 => cairn::sync::push(&local, &remote, &opts).await,
                 _ => cairn::sync::sync(&local, &remote, &opts).await,
             }?;
-            Ok(r.pulled.changes + r.pushed.changes)
+            Ok((r.pulled.changes + r.pushed.changes, r.state))
         });
-        self.ops.push((format!("sync {a}<->{b} dir {dir}"), op));
+        self.ops
+            .push((format!("sync {a}<->{b} dir {dir}"), (a, b), op));
     }
 
     /// Poll every operation once, in order; finished ones are removed.
@@ -642,15 +675,17 @@ impl Sim {
         let mut i = 0;
         // Bounded by the number of operations.
         while i < self.ops.len() {
-            let polled = catch_unwind(AssertUnwindSafe(|| self.ops[i].1.as_mut().poll(&mut cx)));
+            let polled = catch_unwind(AssertUnwindSafe(|| self.ops[i].2.as_mut().poll(&mut cx)));
             match polled {
                 Ok(Poll::Pending) => i += 1,
                 Ok(Poll::Ready(r)) => {
-                    let (name, _) = self.ops.remove(i);
-                    let (tag, v) = match &r {
-                        Ok(n) => {
+                    let (name, link, _) = self.ops.remove(i);
+                    let (tag, v) = match r {
+                        Ok((n, state)) => {
                             self.transferred += n;
-                            (b'k', *n)
+                            // Later syncs of this pair resume from here.
+                            self.states.insert(link, state);
+                            (b'k', n)
                         }
                         Err(_) => {
                             self.failed_syncs += 1;
@@ -661,7 +696,7 @@ impl Sim {
                     let _ = name;
                 }
                 Err(_) => {
-                    let (name, _) = self.ops.remove(i);
+                    let (name, _, _) = self.ops.remove(i);
                     self.violations.push(format!("{name} panicked"));
                 }
             }
@@ -938,4 +973,32 @@ pub fn run_seeds(from: u64, count: u64, opts: SimOptions) -> Vec<Outcome> {
         .map(|s| run(s, opts))
         .filter(|o| !o.passed())
         .collect()
+}
+
+async fn open_redb(
+    path: &std::path::Path,
+    store_id: &StoreId,
+    durable: bool,
+) -> Result<cairn_redb::RedbStore> {
+    if durable {
+        cairn_redb::RedbStore::open(path, store_id.clone()).await
+    } else {
+        cairn_redb::RedbStore::open_non_durable(path, store_id.clone()).await
+    }
+}
+
+/// Every id of `store` in arrival order (bounded pages).
+fn ids_of(store: &dyn AppendOnlyStore) -> Result<Vec<ChangeId>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    for _ in 0..100_000 {
+        let page = block_on(store.scan(after, 256))?;
+        let Some(last) = page.last() else { break };
+        if last.seq <= after {
+            break;
+        }
+        after = last.seq;
+        out.extend(page.into_iter().map(|i| i.meta.id));
+    }
+    Ok(out)
 }
