@@ -42,6 +42,10 @@ pub enum Durability {
     /// acknowledged appends (the file stays consistent and opens at an
     /// earlier commit). Closing the store cleanly flushes. For tests and
     /// caches only.
+    ///
+    /// Each open of a non-durable store reports a new [`Head::epoch`], so
+    /// that sync cursors saved before a crash (which may have lost appends
+    /// whose sequence numbers are then reused) are not trusted after it.
     None,
 }
 
@@ -372,11 +376,20 @@ impl RedbStore {
             buckets.clone(),
             (loaded.dirty, loaded.replayed),
         )?;
+        // A non-durable store may come back from a crash without appends it
+        // acknowledged, then give their sequence numbers to other changes:
+        // a cursor saved against it (same epoch, seq not ahead of the head)
+        // would skip those. So every open of a non-durable store is a new
+        // epoch (in memory only), and saved cursors start over.
+        let epoch = match options.durability {
+            Durability::Immediate => opened.epoch,
+            Durability::None => cairn::random_u64(),
+        };
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 store_id,
                 path,
-                epoch: opened.epoch,
+                epoch,
                 limits: options.limits,
                 durability: options.durability,
                 writer: Some(writer),

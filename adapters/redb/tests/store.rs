@@ -422,3 +422,42 @@ async fn read_only_and_existing_opens_never_create_and_take_the_id_from_the_file
     rw.append(chain(&doc("e"), 1, 10)).await.unwrap();
     assert_eq!(rw.head().await.unwrap().seq, 6);
 }
+
+/// Found by the simulator (cairn-sim, seeds 123, 163, 642, 707, 809 with
+/// saved sync cursors): a non-durable store that lost acknowledged appends
+/// in a crash reused their sequence numbers under the same epoch, so a
+/// cursor saved before the crash skipped the changes that took them.
+#[tokio::test]
+async fn non_durable_store_reports_a_new_epoch_on_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nd-epoch.redb");
+    let first = {
+        let store = RedbStore::open_non_durable(&path, sid()).await.unwrap();
+        store.append(chain(&doc("a"), 3, 4)).await.unwrap();
+        store.head().await.unwrap().epoch
+    };
+    let store = RedbStore::open_non_durable(&path, sid()).await.unwrap();
+    let head = store.head().await.unwrap();
+    assert_eq!(head.seq, 3);
+    assert_ne!(
+        head.epoch, first,
+        "a saved cursor must not be trusted after a reopen"
+    );
+    drop(store);
+    // A durable store keeps its epoch (its acknowledged appends survive).
+    let a = RedbStore::open(&path, sid())
+        .await
+        .unwrap()
+        .head()
+        .await
+        .unwrap()
+        .epoch;
+    let b = RedbStore::open(&path, sid())
+        .await
+        .unwrap()
+        .head()
+        .await
+        .unwrap()
+        .epoch;
+    assert_eq!(a, b);
+}
