@@ -133,6 +133,7 @@ macro_rules! __for_each_case {
             sync::sync_rejects_by_verifier_and_reports,
             sync::rejected_change_is_reexamined_by_the_next_sync,
             sync::stale_cursor_from_other_epoch_restarts,
+            sync::cursor_saved_into_another_target_epoch_restarts,
             sync::reconciliation_sync_transfers_only_the_difference,
             sync::first_pull_into_an_empty_store_scans_in_bounded_batches,
             sync::tampered_change_in_transit_is_rejected_rest_arrive,

@@ -480,14 +480,11 @@ impl Sim {
             }
             let kept: HashSet<ChangeId> = ids.iter().copied().collect();
             p.acked.retain(|id| kept.contains(id));
-            let lost = ids.len() < p.seen.len();
+            // Its saved cursors say it holds what it lost; the store comes
+            // back in a new epoch, and `SyncState::pulled_into` makes the
+            // sync engine examine everything again (seeds 123, 642, 707
+            // and 809 caught the engine trusting them).
             p.seen = ids;
-            if lost {
-                // Its pull cursors say it holds what it lost: the sync
-                // engine cannot tell (a `SyncState` records the remote's
-                // position only), so the application drops them.
-                self.states.retain(|link, _| link.0 != i);
-            }
         }
         self.peers[i].sub = None;
         self.peers[i].redb = Some(image);

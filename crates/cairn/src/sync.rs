@@ -76,6 +76,22 @@ pub struct SyncState {
     /// Local changes refused by earlier pushes, oldest first.
     #[serde(default)]
     pub retry_push: Vec<ChangeId>,
+    /// The local store's epoch when `pulled` was saved. A store that comes
+    /// back in a new epoch (a non-durable store after a crash, which may
+    /// have lost changes it had pulled) gets everything examined again,
+    /// instead of trusting a cursor that says those changes arrived.
+    /// `None` (a state saved before this field existed) trusts `pulled`.
+    #[serde(default)]
+    pub pulled_into: Option<u64>,
+    /// The remote's epoch when `pushed` was saved: the same for pushes.
+    #[serde(default)]
+    pub pushed_into: Option<u64>,
+}
+
+/// `cursor`, unless it was saved while the target was in another epoch
+/// than `target_epoch`.
+fn trusted(cursor: Option<Head>, saved_into: Option<u64>, target_epoch: u64) -> Option<Head> {
+    cursor.filter(|_| saved_into.is_none_or(|e| e == target_epoch))
 }
 
 /// Most refused ids a [`SyncState`] remembers per direction.
@@ -394,8 +410,10 @@ async fn run(
         ..SyncReport::default()
     };
     let (rh, lh) = futures::future::try_join(remote.head(), local.head()).await?;
-    let pull_rec = pull && wants_reconcile(opts, remote, local, opts.state.pulled, &rh, &lh);
-    let push_rec = push && wants_reconcile(opts, local, remote, opts.state.pushed, &lh, &rh);
+    let pulled = trusted(opts.state.pulled, opts.state.pulled_into, lh.epoch);
+    let pushed = trusted(opts.state.pushed, opts.state.pushed_into, rh.epoch);
+    let pull_rec = pull && wants_reconcile(opts, remote, local, pulled, &rh, &lh);
+    let push_rec = push && wants_reconcile(opts, local, remote, pushed, &lh, &rh);
     let diff = if pull_rec || push_rec {
         Some(reconcile::difference(local, remote, &ReconcileOptions::default()).await?)
     } else {
@@ -409,12 +427,13 @@ async fn run(
                 t.reconcile_rounds = d.rounds;
                 (t, rh)
             }
-            _ => transfer(remote, local, Direction::Pull, opts.state.pulled, rh, opts).await?,
+            _ => transfer(remote, local, Direction::Pull, pulled, rh, opts).await?,
         };
         retry(remote, local, &opts.state.retry_pull, opts, &mut t).await?;
         report.state.retry_pull = remember(&t.rejected, Direction::Pull);
         report.pulled = t;
         report.state.pulled = Some(cursor);
+        report.state.pulled_into = Some(lh.epoch);
     }
     if push {
         let (mut t, cursor) = match diff {
@@ -429,21 +448,14 @@ async fn run(
                 // one, so what was just pulled is examined now, not echoed
                 // back in the next sync.
                 let head = if pull { local.head().await? } else { lh };
-                transfer(
-                    local,
-                    remote,
-                    Direction::Push,
-                    opts.state.pushed,
-                    head,
-                    opts,
-                )
-                .await?
+                transfer(local, remote, Direction::Push, pushed, head, opts).await?
             }
         };
         retry(local, remote, &opts.state.retry_push, opts, &mut t).await?;
         report.state.retry_push = remember(&t.rejected, Direction::Push);
         report.pushed = t;
         report.state.pushed = Some(cursor);
+        report.state.pushed_into = Some(rh.epoch);
     }
     report.elapsed = start.elapsed();
     Ok(report)
