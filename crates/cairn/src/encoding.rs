@@ -357,6 +357,48 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_versions_say_what_to_do() {
+        // v1 cannot be converted; anything else is from a newer Cairn.
+        let hint = |v: u8| {
+            let mut rec = encode_meta(&fixed_meta());
+            rec[0] = v;
+            match decode_meta(&rec) {
+                Err(Error::UnsupportedVersion { found, hint, .. }) => {
+                    assert_eq!(found, u32::from(v));
+                    hint
+                }
+                other => panic!("expected UnsupportedVersion, got {other:?}"),
+            }
+        };
+        assert!(hint(1).contains("cannot be converted"), "{}", hint(1));
+        for v in [0u8, 3, 255] {
+            assert!(hint(v).contains("newer version"), "{v}: {}", hint(v));
+        }
+    }
+
+    #[test]
+    fn the_dep_count_limit_is_exact() {
+        // MAX_DEPS deps decode; one more is refused by the count, before
+        // any dep is read.
+        let mut meta = fixed_meta();
+        meta.deps = (0..MAX_DEPS)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                ChangeId::from_bytes(b)
+            })
+            .collect();
+        meta.id = compute_id(&meta);
+        let rec = encode_meta(&meta);
+        assert_eq!(decode_meta(&rec).unwrap().deps.len(), MAX_DEPS);
+        let count_at = 1 + 1 + 2 + 3; // version, kind, doc length, "doc"
+        let mut over = rec[..count_at].to_vec();
+        over.extend_from_slice(&(MAX_DEPS as u32 + 1).to_be_bytes());
+        let err = decode_meta(&over).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
     fn meta_record_round_trips_with_and_without_signature() {
         let kp = Keypair::from_seed([9; 32]);
         let signed = ChangeBuilder::new(ChangeKind::Create, DocId::new("d").unwrap())
