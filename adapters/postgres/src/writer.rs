@@ -171,8 +171,8 @@ impl Writer {
 
         // The common case, one round trip: BEGIN, lock the counter row,
         // insert everything (numbered by the server from the locked head),
-        // add to the buckets, move the head, notify, COMMIT. The insert's
-        // guard aborts the transaction if any id was already stored.
+        // add to the buckets, move the head, notify, COMMIT. An id already
+        // stored violates `changes_by_id`, which aborts the transaction.
         let (outs, rows) = plan(group, &HashSet::new());
         let key = self.key;
         let p_lock: [&(dyn ToSql + Sync); 1] = [&key];
@@ -190,10 +190,10 @@ impl Writer {
                 }
                 return Ok(outs);
             }
-            // An id is already stored: nothing was written (the guard
+            // An id is already stored: nothing was written (the violation
             // aborted the transaction, so COMMIT rolled it back). Append
             // again, checking first.
-            (Ok(()), Ok(_), Err(e), Ok(())) if is_duplicate_guard(&e) => {}
+            (Ok(()), Ok(_), Err(e), Ok(())) if is_stored_id(&e) => {}
             (b, l, w, c) => {
                 // Report the first failure in pipeline order; one carried by
                 // the COMMIT's round trip may leave the outcome unknown.
@@ -329,7 +329,7 @@ fn plan<'a>(
 }
 
 /// The insert failed because an id of the batch is already stored.
-fn is_duplicate_guard(e: &tokio_postgres::Error) -> bool {
+fn is_stored_id(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|d| {
         *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && d.constraint() == Some("changes_by_id")
