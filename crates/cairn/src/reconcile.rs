@@ -216,4 +216,31 @@ mod tests {
         assert_eq!(deep.start, ChangeId::MAX);
         assert_eq!(deep.end, None);
     }
+
+    fn bytes(prefix: &[u8]) -> ChangeId {
+        let mut b = [0u8; 32];
+        b[..prefix.len()].copy_from_slice(prefix);
+        ChangeId::from_bytes(b)
+    }
+
+    #[test]
+    fn deeper_prefix_ranges_end_at_the_next_prefix_carried_left() {
+        for (nibbles, start, end) in [
+            (vec![1, 2, 3], bytes(&[0x12, 0x30]), Some(bytes(&[0x12, 0x40]))),
+            (vec![1, 0xf], bytes(&[0x1f]), Some(bytes(&[0x20]))),
+            (vec![0xa, 0xf, 0xf], bytes(&[0xaf, 0xf0]), Some(bytes(&[0xb0]))),
+            (
+                vec![3, 4, 0xf, 2],
+                bytes(&[0x34, 0xf2]),
+                Some(bytes(&[0x34, 0xf3])),
+            ),
+            (vec![0xf, 0xf, 0xf], bytes(&[0xff, 0xf0]), None),
+        ] {
+            let r = Prefix {
+                nibbles: nibbles.clone(),
+            }
+            .range();
+            assert_eq!((r.start, r.end), (start, end), "{nibbles:?}");
+        }
+    }
 }

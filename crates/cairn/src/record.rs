@@ -394,6 +394,23 @@ pub fn now_millis() -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn kinds_round_trip_their_codes_and_print_their_names() {
+        for (kind, code, name) in [
+            (ChangeKind::Create, 1, "create"),
+            (ChangeKind::Change, 2, "change"),
+            (ChangeKind::Snapshot, 3, "snapshot"),
+            (ChangeKind::Delete, 4, "delete"),
+        ] {
+            assert_eq!(kind.code(), code);
+            assert_eq!(ChangeKind::from_code(code), Some(kind));
+            assert_eq!(kind.to_string(), name);
+        }
+        for unknown in [0, 5, 255] {
+            assert_eq!(ChangeKind::from_code(unknown), None);
+        }
+    }
+
     fn doc() -> DocId {
         DocId::new("doc").unwrap()
     }
