@@ -608,6 +608,95 @@ mod tests {
     }
 
     #[test]
+    fn topo_sort_keeps_every_item_of_a_cycle() {
+        // Made-up ids: a and b name each other; c depends on a.
+        let id = |n: u8| ChangeId::from_bytes([n; 32]);
+        let items = vec![
+            (id(1), vec![id(2)]),
+            (id(2), vec![id(1)]),
+            (id(3), vec![id(1)]),
+            (id(4), vec![]),
+        ];
+        let sorted = topo_sort(items, |t| t.0, |t| &t.1);
+        let ids: Vec<ChangeId> = sorted.iter().map(|t| t.0).collect();
+        // Only d is free; the cycle and what hangs on it follow in input order.
+        assert_eq!(ids, vec![id(4), id(1), id(2), id(3)]);
+    }
+
+    /// `coverage_bounds` labels with at most `max_chains` chains: a history
+    /// whose changes that others build on need four chains is exact with
+    /// four and not with three.
+    #[test]
+    fn coverage_is_exact_within_the_chain_budget_and_bounded_past_it() {
+        let r = mk(ChangeKind::Create, &[], 1);
+        let a = mk(ChangeKind::Change, &[&r], 2);
+        let b = mk(ChangeKind::Change, &[&r], 3);
+        let c = mk(ChangeKind::Change, &[&r], 4);
+        let ab = mk(ChangeKind::Change, &[&a, &b], 5);
+        let abc = mk(ChangeKind::Change, &[&ab, &c], 6);
+        let top = mk(ChangeKind::Snapshot, &[&abc], 7);
+        let metas = topo_sort(vec![r, a, b, c, ab, abc, top], |m| m.id, |m| &m.deps);
+        let graph = DepGraph::new(&metas);
+        let truth: Vec<usize> = (0..metas.len())
+            .map(|i| graph.ancestors(i).iter().filter(|&&x| x).count())
+            .collect();
+        for max_chains in 0..6 {
+            let (lo, hi) = coverage_bounds(&graph, max_chains);
+            for i in 0..metas.len() {
+                assert!(lo[i] <= truth[i] && truth[i] <= hi[i], "{max_chains}: {i}");
+            }
+            let exact = (0..metas.len()).all(|i| lo[i] == hi[i]);
+            // r, a, b, c, ab and abc are built on; a chain holds members
+            // that cover each other: {r, a, ab, abc}, {b}, {c} need three,
+            // and `top` covers all. Fewer chains leave ab or abc bounded.
+            assert_eq!(exact, max_chains >= 3, "max_chains {max_chains}: {lo:?} {hi:?}");
+        }
+    }
+
+    /// Past 64 candidates the bounds cannot settle, the plan counts them 64
+    /// per sweep: the best may come first, 64th, 65th or later in the order
+    /// of upper bounds, and an exact candidate may follow a full sweep.
+    #[test]
+    fn more_than_one_sweep_of_candidates_gives_the_reference_plan() {
+        for decoys in [63usize, 64, 65, 129] {
+            for exact_best in [false, true] {
+                // A diamond (so nothing above it is exact without chains),
+                // a long line above it, the snapshot at its top, and decoy
+                // snapshots on many line members at once: their upper
+                // bounds (sums over their deps) rank them above the top,
+                // though each covers less.
+                let r = mk(ChangeKind::Create, &[], 1);
+                let x = mk(ChangeKind::Change, &[&r], 2);
+                let y = mk(ChangeKind::Change, &[&r], 3);
+                let mut line = vec![mk(ChangeKind::Change, &[&x, &y], 4)];
+                for t in 0..100 {
+                    let m = mk(ChangeKind::Change, &[line.last().unwrap()], 5 + t);
+                    line.push(m);
+                }
+                let top = mk(ChangeKind::Snapshot, &[line.last().unwrap()], 200);
+                let mut metas = vec![r.clone(), x.clone(), y, top];
+                if exact_best {
+                    // A chain of x only (exact while chains last), longer
+                    // than the line: its snapshot covers the most.
+                    let mut e = vec![mk(ChangeKind::Change, &[&x], 300)];
+                    for t in 0..110 {
+                        let m = mk(ChangeKind::Change, &[e.last().unwrap()], 301 + t);
+                        e.push(m);
+                    }
+                    metas.push(mk(ChangeKind::Snapshot, &[e.last().unwrap()], 500));
+                    metas.extend(e);
+                }
+                for d in 0..decoys {
+                    let deps: Vec<&ChangeMeta> = line[40 + d % 20..52 + d % 20].iter().collect();
+                    metas.push(mk(ChangeKind::Snapshot, &deps, 1_000 + d as u64));
+                }
+                metas.extend(line);
+                check_against_reference(metas).unwrap();
+            }
+        }
+    }
+
+    #[test]
     fn a_flood_of_snapshots_gives_the_reference_plan() {
         // Three devices' branches that merge now and then, snapshots in the
         // history, and then snapshots that nobody builds on.
