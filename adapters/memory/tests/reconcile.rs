@@ -60,12 +60,14 @@ async fn one_extra_id_is_found_down_one_path_of_the_prefix_tree() {
         // at most `leaf_size` ids in it, else split into 16.
         let x = extra.id();
         let k = (0..=64)
-            .find(|&k| {
-                sharing(&local_ids, &x, k).min(sharing(&remote_ids, &x, k)) <= leaf_size
-            })
+            .find(|&k| sharing(&local_ids, &x, k).min(sharing(&remote_ids, &x, k)) <= leaf_size)
             .unwrap();
         assert_eq!(d.rounds, k as u32 + 1, "leaf_size {leaf_size}: rounds");
-        assert_eq!(d.summaries, 1 + 16 * k as u64, "leaf_size {leaf_size}: summaries");
+        assert_eq!(
+            d.summaries,
+            1 + 16 * k as u64,
+            "leaf_size {leaf_size}: summaries"
+        );
         assert_eq!(
             d.ids_listed,
             sharing(&local_ids, &x, k) + sharing(&remote_ids, &x, k),

@@ -649,7 +649,11 @@ mod tests {
             // r, a, b, c, ab and abc are built on; a chain holds members
             // that cover each other: {r, a, ab, abc}, {b}, {c} need three,
             // and `top` covers all. Fewer chains leave ab or abc bounded.
-            assert_eq!(exact, max_chains >= 3, "max_chains {max_chains}: {lo:?} {hi:?}");
+            assert_eq!(
+                exact,
+                max_chains >= 3,
+                "max_chains {max_chains}: {lo:?} {hi:?}"
+            );
         }
     }
 

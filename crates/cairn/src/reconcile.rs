@@ -226,9 +226,17 @@ mod tests {
     #[test]
     fn deeper_prefix_ranges_end_at_the_next_prefix_carried_left() {
         for (nibbles, start, end) in [
-            (vec![1, 2, 3], bytes(&[0x12, 0x30]), Some(bytes(&[0x12, 0x40]))),
+            (
+                vec![1, 2, 3],
+                bytes(&[0x12, 0x30]),
+                Some(bytes(&[0x12, 0x40])),
+            ),
             (vec![1, 0xf], bytes(&[0x1f]), Some(bytes(&[0x20]))),
-            (vec![0xa, 0xf, 0xf], bytes(&[0xaf, 0xf0]), Some(bytes(&[0xb0]))),
+            (
+                vec![0xa, 0xf, 0xf],
+                bytes(&[0xaf, 0xf0]),
+                Some(bytes(&[0xb0])),
+            ),
             (
                 vec![3, 4, 0xf, 2],
                 bytes(&[0x34, 0xf2]),

@@ -395,6 +395,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_builder_takes_exactly_max_deps() {
+        let dep = |i: usize| {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            ChangeId::from_bytes(b)
+        };
+        let doc = DocId::new("d").unwrap();
+        let at = ChangeBuilder::new(ChangeKind::Change, doc.clone())
+            .deps((0..crate::encoding::MAX_DEPS).map(dep))
+            .build();
+        assert!(at.is_ok(), "{at:?}");
+        let over = ChangeBuilder::new(ChangeKind::Change, doc)
+            .deps((0..=crate::encoding::MAX_DEPS).map(dep))
+            .build();
+        assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+    }
+
+    #[test]
+    fn created_at_defaults_to_the_clock() {
+        let before = now_millis();
+        let c = ChangeBuilder::new(ChangeKind::Change, DocId::new("d").unwrap())
+            .build()
+            .unwrap();
+        let after = now_millis();
+        assert!(before > 1_600_000_000_000, "the clock is past 2020");
+        assert!(
+            (before..=after).contains(&c.meta.created_at),
+            "{before} <= {} <= {after}",
+            c.meta.created_at
+        );
+    }
+
+    #[test]
     fn kinds_round_trip_their_codes_and_print_their_names() {
         for (kind, code, name) in [
             (ChangeKind::Create, 1, "create"),

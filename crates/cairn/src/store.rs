@@ -667,6 +667,98 @@ mod tests {
     }
 
     #[test]
+    fn a_fingerprint_counts_what_it_holds() {
+        let mut fp = Fingerprint::default();
+        assert_eq!(fp.count(), 0);
+        for n in 0..5u8 {
+            fp.add(&id(n, n));
+        }
+        assert_eq!(fp.count(), 5);
+        assert_eq!(fp.summary().count, 5);
+        let mut two = Fingerprint::default();
+        two.add(&id(9, 9));
+        two.add(&id(8, 8));
+        fp.merge(&two);
+        assert_eq!(fp.count(), 7);
+    }
+
+    #[test]
+    fn buckets_hold_what_is_set_and_add_to_the_right_one() {
+        let mut buckets = FingerprintBuckets::default();
+        let x = id(0xab, 0xcd);
+        assert_eq!(FingerprintBuckets::bucket_of(&x), 0xabc);
+        buckets.add(&x);
+        let mut want = Fingerprint::default();
+        want.add(&x);
+        assert_eq!(buckets.get(0xabc), Some(&want));
+        assert_eq!(buckets.get(0xabb), Some(&Fingerprint::default()));
+        assert_eq!(buckets.get(FingerprintBuckets::COUNT), None);
+        let mut other = Fingerprint::default();
+        other.add(&id(1, 2));
+        buckets.set(7, other.clone());
+        assert_eq!(buckets.get(7), Some(&other));
+        // Past the last bucket: ignored, nothing panics.
+        buckets.set(FingerprintBuckets::COUNT, other);
+        assert_eq!(buckets.get(FingerprintBuckets::COUNT), None);
+    }
+
+    fn small(n: usize, len: usize) -> Vec<Change> {
+        (0..n)
+            .map(|i| {
+                crate::ChangeBuilder::new(
+                    crate::ChangeKind::Change,
+                    crate::DocId::new("d").unwrap(),
+                )
+                .created_at(1)
+                .payload(vec![i as u8; len])
+                .build()
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_limits_are_exact() {
+        let three = small(3, 10);
+        let bytes: u64 = three.iter().map(|c| c.size_hint() as u64).sum();
+        let at = Limits {
+            max_batch_changes: 3,
+            max_batch_bytes: bytes,
+            max_payload_bytes: 10,
+        };
+        let (kept, repeats) = prepare_batch(three.clone(), &at).unwrap();
+        assert_eq!((kept.len(), repeats), (3, 0));
+        for (limits, what) in [
+            (
+                Limits {
+                    max_batch_changes: 2,
+                    ..at
+                },
+                "append batch (changes)",
+            ),
+            (
+                Limits {
+                    max_batch_bytes: bytes - 1,
+                    ..at
+                },
+                "append batch (bytes)",
+            ),
+            (
+                Limits {
+                    max_payload_bytes: 9,
+                    ..at
+                },
+                "payload",
+            ),
+        ] {
+            match prepare_batch(three.clone(), &limits) {
+                Err(Error::TooLarge { what: w, .. }) => assert_eq!(w, what),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn merge_equals_adding_everything() {
         let ids: Vec<ChangeId> = (0..50u8).map(|i| id(i.wrapping_mul(37), i)).collect();
         let mut all = Fingerprint::default();

@@ -852,6 +852,41 @@ mod tests {
     use crate::{ChangeBuilder, ChangeKind, DocId};
 
     #[test]
+    fn reports_and_directions_print_what_they_hold() {
+        assert_eq!(Direction::Pull.to_string(), "pull");
+        assert_eq!(Direction::Push.to_string(), "push");
+        let mut r = SyncReport::default();
+        r.pulled.changes = 3;
+        r.pulled.bytes = 300;
+        r.pulled.rounds = 2;
+        r.pushed.changes = 1;
+        r.pushed.bytes = 10;
+        r.pushed.rounds = 5;
+        r.elapsed = Duration::from_millis(1500);
+        assert_eq!(r.rounds(), 7);
+        assert_eq!(
+            r.to_string(),
+            "pulled 3 changes (300 bytes), pushed 1 changes (10 bytes), 0 rejected, 7 rounds, 1.5s"
+        );
+        r.pulled.throttled = Duration::from_millis(200);
+        r.pushed.throttled = Duration::from_millis(100);
+        assert!(
+            r.to_string()
+                .ends_with("1.5s (300.0ms waiting on rate limits)"),
+            "{r}"
+        );
+        let dbg = format!("{:?}", SyncOptions::default());
+        for field in [
+            "batch_changes",
+            "batch_bytes",
+            "progress: false",
+            "reconcile",
+        ] {
+            assert!(dbg.contains(field), "{dbg}");
+        }
+    }
+
+    #[test]
     fn byte_groups_respect_limit_and_keep_everything() {
         let metas: Vec<ChangeMeta> = (0..10u8)
             .map(|i| {
