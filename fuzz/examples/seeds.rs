@@ -1,6 +1,9 @@
 //! Writes the small seed corpora under `fuzz/corpus/<target>/seed-*`:
 //! valid inputs made by the real encoders, so the fuzzers start from
-//! inputs that get past the first checks. Run once, from the repository
+//! inputs that get past the first checks. (`store_model` and
+//! `webrtc_chunks` take structured input through `arbitrary`, which has no
+//! encoder; their committed seeds are a minimised corpus from a run, see
+//! README.md.) Run once, from the repository
 //! root or anywhere (`cargo run --manifest-path fuzz/Cargo.toml --example
 //! seeds`); the files are committed, libFuzzer's own finds are not.
 
@@ -154,5 +157,65 @@ fn main() {
     ];
     for (name, json) in &jsons {
         write(&d, name, json.as_bytes());
+    }
+
+    // store_url: one of each form the CLI takes (text).
+    let d = dir("store_url");
+    let urls = [
+        ("memory", "memory:".to_owned()),
+        ("redb", "redb:./data.redb".to_owned()),
+        (
+            "quic",
+            format!("quic://127.0.0.1:4433/acme/contacts?peer={hex64}"),
+        ),
+        (
+            "room",
+            "webrtc://localhost:8765/ABC-DEF/acme/db?password=pw&peers=2&bind=127.0.0.1"
+                .to_owned(),
+        ),
+        ("offer", "webrtc:offer?bind=::1".to_owned()),
+        ("answer", "webrtc:answer".to_owned()),
+        (
+            "postgres",
+            "postgres://cairn:secret@127.0.0.1:5432/cairn?sslmode=disable".to_owned(),
+        ),
+    ];
+    for (name, url) in &urls {
+        write(&d, name, url.as_bytes());
+    }
+
+    // store_model: op sequences in its byte form (see `parse` there):
+    // opcode % 9, then its arguments; a list is a length byte and the
+    // pool indexes. 0 append, 1 append with a failure after N I/O calls,
+    // 2 append damaged, 3 get, 4 has, 5 scan, 6 find-new, 7 (fail-after
+    // | reopen | range), 8 range.
+    let d = dir("store_model");
+    let seqs: [(&str, Vec<u8>); 5] = [
+        (
+            "appends-reads",
+            vec![
+                0, 3, 0, 1, 2, 0, 4, 5, 3, 9, 1, 3, 3, 0, 5, 9, 4, 2, 2, 7, 5, 0, 20, 6, 1, 4, 8,
+                0, 10,
+            ],
+        ),
+        (
+            "failed-commit-reopen",
+            vec![0, 3, 0, 1, 2, 1, 3, 4, 5, 6, 2, 3, 3, 4, 5, 7, 1, 5, 0, 20],
+        ),
+        (
+            "fail-later-reopen",
+            vec![0, 2, 0, 1, 7, 0, 30, 0, 3, 7, 8, 9, 0, 2, 10, 11, 7, 1, 3, 2, 7, 10],
+        ),
+        ("damaged", vec![0, 2, 0, 1, 2, 3, 2, 3, 4, 1, 5, 0, 20]),
+        (
+            "ranges",
+            vec![
+                0, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 7, 2, 0, 128, 5, 8, 128,
+                20, 7, 2, 64, 192, 3,
+            ],
+        ),
+    ];
+    for (name, bytes) in &seqs {
+        write(&d, name, bytes);
     }
 }

@@ -7,11 +7,14 @@ use std::time::Instant;
 use crate::{present, root, run};
 
 /// The fuzz targets, and the cargo features each needs (the WebRTC adapter
-/// is built only for `signal_message`).
+/// and the stores are built only for the targets that need them).
 const TARGETS: &[(&str, &[&str])] = &[
     ("decode_frame", &[]),
     ("decode_change", &[]),
-    ("signal_message", &["signal"]),
+    ("signal_message", &["webrtc"]),
+    ("webrtc_chunks", &["webrtc"]),
+    ("store_url", &["webrtc"]),
+    ("store_model", &["stores"]),
 ];
 
 /// Seconds per target when `--time` is not given.

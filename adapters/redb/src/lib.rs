@@ -173,6 +173,60 @@ impl Db {
     }
 }
 
+/// Where a store's database lives.
+enum Storage {
+    File(PathBuf),
+    Backend(Box<dyn redb::StorageBackend>),
+}
+
+/// A boxed backend is a backend (redb takes `impl StorageBackend`); every
+/// method forwards, the locks too.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+type Io<T> = std::result::Result<T, std::io::Error>;
+type Locked<T> = std::result::Result<T, redb::BackendError>;
+type Bound = std::ops::Bound<u64>;
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> Io<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Io<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Io<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Io<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Io<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Io<()> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, start: Bound, end: Bound) -> Locked<bool> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound, end: Bound) -> Locked<bool> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound, end: Bound) -> Locked<()> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound, end: Bound) -> Locked<()> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound, end: Bound) -> Locked<()> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound, end: Bound) -> Locked<bool> {
+        self.0.query_lock_range(start, end)
+    }
+}
+
 /// Refuse a missing or empty file before redb sees it (redb would create
 /// a missing file, and treats an empty one as a new database).
 fn existing_file(path: &Path) -> Result<()> {
@@ -333,23 +387,73 @@ impl RedbStore {
         .unwrap_or_else(|p| Err(from_panic(p)))
     }
 
+    /// Open the store (creating it if the storage is empty) on a custom
+    /// redb [`StorageBackend`](redb::StorageBackend) instead of a file: for
+    /// tests that inject I/O failures (the fuzz target `store_model` wraps
+    /// [`redb::backends::InMemoryBackend`] so), or storage redb has no
+    /// backend for. [`path`](RedbStore::path) is empty for such a store.
+    ///
+    /// Blocks the calling thread on the backend's I/O, and fails like
+    /// [`open`](RedbStore::open).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use cairn::{AppendOnlyStore, StoreId};
+    /// use cairn_redb::{RedbOptions, RedbStore};
+    /// let backend = redb::backends::InMemoryBackend::new();
+    /// let store = RedbStore::open_with_backend(
+    ///     backend,
+    ///     StoreId::new("acme/contacts").unwrap(),
+    ///     RedbOptions::default(),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(store.head().await.unwrap().seq, 0);
+    /// assert!(store.path().as_os_str().is_empty());
+    /// # });
+    /// ```
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        store_id: StoreId,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        catch_unwind(AssertUnwindSafe(|| {
+            Self::open_on(Storage::Backend(Box::new(backend)), Some(store_id), options)
+        }))
+        .unwrap_or_else(|p| Err(from_panic(p)))
+    }
+
     /// Open (creating the file and the store when `store_id` is given) or,
     /// with `store_id == None`, open an existing store with the id it
     /// records.
     fn open_inner(path: PathBuf, store_id: Option<StoreId>, options: RedbOptions) -> Result<Self> {
+        Self::open_on(Storage::File(path), store_id, options)
+    }
+
+    fn open_on(storage: Storage, store_id: Option<StoreId>, options: RedbOptions) -> Result<Self> {
         let mut builder = Database::builder();
         builder.set_check_integrity_on_open(options.verify_on_open);
         if let Some(bytes) = options.cache_size {
             builder.set_cache_size(bytes);
         }
+        let create = |builder: &redb::Builder, storage: Storage| match storage {
+            Storage::File(path) => builder.create(path),
+            Storage::Backend(backend) => builder.create_with_backend(BoxedBackend(backend)),
+        };
+        let path = match &storage {
+            Storage::File(path) => path.clone(),
+            Storage::Backend(_) => PathBuf::new(),
+        };
         let (db, store_id, opened) = match store_id {
             Some(store_id) => {
-                let db = Arc::new(builder.create(&path).map_err(map)?);
+                let db = Arc::new(create(&builder, storage).map_err(map)?);
                 let opened = schema::open_or_init(&db, &store_id)?;
                 (db, store_id, opened)
             }
             None => {
-                let db = Arc::new(builder.open(&path).map_err(map)?);
+                let db = Arc::new(match storage {
+                    Storage::File(path) => builder.open(path).map_err(map)?,
+                    backend => create(&builder, backend).map_err(map)?,
+                });
                 let found =
                     schema::read_existing(&db.begin_read().map_err(map)?)?.ok_or_else(|| {
                         corrupt(format!(

@@ -163,6 +163,12 @@ impl From<automerge::AutomergeError> for CliError {
     }
 }
 
+impl From<crate::url::UrlError> for CliError {
+    fn from(e: crate::url::UrlError) -> Self {
+        CliError::usage(e.0)
+    }
+}
+
 impl From<serde_json::Error> for CliError {
     fn from(e: serde_json::Error) -> Self {
         CliError::new(format!("JSON: {e}"))

@@ -695,7 +695,7 @@ mod tests {
         assert_eq!(buckets.get(FingerprintBuckets::COUNT), None);
         let mut other = Fingerprint::default();
         other.add(&id(1, 2));
-        buckets.set(7, other.clone());
+        buckets.set(7, other);
         assert_eq!(buckets.get(7), Some(&other));
         // Past the last bucket: ignored, nothing panics.
         buckets.set(FingerprintBuckets::COUNT, other);

@@ -33,12 +33,12 @@ pub struct StoreIdArg {
 }
 
 pub fn parse_store_id(s: &str) -> std::result::Result<StoreId, String> {
-    crate::url::store_id(s).map_err(|e| e.msg)
+    crate::url::store_id(s).map_err(|e| e.0)
 }
 
 /// Parse a store URL argument.
 pub fn url(s: &str) -> Result<StoreUrl> {
-    StoreUrl::parse(s)
+    Ok(StoreUrl::parse(s)?)
 }
 
 /// The acceptance policy for sync and import.

@@ -251,7 +251,7 @@ fn plan(a: &Args) -> Result<Plan> {
     let mut specs = Vec::new();
     for s in &cfg.stores {
         let mut url =
-            StoreUrl::parse(&s.url).map_err(|e| CliError::usage(format!("{what}: {}", e.msg)))?;
+            StoreUrl::parse(&s.url).map_err(|e| CliError::usage(format!("{what}: {}", e.0)))?;
         if let StoreUrl::Redb(p) = &url {
             url = StoreUrl::Redb(rel(p));
         }
