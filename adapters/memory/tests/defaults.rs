@@ -4,6 +4,8 @@
 //! method runs the trait's default, built on `scan`. So the defaults a new
 //! backend starts with are held to the same semantics as every store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

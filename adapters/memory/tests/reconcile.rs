@@ -4,6 +4,8 @@
 //! `reconciliation_sync_transfers_only_the_difference` checks the result
 //! on every store; these pin the walk itself.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use async_trait::async_trait;
 use cairn::reconcile::{ReconcileOptions, difference};
 use cairn::{
@@ -31,7 +33,7 @@ async fn store(cs: &[Change]) -> MemoryStore {
 
 fn nibble(id: &ChangeId, i: usize) -> u8 {
     let b = id.as_bytes()[i / 2];
-    if i % 2 == 0 { b >> 4 } else { b & 0xf }
+    if i.is_multiple_of(2) { b >> 4 } else { b & 0xf }
 }
 
 /// How many of `ids` share the first `k` hex digits of `x`.
