@@ -20,6 +20,7 @@ use std::process::{Command, ExitCode};
 mod cluster;
 
 mod fuzz;
+mod mutants;
 
 /// Names the PostgreSQL server the tests use.
 const PG_URL_ENV: &str = "CAIRN_PG_URL";
@@ -39,9 +40,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("setup") => setup(),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("mutants") => mutants::mutants(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies\n       cargo xtask fuzz [--time SECS]           run every fuzz target SECS seconds (default 30)"
+                "usage: cargo xtask test [cargo test args…]   install test dependencies, run every test\n       cargo xtask setup                        only install test dependencies\n       cargo xtask fuzz [--time SECS]           run every fuzz target SECS seconds (default 30)\n       cargo xtask mutants [--part P] [--shard K/N]  cargo-mutants over the correctness modules, and the score"
             );
             return ExitCode::FAILURE;
         }
