@@ -172,6 +172,35 @@ async fn a_pull_that_reconciles_sends_only_the_difference_and_saves_both_cursors
         direction: Direction::Push,
         total: 3
     }));
+    // A pull alone reconciles too.
+    let (a, b) = (store(&cs[..1400]).await, store(&cs).await);
+    let r = pull(&a, &b, &SyncOptions::default()).await.unwrap();
+    assert!(r.pulled.reconcile_rounds > 0, "{r:?}");
+    assert_eq!((r.pulled.examined, r.pulled.changes), (100, 100));
+    // With a usable pull cursor, only the push reconciles: the pull scans
+    // from its cursor (nothing new).
+    let (a, b) = (store(&cs[..1400]).await, store(&cs).await);
+    a.append(changes(3, 4)).await.unwrap();
+    let first = pull(&a, &b, &SyncOptions::default()).await.unwrap();
+    let mut state = first.state.clone();
+    state.pushed = None;
+    let r = sync(
+        &a,
+        &b,
+        &SyncOptions {
+            state,
+            ..SyncOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.pulled.reconcile_rounds, r.pulled.examined),
+        (0, 0),
+        "{r:?}"
+    );
+    assert!(r.pushed.reconcile_rounds > 0, "{r:?}");
+    assert_eq!(r.pushed.changes, 3);
     // Never: the same stores are scanned instead.
     let (a, b) = (store(&cs[..1400]).await, store(&cs).await);
     let never = SyncOptions {
@@ -392,6 +421,170 @@ async fn a_target_that_claims_false_integrity_failures_ends_the_sync() {
     };
     match push(&source, &gate, &opts).await {
         Err(Error::Protocol { reason }) => assert!(reason.contains("intact"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A source that misbehaves in one way at a time: its scans start one
+/// item early (`sloppy`), or always from the start (`stale`), or its id
+/// listings carry an id it does not hold (`phantom`); and it counts scans.
+#[derive(Debug, Default)]
+struct Odd {
+    inner: Option<MemoryStore>,
+    sloppy: bool,
+    stale: bool,
+    phantom: Option<ChangeId>,
+    scans: AtomicU32,
+}
+
+impl Odd {
+    fn over(inner: MemoryStore) -> Self {
+        Odd {
+            inner: Some(inner),
+            ..Odd::default()
+        }
+    }
+    fn s(&self) -> &MemoryStore {
+        self.inner.as_ref().unwrap()
+    }
+}
+
+#[async_trait]
+impl AppendOnlyStore for Odd {
+    fn store_id(&self) -> &StoreId {
+        self.s().store_id()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.s().capabilities()
+    }
+    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
+        self.s().append(changes).await
+    }
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        self.s().get_changes(ids).await
+    }
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.scans.fetch_add(1, Ordering::SeqCst);
+        if self.stale {
+            return self.s().scan(0, limit).await;
+        }
+        if self.sloppy && after > 0 {
+            return self.s().scan(after - 1, limit + 1).await;
+        }
+        self.s().scan(after, limit).await
+    }
+    async fn head(&self) -> Result<Head> {
+        self.s().head().await
+    }
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        self.s().subscribe().await
+    }
+    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
+        self.s().range_summary(range).await
+    }
+    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
+        let mut ids = self.s().ids_in_range(range, limit).await?;
+        if let Some(p) = self.phantom {
+            ids.push(p);
+            ids.sort();
+        }
+        Ok(ids)
+    }
+}
+
+#[tokio::test]
+async fn a_scan_pipelines_one_call_per_page_and_counts_each_change_once() {
+    let cs = changes(10, 40);
+    let never = SyncOptions {
+        batch_changes: 3,
+        reconcile: Reconcile::Never,
+        ..SyncOptions::default()
+    };
+    let honest = Odd::over(store(&cs).await);
+    let r = pull(&store(&[]).await, &honest, &never).await.unwrap();
+    assert_eq!((r.pulled.examined, r.pulled.rounds), (10, 4));
+    assert_eq!(honest.scans.load(Ordering::SeqCst), 4, "one scan per page");
+    // Pages that start one early: the repeated item is not counted again.
+    let mut sloppy = Odd::over(store(&cs).await);
+    sloppy.sloppy = true;
+    let target = store(&[]).await;
+    let r = pull(&target, &sloppy, &never).await.unwrap();
+    assert_eq!((r.pulled.examined, r.pulled.changes), (10, 10), "{r:?}");
+    assert_eq!(target.head().await.unwrap().seq, 10);
+}
+
+#[tokio::test]
+async fn a_source_whose_scan_does_not_advance_is_a_protocol_error() {
+    let mut stale = Odd::over(store(&changes(10, 41)).await);
+    stale.stale = true;
+    let never = SyncOptions {
+        batch_changes: 3,
+        reconcile: Reconcile::Never,
+        ..SyncOptions::default()
+    };
+    match pull(&store(&[]).await, &stale, &never).await {
+        Err(Error::Protocol { reason }) => {
+            assert!(
+                reason.contains("scan after 3 returned sequence 3"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_listed_id_the_source_cannot_return_is_named() {
+    let phantom = changes(1, 42).remove(0).id();
+    let mut src = Odd::over(store(&changes(5, 43)).await);
+    src.phantom = Some(phantom);
+    let always = SyncOptions {
+        reconcile: Reconcile::Always,
+        ..SyncOptions::default()
+    };
+    match pull(&store(&[]).await, &src, &always).await {
+        Err(Error::Protocol { reason }) => {
+            assert!(reason.contains(&phantom.to_string()), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Refuses each batch naming an id that is not in it.
+#[derive(Debug)]
+struct Confused(MemoryStore);
+
+#[async_trait]
+impl AppendOnlyStore for Confused {
+    fn store_id(&self) -> &StoreId {
+        self.0.store_id()
+    }
+    async fn append(&self, _: Vec<Change>) -> Result<AppendOutcome> {
+        Err(Error::Rejected {
+            id: ChangeId::MIN,
+            reason: RejectReason::Policy("which one?".into()),
+        })
+    }
+    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
+        self.0.get_changes(ids).await
+    }
+    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.0.scan(after, limit).await
+    }
+    async fn head(&self) -> Result<Head> {
+        self.0.head().await
+    }
+    async fn subscribe(&self) -> Result<ChangeStream> {
+        self.0.subscribe().await
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_naming_a_change_not_in_the_batch_ends_the_sync() {
+    let source = store(&changes(3, 44)).await;
+    let target = Confused(MemoryStore::new(id()));
+    match push(&source, &target, &SyncOptions::default()).await {
+        Err(Error::Rejected { id, .. }) => assert_eq!(id, ChangeId::MIN),
         other => panic!("{other:?}"),
     }
 }

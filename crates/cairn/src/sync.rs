@@ -852,6 +852,25 @@ mod tests {
     use crate::{ChangeBuilder, ChangeKind, DocId};
 
     #[test]
+    fn byte_groups_fill_up_to_the_limit_exactly() {
+        let meta = |len: usize| {
+            ChangeBuilder::new(ChangeKind::Change, DocId::new("d").unwrap())
+                .payload(vec![0; len])
+                .build()
+                .unwrap()
+                .meta
+        };
+        let metas = vec![meta(4), meta(6), meta(5), meta(5)];
+        let sizes =
+            |max| -> Vec<usize> { byte_groups(&metas, max).iter().map(|g| g.len()).collect() };
+        // 4 + 6 = 10 fits a limit of 10 exactly, and so does 5 + 5.
+        assert_eq!(sizes(10), vec![2, 2]);
+        assert_eq!(sizes(9), vec![1, 1, 1, 1]);
+        assert_eq!(sizes(20), vec![4]);
+        assert!(byte_groups(&[], 10).is_empty());
+    }
+
+    #[test]
     fn reports_and_directions_print_what_they_hold() {
         assert_eq!(Direction::Pull.to_string(), "pull");
         assert_eq!(Direction::Push.to_string(), "push");
