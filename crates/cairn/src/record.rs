@@ -406,10 +406,67 @@ mod tests {
             .deps((0..crate::encoding::MAX_DEPS).map(dep))
             .build();
         assert!(at.is_ok(), "{at:?}");
+        // ... and its header checks out; one dep more is too long.
+        let at = at.unwrap();
+        assert_eq!(at.check_integrity().map_err(|e| e.to_string()), Ok(()));
+        let mut long = at.meta.clone();
+        long.deps.push(dep(crate::encoding::MAX_DEPS));
+        long.id = crate::encoding::compute_id(&long);
+        assert!(
+            matches!(
+                long.check_header(),
+                Err(IntegrityError::FieldTooLong { field: "deps", .. })
+            ),
+            "{:?}",
+            long.check_header()
+        );
         let over = ChangeBuilder::new(ChangeKind::Change, doc)
             .deps((0..=crate::encoding::MAX_DEPS).map(dep))
             .build();
         assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+    }
+
+    #[test]
+    fn size_hint_is_payload_plus_header_plus_deps() {
+        let a = ChangeBuilder::new(ChangeKind::Create, DocId::new("d").unwrap())
+            .payload(vec![0; 10])
+            .build()
+            .unwrap();
+        assert_eq!(a.size_hint(), 10 + 160);
+        let b = ChangeBuilder::new(ChangeKind::Change, DocId::new("d").unwrap())
+            .deps([a.id(), ChangeId::MIN])
+            .payload(vec![0; 7])
+            .build()
+            .unwrap();
+        assert_eq!(b.size_hint(), 7 + 160 + 2 * 32);
+    }
+
+    #[test]
+    fn debug_shows_the_fields_and_never_a_secret_key() {
+        let kp = Keypair::from_seed([9; 32]);
+        let c = ChangeBuilder::new(ChangeKind::Change, DocId::new("notes").unwrap())
+            .created_at(5)
+            .payload(b"secret payload".to_vec())
+            .sign(&kp)
+            .unwrap();
+        let meta = format!("{:?}", c.meta);
+        for part in [
+            "ChangeMeta",
+            "notes",
+            "created_at: 5",
+            "signed: true",
+            "payload_len: 14",
+        ] {
+            assert!(meta.contains(part), "{part}: {meta}");
+        }
+        let change = format!("{c:?}");
+        assert!(
+            change.contains("notes") && change.contains("14 bytes"),
+            "{change}"
+        );
+        let key = format!("{kp:?}");
+        assert_eq!(key, format!("Keypair({})", kp.author()));
+        assert!(!key.contains(&hex::encode([9u8; 32])), "{key}");
     }
 
     #[test]
