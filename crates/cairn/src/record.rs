@@ -464,6 +464,8 @@ mod tests {
             change.contains("notes") && change.contains("14 bytes"),
             "{change}"
         );
+        assert_eq!(kp.seed(), [9; 32], "the seed comes back");
+        assert_eq!(Keypair::from_seed(kp.seed()).author(), kp.author());
         let key = format!("{kp:?}");
         assert_eq!(key, format!("Keypair({})", kp.author()));
         assert!(!key.contains(&hex::encode([9u8; 32])), "{key}");
