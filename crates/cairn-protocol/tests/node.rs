@@ -349,3 +349,46 @@ async fn a_delivery_that_ends_detaches_its_peer() {
     );
     assert!(format!("{node:?}").contains("pending: 1"), "{node:?}");
 }
+
+/// No peers (offline).
+struct Offline;
+
+impl cairn_protocol::Transport for Offline {
+    fn remotes(&self) -> Vec<(PeerId, Arc<DynAppendOnlyStore>)> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn a_cache_first_store_lists_what_its_cache_holds() {
+    use cairn::{DocId, IdRange};
+    let (cache, node) = new_node();
+    let cs = changes(4, 11);
+    cache.append(cs.clone()).await.unwrap();
+    let store = cairn_protocol::CacheFirst::new(node, Arc::new(Offline));
+    let have = [cs[0].id()];
+    let ids = |m: Vec<ChangeMeta>| m.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.find_new_changes(&have).await.unwrap()),
+        ids(cache.find_new_changes(&have).await.unwrap())
+    );
+    assert_eq!(store.find_new_changes(&have).await.unwrap().len(), 3);
+    let doc = DocId::new("d").unwrap();
+    assert_eq!(
+        ids(store.find_new_changes_for_doc(&have, &doc).await.unwrap()),
+        ids(cache.find_new_changes_for_doc(&have, &doc).await.unwrap())
+    );
+    assert_eq!(
+        store
+            .find_new_changes_for_doc(&have, &doc)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let mut all = cache.ids_in_range(&IdRange::ALL, 10).await.unwrap();
+    assert_eq!(store.ids_in_range(&IdRange::ALL, 10).await.unwrap(), all);
+    all.truncate(2);
+    assert_eq!(store.ids_in_range(&IdRange::ALL, 2).await.unwrap(), all);
+    assert!(format!("{store:?}").starts_with("CacheFirst"), "{store:?}");
+}
