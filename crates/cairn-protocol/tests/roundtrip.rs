@@ -812,3 +812,104 @@ fn hello_bytes_match_the_spec() {
     want.extend_from_slice(&[1, 0, 0, 0]);
     assert_eq!(bytes, want);
 }
+
+/// Body length of a frame (after the length prefix).
+fn body(frame: &[u8]) -> usize {
+    frame.len() - LEN_PREFIX
+}
+
+#[test]
+fn list_frames_are_filled_to_the_limit() {
+    // 1,000 ids at the 4 KiB minimum: header, count, then as many 32-byte
+    // ids as fit (127), frame after frame.
+    let ids: Vec<ChangeId> = (0..1000u32)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            ChangeId::from_bytes(b)
+        })
+        .collect();
+    let msg = Message::Request {
+        id: 3,
+        body: Request::GetChanges(ids),
+    };
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    let per = (MIN_MAX_FRAME as usize - HEADER_LEN - 4) / 32;
+    assert_eq!(per, 127);
+    assert_eq!(frames.len(), 1000usize.div_ceil(per));
+    for f in &frames[..frames.len() - 1] {
+        assert_eq!(body(f), HEADER_LEN + 4 + per * 32);
+    }
+    assert_eq!(
+        body(frames.last().unwrap()),
+        HEADER_LEN + 4 + (1000 - (frames.len() - 1) * per) * 32
+    );
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 1000),
+        vec![msg]
+    );
+}
+
+#[test]
+fn a_split_item_fills_its_first_frame_and_every_continuation() {
+    let c = change(1, 20_000);
+    let msg = Message::Request {
+        id: 5,
+        body: Request::Append(vec![c]),
+    };
+    // Unsplit, the item is the whole body after header and count.
+    let whole = encode_frames(&msg, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(whole.len(), 1);
+    let item = body(&whole[0]) - HEADER_LEN - 4;
+    let limit = MIN_MAX_FRAME as usize;
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    // First frame: header, count, the item's length (8 bytes), then its
+    // first bytes up to the limit; continuations: header, then bytes.
+    let first = limit - HEADER_LEN - 4 - 8;
+    let per = limit - HEADER_LEN;
+    assert_eq!(frames.len(), 1 + (item - first).div_ceil(per));
+    for f in &frames[..frames.len() - 1] {
+        assert_eq!(body(f), limit);
+    }
+    assert_eq!(
+        body(frames.last().unwrap()),
+        HEADER_LEN + (item - first) - (frames.len() - 2) * per
+    );
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 777),
+        vec![msg]
+    );
+}
+
+#[test]
+fn a_change_that_fits_an_empty_frame_starts_the_next_one_whole() {
+    // Two changes, each a little over half a frame: the second does not fit
+    // after the first, but fits a frame of its own, so it is not split.
+    let (a, b) = (change(1, 2200), change(2, 2200));
+    let msg = Message::Request {
+        id: 6,
+        body: Request::Append(vec![a, b]),
+    };
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    assert_eq!(frames.len(), 2);
+    for f in &frames {
+        assert_eq!(f[LEN_PREFIX + 1] & FLAG_SPLIT, 0, "not split");
+    }
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 500),
+        vec![msg]
+    );
+}
+
+#[test]
+fn the_frame_encoder_says_where_it_is() {
+    let msg = Message::Request {
+        id: 8,
+        body: Request::Head,
+    };
+    let dbg = format!("{:?}", FrameEncoder::new(&msg, MIN_MAX_FRAME));
+    assert!(
+        dbg.contains("FrameEncoder") && dbg.contains("id: 8"),
+        "{dbg}"
+    );
+}
