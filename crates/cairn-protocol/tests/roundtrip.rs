@@ -913,3 +913,24 @@ fn the_frame_encoder_says_where_it_is() {
         "{dbg}"
     );
 }
+
+#[test]
+fn fixed_fields_never_fill_a_minimum_frame() {
+    // An error's reason is cut to a bound, so even a huge one travels in
+    // one minimum-size frame (doc ids, the other long fixed field, are at
+    // most 1 KiB): the encoder's "fixed fields too large" check cannot
+    // trigger with frames of at least MIN_MAX_FRAME.
+    let msg = Message::Response {
+        id: 2,
+        body: Response::Error(WireError::Busy {
+            reason: "x".repeat(100_000),
+        }),
+    };
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    assert_eq!(frames.len(), 1);
+    assert!(
+        body(&frames[0]) < MIN_MAX_FRAME as usize / 2,
+        "{}",
+        body(&frames[0])
+    );
+}
