@@ -934,3 +934,26 @@ fn fixed_fields_never_fill_a_minimum_frame() {
         body(&frames[0])
     );
 }
+
+#[test]
+fn decode_body_reads_a_whole_frame_and_a_continuation_needs_a_list() {
+    let msg = Message::Request {
+        id: 1,
+        body: Request::Head,
+    };
+    let frame = encode(&msg, MIN_MAX_FRAME).unwrap();
+    assert_eq!(decode_body(&frame[LEN_PREFIX..]).unwrap(), (msg, false));
+    // A continuation frame (CONT, some bytes) of a message type that has no
+    // list cannot be part of anything.
+    let mut cont = frame[..LEN_PREFIX + HEADER_LEN].to_vec();
+    cont[LEN_PREFIX + 1] = FLAG_CONT;
+    cont.extend_from_slice(b"abc");
+    let len = (cont.len() - LEN_PREFIX) as u32;
+    cont[..4].copy_from_slice(&len.to_be_bytes());
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME);
+    dec.push(&cont);
+    match dec.pop() {
+        Err(Error::Protocol { reason }) => assert!(reason.contains("has no list"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
