@@ -98,12 +98,22 @@ fn stress_100k_seeds() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let start = std::time::Instant::now();
-    let failures = run_seeds(from, 100_000, SimOptions::default());
-    let took = start.elapsed();
-    eprintln!(
-        "100000 seeds in {took:?} ({:.0} seeds/s)",
-        100_000.0 / took.as_secs_f64()
-    );
+    let mut failures = Vec::new();
+    // In tenths, with progress (a long run says how far it got).
+    for tenth in 0..10u64 {
+        failures.extend(run_seeds(
+            from + tenth * 10_000,
+            10_000,
+            SimOptions::default(),
+        ));
+        let took = start.elapsed();
+        eprintln!(
+            "{} seeds in {took:?} ({:.0} seeds/s), {} failed",
+            (tenth + 1) * 10_000,
+            ((tenth + 1) * 10_000) as f64 / took.as_secs_f64(),
+            failures.len()
+        );
+    }
     assert!(failures.is_empty(), "{}", report(&failures));
 }
 

@@ -132,11 +132,34 @@ async fn a_scanning_pull_reports_its_rounds_and_progress() {
     assert_eq!((r2.pulled.examined, r2.pulled.rounds), (0, 0));
     // Two more changes: only they are examined.
     remote.append(changes(2, 9)).await.unwrap();
+    events.lock().unwrap().clear();
     let r3 = pull(&local, &remote, &again).await.unwrap();
     assert_eq!(
         (r3.pulled.examined, r3.pulled.changes, r3.pulled.rounds),
         (2, 2, 1)
     );
+    assert_eq!(
+        events.lock().unwrap().first(),
+        Some(&SyncEvent::Started {
+            direction: Direction::Pull,
+            total: 2
+        })
+    );
+    // A pull keeps the push side of the state it was given.
+    let both = sync(&local, &remote, &opts).await.unwrap();
+    assert!(both.state.pushed.is_some());
+    let only_pull = pull(
+        &local,
+        &remote,
+        &SyncOptions {
+            state: both.state.clone(),
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(only_pull.state.pushed, both.state.pushed);
+    assert_eq!(only_pull.state.pushed_into, both.state.pushed_into);
 }
 
 #[tokio::test]
@@ -201,6 +224,28 @@ async fn a_pull_that_reconciles_sends_only_the_difference_and_saves_both_cursors
     );
     assert!(r.pushed.reconcile_rounds > 0, "{r:?}");
     assert_eq!(r.pushed.changes, 3);
+    // With a usable push cursor, only the pull reconciles: the push scans
+    // from its cursor.
+    let (a, b) = (store(&cs[..1400]).await, store(&cs).await);
+    let first = push(&a, &b, &SyncOptions::default()).await.unwrap();
+    let mut state = first.state.clone();
+    state.pulled = None;
+    let r = sync(
+        &a,
+        &b,
+        &SyncOptions {
+            state,
+            ..SyncOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.pulled.reconcile_rounds > 0, "{r:?}");
+    assert_eq!(
+        (r.pushed.reconcile_rounds, r.pushed.changes),
+        (0, 0),
+        "{r:?}"
+    );
     // Never: the same stores are scanned instead.
     let (a, b) = (store(&cs[..1400]).await, store(&cs).await);
     let never = SyncOptions {
