@@ -868,6 +868,10 @@ mod tests {
         assert_eq!(sizes(9), vec![1, 1, 1, 1]);
         assert_eq!(sizes(20), vec![4]);
         assert!(byte_groups(&[], 10).is_empty());
+        // A change larger than the limit goes alone, never after an empty group.
+        let big = vec![meta(12), meta(3)];
+        let sizes: Vec<usize> = byte_groups(&big, 10).iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![1, 1]);
     }
 
     #[test]
