@@ -133,6 +133,9 @@ pub(crate) fn mutants(args: &[String]) -> Result<(), String> {
         if let Some(s) = &shard {
             cmd.args(["--shard", s]);
         }
+        // Two builds and test runs at once (the machine CI runs on has two
+        // cores); many mutants wait on a test timeout rather than a core.
+        cmd.args(["--jobs", "2"]);
         cmd.arg("-o").arg(&out);
         // cargo-mutants exits 2 when mutants survive: the score below
         // decides.
