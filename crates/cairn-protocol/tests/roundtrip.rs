@@ -957,3 +957,60 @@ fn decode_body_reads_a_whole_frame_and_a_continuation_needs_a_list() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Whether a frame has the SPLIT flag (it ends with the start of an item).
+fn splits(frame: &[u8]) -> bool {
+    frame[LEN_PREFIX + 1] & FLAG_SPLIT != 0
+}
+
+#[test]
+fn an_item_that_exactly_fills_an_empty_frame_moves_to_one_and_a_larger_one_splits_at_once() {
+    let limit = MIN_MAX_FRAME as usize;
+    let item_size = |c: &Change| {
+        let m = Message::Request {
+            id: 1,
+            body: Request::Append(vec![c.clone()]),
+        };
+        body(&encode_frames(&m, DEFAULT_MAX_FRAME).unwrap()[0]) - HEADER_LEN - 4
+    };
+    let base = item_size(&change(2, 0));
+    // An item of exactly an empty frame's room.
+    let exact = change(2, limit - HEADER_LEN - 4 - base);
+    assert_eq!(item_size(&exact), limit - HEADER_LEN - 4);
+    let small = change(1, 100);
+    let msg = Message::Request {
+        id: 7,
+        body: Request::Append(vec![small.clone(), exact]),
+    };
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    assert_eq!(frames.len(), 2);
+    assert!(!splits(&frames[0]) && !splits(&frames[1]));
+    assert_eq!(
+        body(&frames[1]),
+        limit,
+        "the second frame holds it whole, full"
+    );
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 300),
+        vec![msg]
+    );
+    // An item larger than any frame (by a few bytes, or by far) starts
+    // right after the small one.
+    for extra in [1, 4, 16_000] {
+        let big = change(3, limit - HEADER_LEN - 4 - base + extra);
+        let msg = Message::Request {
+            id: 8,
+            body: Request::Append(vec![small.clone(), big]),
+        };
+        let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+        assert!(
+            splits(&frames[0]),
+            "{extra}: split in the first frame, after the small item"
+        );
+        assert_eq!(body(&frames[0]), limit);
+        assert_eq!(
+            decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 300),
+            vec![msg]
+        );
+    }
+}
