@@ -1014,3 +1014,37 @@ fn an_item_that_exactly_fills_an_empty_frame_moves_to_one_and_a_larger_one_split
         );
     }
 }
+
+#[test]
+fn a_split_starts_only_where_its_length_and_a_byte_fit() {
+    let limit = MIN_MAX_FRAME as usize;
+    let item_size = |c: &Change| {
+        let m = Message::Request {
+            id: 1,
+            body: Request::Append(vec![c.clone()]),
+        };
+        body(&encode_frames(&m, DEFAULT_MAX_FRAME).unwrap()[0]) - HEADER_LEN - 4
+    };
+    let base = item_size(&change(1, 0));
+    // A first item that leaves `room` bytes, then one too large for any
+    // frame: it starts there (its 8-byte length and at least one byte)
+    // only if room >= 9.
+    for room in [5usize, 7, 8, 9, 10] {
+        let first = change(1, limit - HEADER_LEN - 4 - base - room);
+        let msg = Message::Request {
+            id: 9,
+            body: Request::Append(vec![first, change(2, 9000)]),
+        };
+        let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+        assert_eq!(splits(&frames[0]), room >= 9, "room {room}");
+        assert_eq!(
+            body(&frames[0]),
+            if room >= 9 { limit } else { limit - room },
+            "room {room}"
+        );
+        assert_eq!(
+            decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 640),
+            vec![msg]
+        );
+    }
+}
