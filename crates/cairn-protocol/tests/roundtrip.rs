@@ -1048,3 +1048,21 @@ fn a_split_starts_only_where_its_length_and_a_byte_fit() {
         );
     }
 }
+
+#[test]
+fn a_message_without_a_list_cannot_say_more_follows() {
+    let frame = encode(
+        &Message::Request {
+            id: 4,
+            body: Request::Head,
+        },
+        MIN_MAX_FRAME,
+    )
+    .unwrap();
+    let mut more = frame.clone();
+    more[LEN_PREFIX + 1] = FLAG_MORE;
+    match decode_body(&more[LEN_PREFIX..]) {
+        Err(Error::Protocol { reason }) => assert!(reason.contains("has no list"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
