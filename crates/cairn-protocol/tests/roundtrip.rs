@@ -1066,3 +1066,113 @@ fn a_message_without_a_list_cannot_say_more_follows() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `msg` (one item) re-framed by hand with its item split in two: a first
+/// frame (`MORE | SPLIT`, no whole item, the item's length and its first
+/// `at` bytes) and a continuation (`CONT`, the rest). The encoder never
+/// splits items this small, but a peer may, and the decoder must put them
+/// back. `empty` is the same message with no item (to find where the item
+/// starts).
+fn resplit(msg: &Message, empty: &Message, at: usize) -> Vec<u8> {
+    let one = encode(msg, DEFAULT_MAX_FRAME).unwrap();
+    let none = encode(empty, DEFAULT_MAX_FRAME).unwrap();
+    let start = none.len();
+    let item = &one[start..];
+    assert!(at > 0 && at < item.len());
+    let header = &one[LEN_PREFIX..LEN_PREFIX + HEADER_LEN];
+    let mut first = vec![0u8; LEN_PREFIX];
+    first.extend_from_slice(header);
+    first[LEN_PREFIX + 1] = FLAG_MORE | FLAG_SPLIT;
+    // Fixed fields and the count (0 whole items) as in the empty message.
+    first.extend_from_slice(&none[LEN_PREFIX + HEADER_LEN..]);
+    first.extend_from_slice(&(item.len() as u64).to_be_bytes());
+    first.extend_from_slice(&item[..at]);
+    let len = (first.len() - LEN_PREFIX) as u32;
+    first[..4].copy_from_slice(&len.to_be_bytes());
+    let mut cont = vec![0u8; LEN_PREFIX];
+    cont.extend_from_slice(header);
+    cont[LEN_PREFIX + 1] = FLAG_CONT;
+    cont.extend_from_slice(&item[at..]);
+    let len = (cont.len() - LEN_PREFIX) as u32;
+    cont[..4].copy_from_slice(&len.to_be_bytes());
+    first.extend(cont);
+    first
+}
+
+#[test]
+fn small_items_split_by_a_peer_are_put_back_in_every_list_type() {
+    let c = change(5, 40);
+    let id = c.id();
+    let meta = c.meta.clone();
+    let resp = |body| Message::Response { id: 3, body };
+    let req = |body| Message::Request { id: 3, body };
+    let cases: Vec<(Message, Message)> = vec![
+        (
+            req(Request::GetChanges(vec![id])),
+            req(Request::GetChanges(vec![])),
+        ),
+        (resp(Response::Ids(vec![id])), resp(Response::Ids(vec![]))),
+        (
+            resp(Response::Appended(AppendOutcome {
+                new: vec![id],
+                duplicates: 2,
+            })),
+            resp(Response::Appended(AppendOutcome {
+                new: vec![],
+                duplicates: 2,
+            })),
+        ),
+        (
+            resp(Response::Metas(vec![meta.clone()])),
+            resp(Response::Metas(vec![])),
+        ),
+        (
+            Message::Notify {
+                subscription: 3,
+                metas: vec![meta.clone()],
+            },
+            Message::Notify {
+                subscription: 3,
+                metas: vec![],
+            },
+        ),
+        (
+            resp(Response::ScanItems(vec![ScanItem { seq: 7, meta }])),
+            resp(Response::ScanItems(vec![])),
+        ),
+        (
+            req(Request::Append(vec![c.clone()])),
+            req(Request::Append(vec![])),
+        ),
+    ];
+    for (msg, empty) in cases {
+        for at in [1, 5, 20] {
+            let bytes = resplit(&msg, &empty, at);
+            assert_eq!(
+                decode_all(&bytes, MIN_MAX_FRAME, 7),
+                vec![msg.clone()],
+                "{msg:?} at {at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_append_outcome_too_long_for_one_frame_is_merged_back() {
+    let new: Vec<ChangeId> = (0..1000u32)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            ChangeId::from_bytes(b)
+        })
+        .collect();
+    let msg = Message::Response {
+        id: 2,
+        body: Response::Appended(AppendOutcome { new, duplicates: 4 }),
+    };
+    assert!(encode_frames(&msg, MIN_MAX_FRAME).unwrap().len() > 1);
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 999),
+        vec![msg]
+    );
+}
