@@ -1176,3 +1176,55 @@ fn an_append_outcome_too_long_for_one_frame_is_merged_back() {
         vec![msg]
     );
 }
+
+#[test]
+fn a_long_bool_list_is_merged_back_across_frames() {
+    let bools: Vec<bool> = (0..10_000).map(|i| i % 3 == 0).collect();
+    let msg = Message::Response {
+        id: 2,
+        body: Response::Bools(bools),
+    };
+    assert!(encode_frames(&msg, MIN_MAX_FRAME).unwrap().len() > 1);
+    assert_eq!(
+        decode_all(&encode(&msg, MIN_MAX_FRAME).unwrap(), MIN_MAX_FRAME, 999),
+        vec![msg]
+    );
+}
+
+#[test]
+fn the_decoder_shows_the_next_header_before_the_body_and_takes_a_new_message_bound() {
+    let msg = Message::Request {
+        id: 77,
+        body: Request::Append(vec![change(1, 20_000)]),
+    };
+    let bytes = encode(&msg, MIN_MAX_FRAME).unwrap();
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME);
+    assert_eq!(dec.max_frame(), MIN_MAX_FRAME);
+    dec.push(&bytes[..LEN_PREFIX + HEADER_LEN - 1]);
+    assert_eq!(dec.peek_header(), None, "not all ten bytes yet");
+    dec.push(&bytes[LEN_PREFIX + HEADER_LEN - 1..LEN_PREFIX + HEADER_LEN]);
+    let (len, ty, flags, id) = dec.peek_header().unwrap();
+    let first = encode_frames(&msg, MIN_MAX_FRAME).unwrap().remove(0);
+    assert_eq!(len as usize, body(&first));
+    assert_eq!(ty, first[LEN_PREFIX]);
+    assert_eq!(flags, FLAG_MORE | FLAG_SPLIT);
+    assert_eq!(id, 77);
+    // A server that learns the request is an append may lower the bound on
+    // what it reassembles: this 20 KB append is then too large.
+    dec.set_max_message(1000);
+    dec.push(&bytes[LEN_PREFIX + HEADER_LEN..]);
+    let mut refused = false;
+    for _ in 0..100 {
+        match dec.pop() {
+            Err(Error::TooLarge { .. }) => {
+                refused = true;
+                break;
+            }
+            Ok(None) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused, "the lowered bound applies");
+    // With the default bound the same bytes decode.
+    assert_eq!(decode_all(&bytes, MIN_MAX_FRAME, 4096), vec![msg]);
+}
