@@ -1220,3 +1220,26 @@ fn the_decoder_shows_the_next_header_before_the_body_and_takes_a_new_message_bou
     // With the default bound the same bytes decode.
     assert_eq!(decode_all(&bytes, MIN_MAX_FRAME, 4096), vec![msg]);
 }
+
+#[test]
+fn the_decoder_is_idle_only_with_nothing_half_read() {
+    let msg = Message::Request {
+        id: 12,
+        body: Request::Append(vec![change(3, 20_000)]),
+    };
+    let bytes = encode(&msg, MIN_MAX_FRAME).unwrap();
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    assert!(frames.len() >= 5);
+    // A budget half again the message is enough to reassemble it.
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME).with_max_message(bytes.len() as u64 * 3 / 2);
+    assert!(dec.is_idle());
+    dec.push(&bytes[..3]);
+    assert!(!dec.is_idle(), "half a length prefix");
+    assert_eq!(dec.pop().unwrap(), None);
+    dec.push(&bytes[3..frames[0].len()]);
+    assert_eq!(dec.pop().unwrap(), None);
+    assert!(!dec.is_idle(), "a split item is being reassembled");
+    dec.push(&bytes[frames[0].len()..]);
+    assert_eq!(dec.pop().unwrap(), Some(msg));
+    assert!(dec.is_idle());
+}
