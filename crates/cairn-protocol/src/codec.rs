@@ -1048,6 +1048,16 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// Bytes of received data this decoder holds right now: its input
+    /// buffer (the part not yet decoded, and any decoded prefix it has not
+    /// dropped yet). Split messages being reassembled are bounded
+    /// separately, by [`with_max_message`](Self::with_max_message). For
+    /// memory accounting and tests: a decoder fed a stream in arbitrary
+    /// pieces holds about one piece plus one frame, not the whole stream.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether nothing is buffered: no partial frame, no partial message.
     pub fn is_idle(&self) -> bool {
         self.pos == self.buf.len() && self.partial.is_empty()

@@ -1243,3 +1243,94 @@ fn the_decoder_is_idle_only_with_nothing_half_read() {
     assert_eq!(dec.pop().unwrap(), Some(msg));
     assert!(dec.is_idle());
 }
+
+#[test]
+fn a_stream_fed_in_pieces_keeps_the_buffer_small() {
+    // 20 MB of 2 KB messages, pushed in 100 KB pieces that cut frames
+    // anywhere, every message popped as it completes: the decoder drops
+    // what it has decoded instead of growing with the stream.
+    let one = encode(
+        &Message::Request {
+            id: 1,
+            body: Request::Append(vec![change(1, 2000)]),
+        },
+        MIN_MAX_FRAME,
+    )
+    .unwrap();
+    let stream: Vec<u8> = one.iter().copied().cycle().take(one.len() * 9000).collect();
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME);
+    let (mut popped, mut most) = (0, 0);
+    for piece in stream.chunks(100_003) {
+        dec.push(piece);
+        most = most.max(dec.buffered());
+        while let Some(_m) = dec.pop().unwrap() {
+            popped += 1;
+        }
+    }
+    assert_eq!(popped, 9000);
+    assert!(most < 400_000, "held up to {most} bytes");
+}
+
+/// The budget a split message needs: its first frame's body and the whole
+/// item it announces (what the decoder reserves).
+fn reserve(msg: &Message) -> u64 {
+    let frames = encode_frames(msg, MIN_MAX_FRAME).unwrap();
+    let whole = encode_frames(msg, DEFAULT_MAX_FRAME).unwrap();
+    (body(&frames[0]) + body(&whole[0]) - HEADER_LEN - 4) as u64
+}
+
+#[test]
+fn a_split_message_fits_a_budget_of_exactly_its_reservation_again_and_again() {
+    let msg = Message::Request {
+        id: 5,
+        body: Request::Append(vec![change(2, 20_000)]),
+    };
+    let need = reserve(&msg);
+    let bytes = encode(&msg, MIN_MAX_FRAME).unwrap();
+    // Exactly enough, three times in a row: each completed message gives
+    // its reservation back.
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME).with_max_message(need);
+    for _ in 0..3 {
+        dec.push(&bytes);
+        assert_eq!(dec.pop().unwrap(), Some(msg.clone()));
+    }
+    // One byte less: refused, naming what it needed.
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME).with_max_message(need - 1);
+    dec.push(&bytes);
+    match dec.pop() {
+        Err(Error::TooLarge { limit, actual, .. }) => assert_eq!((limit, actual), (need - 1, need)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_long_list_fits_a_budget_of_exactly_its_frames_but_the_last() {
+    let ids: Vec<ChangeId> = (0..1000u32)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            ChangeId::from_bytes(b)
+        })
+        .collect();
+    let msg = Message::Request {
+        id: 6,
+        body: Request::GetChanges(ids),
+    };
+    let frames = encode_frames(&msg, MIN_MAX_FRAME).unwrap();
+    let need: u64 = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| body(f) as u64)
+        .sum();
+    let bytes = encode(&msg, MIN_MAX_FRAME).unwrap();
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME).with_max_message(need);
+    for _ in 0..3 {
+        dec.push(&bytes);
+        assert_eq!(dec.pop().unwrap(), Some(msg.clone()));
+    }
+    let mut dec = FrameDecoder::new(MIN_MAX_FRAME).with_max_message(need - 1);
+    dec.push(&bytes);
+    match dec.pop() {
+        Err(Error::TooLarge { limit, actual, .. }) => assert_eq!((limit, actual), (need - 1, need)),
+        other => panic!("{other:?}"),
+    }
+}
