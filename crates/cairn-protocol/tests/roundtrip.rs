@@ -1268,7 +1268,11 @@ fn a_stream_fed_in_pieces_keeps_the_buffer_small() {
         }
     }
     assert_eq!(popped, 9000);
-    assert!(most < 400_000, "held up to {most} bytes");
+    // At least one piece is held at a time, and not much more.
+    assert!(
+        (100_003..400_000).contains(&most),
+        "held up to {most} bytes"
+    );
 }
 
 /// The budget a split message needs: its first frame's body and the whole
