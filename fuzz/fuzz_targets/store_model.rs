@@ -354,12 +354,13 @@ fn store_id() -> StoreId {
 }
 
 impl Redb {
-    fn open(&mut self) -> RedbStore {
+    async fn open(&mut self) -> RedbStore {
         let backend = Faulty {
             inner: self.backend.clone(),
             countdown: self.countdown.clone(),
         };
         RedbStore::open_with_backend(backend, store_id(), RedbOptions::default())
+            .await
             .expect("redb opens with failures disarmed")
     }
 
@@ -381,7 +382,7 @@ impl Redb {
     async fn reopen(&mut self, memory: &MemoryStore) {
         drop(self.store.take());
         self.countdown.store(u64::MAX, Ordering::SeqCst);
-        let store = self.open();
+        let store = self.open().await;
         let report = store
             .check_consistency()
             .await
@@ -459,7 +460,7 @@ async fn run(ops: Vec<Op>) {
         uncertain: Vec::new(),
         epoch: 0,
     };
-    let first = redb.open();
+    let first = redb.open().await;
     redb.epoch = first.head().await.expect("head").epoch;
     redb.store = Some(first);
 

@@ -393,7 +393,8 @@ impl RedbStore {
     /// [`redb::backends::InMemoryBackend`] so), or storage redb has no
     /// backend for. [`path`](RedbStore::path) is empty for such a store.
     ///
-    /// Blocks the calling thread on the backend's I/O, and fails like
+    /// The backend's I/O runs on tokio's blocking pool, like
+    /// [`open_with`](RedbStore::open_with); fails like
     /// [`open`](RedbStore::open).
     ///
     /// ```
@@ -406,12 +407,23 @@ impl RedbStore {
     ///     StoreId::new("acme/contacts").unwrap(),
     ///     RedbOptions::default(),
     /// )
+    /// .await
     /// .unwrap();
     /// assert_eq!(store.head().await.unwrap().seq, 0);
     /// assert!(store.path().as_os_str().is_empty());
     /// # });
     /// ```
-    pub fn open_with_backend(
+    pub async fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        store_id: StoreId,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        run_blocking(move || Self::open_blocking_with_backend(backend, store_id, options)).await
+    }
+
+    /// Like [`open_with_backend`](RedbStore::open_with_backend), on the
+    /// calling thread (blocks it on the backend's I/O).
+    pub fn open_blocking_with_backend(
         backend: impl redb::StorageBackend,
         store_id: StoreId,
         options: RedbOptions,
