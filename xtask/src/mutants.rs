@@ -137,10 +137,25 @@ pub(crate) fn mutants(args: &[String]) -> Result<(), String> {
         // cores); many mutants wait on a test timeout rather than a core.
         cmd.args(["--jobs", "2"]);
         cmd.arg("-o").arg(&out);
-        // cargo-mutants exits 2 when mutants survive: the score below
-        // decides.
-        let _ = run(&mut cmd);
         let dir = out.join("mutants.out");
+        // No score from an earlier run: only this run's outcomes count.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        println!("xtask: running {cmd:?}");
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run cargo mutants: {e}"))?;
+        // 0: all caught; 2: some missed; 3: some timed out (caught). The
+        // score below decides those; anything else (1 usage, 4 the
+        // unmutated baseline fails) is a failed run.
+        if !matches!(status.code(), Some(0 | 2 | 3)) {
+            return Err(format!(
+                "mutants {}: cargo mutants failed ({status}); see its output above",
+                part.name
+            ));
+        }
         let (caught, timeout, missed, unviable) = (
             lines(dir.join("caught.txt")),
             lines(dir.join("timeout.txt")),
