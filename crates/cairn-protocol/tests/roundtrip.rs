@@ -367,13 +367,7 @@ fn change(i: u32, payload: usize) -> Change {
 #[test]
 fn large_results_are_split_never_truncated() {
     // 1M ids (32 MB) under a 16 MiB frame limit.
-    let ids: Vec<ChangeId> = (0..1_000_000u32)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&i.to_be_bytes());
-            ChangeId::from_bytes(b)
-        })
-        .collect();
+    let ids: Vec<ChangeId> = numbered_ids(1_000_000);
     let msg = Message::Response {
         id: 9,
         body: Response::Ids(ids),
@@ -818,17 +812,32 @@ fn body(frame: &[u8]) -> usize {
     frame.len() - LEN_PREFIX
 }
 
-#[test]
-fn list_frames_are_filled_to_the_limit() {
-    // 1,000 ids at the 4 KiB minimum: header, count, then as many 32-byte
-    // ids as fit (127), frame after frame.
-    let ids: Vec<ChangeId> = (0..1000u32)
+/// `n` distinct ids, numbered in their first four bytes.
+fn numbered_ids(n: u32) -> Vec<ChangeId> {
+    (0..n)
         .map(|i| {
             let mut b = [0u8; 32];
             b[..4].copy_from_slice(&i.to_be_bytes());
             ChangeId::from_bytes(b)
         })
-        .collect();
+        .collect()
+}
+
+/// Encoded size of `c` as an item of an append (the body of a one-frame
+/// append after its header and count).
+fn append_item_size(c: &Change) -> usize {
+    let m = Message::Request {
+        id: 1,
+        body: Request::Append(vec![c.clone()]),
+    };
+    body(&encode_frames(&m, DEFAULT_MAX_FRAME).unwrap()[0]) - HEADER_LEN - 4
+}
+
+#[test]
+fn list_frames_are_filled_to_the_limit() {
+    // 1,000 ids at the 4 KiB minimum: header, count, then as many 32-byte
+    // ids as fit (127), frame after frame.
+    let ids: Vec<ChangeId> = numbered_ids(1000);
     let msg = Message::Request {
         id: 3,
         body: Request::GetChanges(ids),
@@ -966,17 +975,10 @@ fn splits(frame: &[u8]) -> bool {
 #[test]
 fn an_item_that_exactly_fills_an_empty_frame_moves_to_one_and_a_larger_one_splits_at_once() {
     let limit = MIN_MAX_FRAME as usize;
-    let item_size = |c: &Change| {
-        let m = Message::Request {
-            id: 1,
-            body: Request::Append(vec![c.clone()]),
-        };
-        body(&encode_frames(&m, DEFAULT_MAX_FRAME).unwrap()[0]) - HEADER_LEN - 4
-    };
-    let base = item_size(&change(2, 0));
+    let base = append_item_size(&change(2, 0));
     // An item of exactly an empty frame's room.
     let exact = change(2, limit - HEADER_LEN - 4 - base);
-    assert_eq!(item_size(&exact), limit - HEADER_LEN - 4);
+    assert_eq!(append_item_size(&exact), limit - HEADER_LEN - 4);
     let small = change(1, 100);
     let msg = Message::Request {
         id: 7,
@@ -1018,14 +1020,7 @@ fn an_item_that_exactly_fills_an_empty_frame_moves_to_one_and_a_larger_one_split
 #[test]
 fn a_split_starts_only_where_its_length_and_a_byte_fit() {
     let limit = MIN_MAX_FRAME as usize;
-    let item_size = |c: &Change| {
-        let m = Message::Request {
-            id: 1,
-            body: Request::Append(vec![c.clone()]),
-        };
-        body(&encode_frames(&m, DEFAULT_MAX_FRAME).unwrap()[0]) - HEADER_LEN - 4
-    };
-    let base = item_size(&change(1, 0));
+    let base = append_item_size(&change(1, 0));
     // A first item that leaves `room` bytes, then one too large for any
     // frame: it starts there (its 8-byte length and at least one byte)
     // only if room >= 9.
@@ -1159,13 +1154,7 @@ fn small_items_split_by_a_peer_are_put_back_in_every_list_type() {
 
 #[test]
 fn an_append_outcome_too_long_for_one_frame_is_merged_back() {
-    let new: Vec<ChangeId> = (0..1000u32)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&i.to_le_bytes());
-            ChangeId::from_bytes(b)
-        })
-        .collect();
+    let new: Vec<ChangeId> = numbered_ids(1000);
     let msg = Message::Response {
         id: 2,
         body: Response::Appended(AppendOutcome { new, duplicates: 4 }),
@@ -1309,13 +1298,7 @@ fn a_split_message_fits_a_budget_of_exactly_its_reservation_again_and_again() {
 
 #[test]
 fn a_long_list_fits_a_budget_of_exactly_its_frames_but_the_last() {
-    let ids: Vec<ChangeId> = (0..1000u32)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&i.to_be_bytes());
-            ChangeId::from_bytes(b)
-        })
-        .collect();
+    let ids: Vec<ChangeId> = numbered_ids(1000);
     let msg = Message::Request {
         id: 6,
         body: Request::GetChanges(ids),
