@@ -260,29 +260,44 @@ async fn a_pull_that_reconciles_sends_only_the_difference_and_saves_both_cursors
     assert_eq!((r.pulled.reconcile_rounds, r.pulled.examined), (0, 20));
 }
 
-/// A target that refuses some ids (policy), is over a rate limit a given
-/// number of times, or claims integrity failures that are not there.
+/// A memory store that misbehaves in the ways the tests ask, one knob
+/// each, and counts its scans. As a target: it refuses some ids (policy),
+/// refuses naming an id not in the batch (`reject_foreign`), is over a rate
+/// limit a given number of times, or claims integrity failures that are
+/// not there. As a source: its scans start one item early (`sloppy`) or
+/// always from the start (`stale`), or its id listings carry an id it does
+/// not hold (`phantom`).
 #[derive(Debug)]
-struct Gate {
+struct Odd {
     inner: MemoryStore,
     refuse: HashSet<ChangeId>,
+    reject_foreign: bool,
     rate_limited: AtomicU32,
     lie_integrity: bool,
+    sloppy: bool,
+    stale: bool,
+    phantom: Option<ChangeId>,
+    scans: AtomicU32,
 }
 
-impl Gate {
-    fn new(inner: MemoryStore) -> Self {
-        Gate {
+impl Odd {
+    fn over(inner: MemoryStore) -> Self {
+        Odd {
             inner,
             refuse: HashSet::new(),
+            reject_foreign: false,
             rate_limited: AtomicU32::new(0),
             lie_integrity: false,
+            sloppy: false,
+            stale: false,
+            phantom: None,
+            scans: AtomicU32::new(0),
         }
     }
 }
 
 #[async_trait]
-impl AppendOnlyStore for Gate {
+impl AppendOnlyStore for Odd {
     fn store_id(&self) -> &StoreId {
         self.inner.store_id()
     }
@@ -298,6 +313,12 @@ impl AppendOnlyStore for Gate {
             return Err(Error::RateLimited {
                 what: "appends per second".into(),
                 retry_after: Duration::from_millis(2),
+            });
+        }
+        if self.reject_foreign {
+            return Err(Error::Rejected {
+                id: ChangeId::MIN,
+                reason: RejectReason::Policy("which one?".into()),
             });
         }
         if self.lie_integrity
@@ -323,6 +344,13 @@ impl AppendOnlyStore for Gate {
         self.inner.has_changes(ids).await
     }
     async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
+        self.scans.fetch_add(1, Ordering::SeqCst);
+        if self.stale {
+            return self.inner.scan(0, limit).await;
+        }
+        if self.sloppy && after > 0 {
+            return self.inner.scan(after - 1, limit + 1).await;
+        }
         self.inner.scan(after, limit).await
     }
     async fn head(&self) -> Result<Head> {
@@ -335,7 +363,12 @@ impl AppendOnlyStore for Gate {
         self.inner.range_summary(range).await
     }
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        self.inner.ids_in_range(range, limit).await
+        let mut ids = self.inner.ids_in_range(range, limit).await?;
+        if let Some(p) = self.phantom {
+            ids.push(p);
+            ids.sort();
+        }
+        Ok(ids)
     }
 }
 
@@ -344,7 +377,7 @@ async fn refused_changes_are_reported_remembered_and_retried() {
     // Independent changes (no deps), so refusing some holds back nothing.
     let cs: Vec<Change> = (0..6u8).map(|i| changes(1, 10 + i).remove(0)).collect();
     let source = store(&cs).await;
-    let mut gate = Gate::new(MemoryStore::new(id()));
+    let mut gate = Odd::over(MemoryStore::new(id()));
     gate.refuse = [cs[1].id(), cs[4].id()].into_iter().collect();
     let opts = SyncOptions {
         reconcile: Reconcile::Never,
@@ -422,7 +455,7 @@ async fn at_most_max_retry_refusals_are_remembered_the_newest_kept() {
 async fn a_rate_limited_target_is_waited_on_then_given_up() {
     let cs = changes(5, 20);
     let source = store(&cs).await;
-    let gate = Gate::new(MemoryStore::new(id()));
+    let gate = Odd::over(MemoryStore::new(id()));
     gate.rate_limited.store(3, Ordering::SeqCst);
     let opts = SyncOptions {
         reconcile: Reconcile::Never,
@@ -438,7 +471,7 @@ async fn a_rate_limited_target_is_waited_on_then_given_up() {
     assert!(r.to_string().contains("waiting on rate limits"), "{r}");
     // Over the limit for good: the engine waits a bounded number of times
     // (64), then returns the error.
-    let stuck = Gate::new(MemoryStore::new(id()));
+    let stuck = Odd::over(MemoryStore::new(id()));
     stuck.rate_limited.store(65, Ordering::SeqCst);
     match push(&source, &stuck, &opts).await {
         Err(Error::RateLimited { .. }) => {}
@@ -449,7 +482,7 @@ async fn a_rate_limited_target_is_waited_on_then_given_up() {
         0,
         "65 tries: 64 waits"
     );
-    let once_more = Gate::new(MemoryStore::new(id()));
+    let once_more = Odd::over(MemoryStore::new(id()));
     once_more.rate_limited.store(64, Ordering::SeqCst);
     let r = push(&source, &once_more, &opts).await.unwrap();
     assert_eq!(r.pushed.changes, 5, "64 waits are allowed");
@@ -458,7 +491,7 @@ async fn a_rate_limited_target_is_waited_on_then_given_up() {
 #[tokio::test]
 async fn a_target_that_claims_false_integrity_failures_ends_the_sync() {
     let source = store(&changes(3, 30)).await;
-    let mut gate = Gate::new(MemoryStore::new(id()));
+    let mut gate = Odd::over(MemoryStore::new(id()));
     gate.lie_integrity = true;
     let opts = SyncOptions {
         reconcile: Reconcile::Never,
@@ -467,73 +500,6 @@ async fn a_target_that_claims_false_integrity_failures_ends_the_sync() {
     match push(&source, &gate, &opts).await {
         Err(Error::Protocol { reason }) => assert!(reason.contains("intact"), "{reason}"),
         other => panic!("{other:?}"),
-    }
-}
-
-/// A source that misbehaves in one way at a time: its scans start one
-/// item early (`sloppy`), or always from the start (`stale`), or its id
-/// listings carry an id it does not hold (`phantom`); and it counts scans.
-#[derive(Debug, Default)]
-struct Odd {
-    inner: Option<MemoryStore>,
-    sloppy: bool,
-    stale: bool,
-    phantom: Option<ChangeId>,
-    scans: AtomicU32,
-}
-
-impl Odd {
-    fn over(inner: MemoryStore) -> Self {
-        Odd {
-            inner: Some(inner),
-            ..Odd::default()
-        }
-    }
-    fn s(&self) -> &MemoryStore {
-        self.inner.as_ref().unwrap()
-    }
-}
-
-#[async_trait]
-impl AppendOnlyStore for Odd {
-    fn store_id(&self) -> &StoreId {
-        self.s().store_id()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.s().capabilities()
-    }
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        self.s().append(changes).await
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.s().get_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.scans.fetch_add(1, Ordering::SeqCst);
-        if self.stale {
-            return self.s().scan(0, limit).await;
-        }
-        if self.sloppy && after > 0 {
-            return self.s().scan(after - 1, limit + 1).await;
-        }
-        self.s().scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.s().head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.s().subscribe().await
-    }
-    async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
-        self.s().range_summary(range).await
-    }
-    async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
-        let mut ids = self.s().ids_in_range(range, limit).await?;
-        if let Some(p) = self.phantom {
-            ids.push(p);
-            ids.sort();
-        }
-        Ok(ids)
     }
 }
 
@@ -595,39 +561,13 @@ async fn a_listed_id_the_source_cannot_return_is_named() {
     }
 }
 
-/// Refuses each batch naming an id that is not in it.
-#[derive(Debug)]
-struct Confused(MemoryStore);
-
-#[async_trait]
-impl AppendOnlyStore for Confused {
-    fn store_id(&self) -> &StoreId {
-        self.0.store_id()
-    }
-    async fn append(&self, _: Vec<Change>) -> Result<AppendOutcome> {
-        Err(Error::Rejected {
-            id: ChangeId::MIN,
-            reason: RejectReason::Policy("which one?".into()),
-        })
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.0.get_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.0.scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.0.head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.0.subscribe().await
-    }
-}
-
 #[tokio::test]
 async fn a_refusal_naming_a_change_not_in_the_batch_ends_the_sync() {
     let source = store(&changes(3, 44)).await;
-    let target = Confused(MemoryStore::new(id()));
+    let target = Odd {
+        reject_foreign: true,
+        ..Odd::over(MemoryStore::new(id()))
+    };
     match push(&source, &target, &SyncOptions::default()).await {
         Err(Error::Rejected { id, .. }) => assert_eq!(id, ChangeId::MIN),
         other => panic!("{other:?}"),
