@@ -121,36 +121,44 @@ fn rows(data: &[Change]) -> Vec<Row> {
         .collect()
 }
 
-async fn raw_insert(c: &Client, rows: &[Row], batch: usize) -> Duration {
-    let table = raw_table(c).await;
-    let values: Vec<String> = (0..batch)
-        .map(|r| {
-            let b = r * 7;
-            format!(
-                "(${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7
-            )
-        })
-        .collect();
-    let stmt = c
-        .prepare(&format!("INSERT INTO {table} VALUES {}", values.join(",")))
-        .await
-        .unwrap();
-    let key = 1i64;
-    let seqs: Vec<i64> = (1..=rows.len() as i64).collect();
-    let t = Instant::now();
-    for (chunk, seq) in rows.chunks(batch).zip(seqs.chunks(batch)) {
-        if chunk.len() < batch {
-            break;
-        }
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(batch * 7);
-        for (r, s) in chunk.iter().zip(seq) {
+/// The multi-row `INSERT` baseline: a table and its prepared statement
+/// for exactly `batch` rows.
+struct RawInsert {
+    stmt: tokio_postgres::Statement,
+}
+
+impl RawInsert {
+    async fn new(c: &Client, batch: usize) -> Self {
+        let table = raw_table(c).await;
+        let values: Vec<String> = (0..batch)
+            .map(|r| {
+                let b = r * 7;
+                format!(
+                    "(${},${},${},${},${},${},${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                )
+            })
+            .collect();
+        let stmt = c
+            .prepare(&format!("INSERT INTO {table} VALUES {}", values.join(",")))
+            .await
+            .unwrap();
+        RawInsert { stmt }
+    }
+
+    /// Insert `chunk` as sequence numbers `first..`, one statement.
+    async fn run(&self, c: &Client, chunk: &[Row], first: i64) -> Duration {
+        let key = 1i64;
+        let seqs: Vec<i64> = (first..first + chunk.len() as i64).collect();
+        let t = Instant::now();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 7);
+        for (r, s) in chunk.iter().zip(&seqs) {
             params.extend([
                 &key as &(dyn ToSql + Sync),
                 s,
@@ -161,13 +169,13 @@ async fn raw_insert(c: &Client, rows: &[Row], batch: usize) -> Duration {
                 &r.payload,
             ]);
         }
-        c.execute(&stmt, &params).await.unwrap();
+        c.execute(&self.stmt, &params).await.unwrap();
+        t.elapsed()
     }
-    t.elapsed()
 }
 
-async fn raw_copy(c: &Client, rows: &[Row], batch: usize) -> Duration {
-    let table = raw_table(c).await;
+/// The binary `COPY` baseline: one `COPY` per batch.
+async fn raw_copy(c: &Client, sql: &str, chunk: &[Row], first: i64) -> Duration {
     let types = [
         Type::INT8,
         Type::INT8,
@@ -177,41 +185,72 @@ async fn raw_copy(c: &Client, rows: &[Row], batch: usize) -> Duration {
         Type::BYTEA,
         Type::BYTEA,
     ];
-    let sql = format!("COPY {table} FROM STDIN (FORMAT binary)");
     let key = 1i64;
     let t = Instant::now();
-    let mut seq = 0i64;
-    for chunk in rows.chunks(batch) {
-        let sink = c.copy_in(&sql).await.unwrap();
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures::pin_mut!(writer);
-        for r in chunk {
-            seq += 1;
-            writer
-                .as_mut()
-                .write(&[&key, &seq, &r.id, &r.doc, &r.kind, &r.meta, &r.payload])
-                .await
-                .unwrap();
-        }
-        writer.finish().await.unwrap();
+    let sink = c.copy_in(sql).await.unwrap();
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    for (i, r) in chunk.iter().enumerate() {
+        let seq = first + i as i64;
+        writer
+            .as_mut()
+            .write(&[&key, &seq, &r.id, &r.doc, &r.kind, &r.meta, &r.payload])
+            .await
+            .unwrap();
     }
+    writer.finish().await.unwrap();
     t.elapsed()
 }
 
-async fn cairn_append(url: &str, data: &[Change], batch: usize) -> Duration {
+/// One `append` of `chunk`, timed from the call (the clone of the batch
+/// the call consumes is made before).
+async fn cairn_append(store: &dyn AppendOnlyStore, chunk: &[Change]) -> Duration {
+    let owned = chunk.to_vec();
+    let t = Instant::now();
+    store.append(owned).await.unwrap();
+    t.elapsed()
+}
+
+/// One run at one batch size. The three contenders take turns batch by
+/// batch, in an order that rotates with the batch number, each into its
+/// own fresh table on the same server: a checkpoint, an autovacuum or a
+/// neighbour's load then falls on all three alike instead of on whichever
+/// happened to be running, which is what made whole-run ratios swing.
+/// Returns the total time of each: (cairn, INSERT, COPY).
+async fn append_run(
+    url: &str,
+    c: &Client,
+    data: &[Change],
+    raw_rows: &[Row],
+    batch: usize,
+) -> (Duration, Duration, Duration) {
     let store = PostgresDb::connect_with(url, PostgresOptions::default().schema(schema()))
         .await
         .unwrap()
         .store(StoreId::new("bench/append").unwrap())
         .await
         .unwrap();
-    let t = Instant::now();
-    for chunk in data.chunks(batch) {
-        store.append(chunk.to_vec()).await.unwrap();
+    let insert = RawInsert::new(c, batch).await;
+    let copy_sql = format!("COPY {} FROM STDIN (FORMAT binary)", raw_table(c).await);
+    let mut total = [Duration::ZERO; 3];
+    let whole = data.len() / batch * batch;
+    for (i, (chunk, rows)) in data[..whole]
+        .chunks(batch)
+        .zip(raw_rows[..whole].chunks(batch))
+        .enumerate()
+    {
+        let first = (i * batch) as i64 + 1;
+        for k in 0..3 {
+            let who = (i + k) % 3;
+            total[who] += match who {
+                0 => cairn_append(&store, chunk).await,
+                1 => insert.run(c, rows, first).await,
+                _ => raw_copy(c, &copy_sql, rows, first).await,
+            };
+        }
     }
-    let e = t.elapsed();
-    assert_eq!(store.head().await.unwrap().seq as usize, data.len());
-    e
+    assert_eq!(store.head().await.unwrap().seq as usize, whole);
+    (total[0], total[1], total[2])
 }
 
 async fn appends(url: &str, runs: usize) {
@@ -225,15 +264,13 @@ async fn appends(url: &str, runs: usize) {
         .filter_map(|b| b.trim().parse().ok())
         .collect();
     for batch in batches {
-        let count = if batch == 1 { n1 } else { n };
+        let count = if batch == 1 { n1 } else { n } / batch * batch;
         let data = changes(count, 1024, batch as u64);
         let raw_rows = rows(&data);
         let (mut rc, mut ri, mut rp, mut vs_i, mut vs_c) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
-            let tc = cairn_append(url, &data, batch).await;
-            let ti = raw_insert(&c, &raw_rows, batch).await;
-            let tp = raw_copy(&c, &raw_rows, batch).await;
+            let (tc, ti, tp) = append_run(url, &c, &data, &raw_rows, batch).await;
             let rate = |t: Duration| count as f64 / t.as_secs_f64();
             println!(
                 "batch {batch:>5} run {run}: cairn {:>8.0}/s  INSERT {:>8.0}/s  COPY {:>8.0}/s  \

@@ -62,6 +62,10 @@ pub(crate) enum Fail {
     Pool(deadpool_postgres::PoolError),
     /// Anything else, already mapped (corrupt rows, bad input).
     Cairn(Error),
+    /// A batch of the attempt failed the integrity check that ran while it
+    /// was sent, so the transaction was rolled back: nothing committed.
+    /// That batch's caller reports the check's own error.
+    Rejected,
 }
 
 impl From<tokio_postgres::Error> for Fail {
@@ -94,7 +98,7 @@ impl Fail {
                 deadpool_postgres::PoolError::Timeout(_) => true,
                 _ => false,
             },
-            Fail::Ambiguous(_) | Fail::Cairn(_) => false,
+            Fail::Ambiguous(_) | Fail::Cairn(_) | Fail::Rejected => false,
         }
     }
 
@@ -104,6 +108,11 @@ impl Fail {
             Fail::Db(e) | Fail::Ambiguous(e) => map_pg(e),
             Fail::Pool(p) => map_pool(p),
             Fail::Cairn(e) => e,
+            Fail::Rejected => Error::backend(
+                STORE,
+                false,
+                std::io::Error::other("a batch failed its integrity check; nothing was stored"),
+            ),
         }
     }
 }

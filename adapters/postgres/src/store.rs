@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 
 use crate::error::{Fail, corrupt};
-use crate::writer::{Encoded, Job};
+use crate::writer::{Encoded, Job, Verdict};
 use crate::{PostgresDb, PostgresStore, retry, to_u64};
 
 /// Batches above this many payload bytes are checked on the blocking pool,
@@ -294,12 +294,22 @@ impl AppendOnlyStore for PostgresStore {
     async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
         let limits = self.inner.db.inner.options.limits;
         let size: usize = changes.iter().map(|c| c.payload.len()).sum();
-        let (batch, repeats) = if size > INLINE_CHECK_BYTES {
-            tokio::task::spawn_blocking(move || cairn::prepare_batch(changes, &limits))
-                .await
-                .map_err(|_| Error::Cancelled)??
+        // A big batch is checked on the blocking pool while the writer
+        // sends it: the check (blake3 over every payload) overlaps the
+        // database's work instead of preceding it, and the writer commits
+        // only once it has passed (`Verdict`). A small one is checked here.
+        let (batch, repeats, check) = if size > INLINE_CHECK_BYTES {
+            let (batch, repeats) = cairn::prepare_batch_unchecked(changes.clone(), &limits)?;
+            let (tell, verdict) = Verdict::pending();
+            let check = tokio::task::spawn_blocking(move || {
+                let r = cairn::check_batch_integrity(&changes);
+                tell.send_replace(Some(r.is_ok()));
+                r
+            });
+            (batch, repeats, Some((check, verdict)))
         } else {
-            cairn::prepare_batch(changes, &limits)?
+            let (batch, repeats) = cairn::prepare_batch(changes, &limits)?;
+            (batch, repeats, None)
         };
         if batch.is_empty() {
             return Ok(AppendOutcome {
@@ -311,14 +321,27 @@ impl AppendOnlyStore for PostgresStore {
             .iter()
             .map(|c| cairn::encoding::encode_meta(&c.meta))
             .collect();
+        let (check, verdict) = match check {
+            Some((c, v)) => (Some(c), v),
+            None => (None, Verdict::passed()),
+        };
         let (reply, answer) = oneshot::channel();
         self.inner
             .writer
             .send(Job {
-                enc: Encoded { batch, metas },
+                enc: Encoded {
+                    batch,
+                    metas,
+                    verdict,
+                },
                 reply,
             })
             .map_err(|_| Error::Closed)?;
+        if let Some(check) = check {
+            // A failed check: the writer rolls the batch back (it waits for
+            // the verdict before COMMIT), and this is the caller's error.
+            check.await.map_err(|_| Error::Cancelled)??;
+        }
         let mut out = answer.await.map_err(|_| Error::Closed)??;
         out.duplicates += repeats;
         Ok(out)

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use cairn::tail::SeqWatch;
 use cairn::{AppendOutcome, Change, ChangeId, Error, FingerprintBuckets, Result};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
 use crate::error::{Fail, corrupt};
@@ -54,10 +54,70 @@ const GROUP_MAX_CHANGES: usize = 10_000;
 /// Most payload bytes merged into one group commit.
 const GROUP_MAX_BYTES: usize = 64 << 20;
 
-/// A batch checked by `prepare_batch`, with its encoded metadata.
+/// A batch ordered by `prepare_batch` (or `prepare_batch_unchecked`, with
+/// its integrity check still running), with its encoded metadata.
 pub(crate) struct Encoded {
     pub(crate) batch: Vec<Change>,
     pub(crate) metas: Vec<Vec<u8>>,
+    pub(crate) verdict: Verdict,
+}
+
+/// Whether a batch passed its integrity check. The check of a big batch
+/// runs while the writer sends it; the writer waits for the verdict before
+/// `COMMIT`, and rolls back unless it is a pass. A check that ended without
+/// a verdict (its task gone) counts as a failure.
+#[derive(Clone)]
+pub(crate) struct Verdict(Option<watch::Receiver<Option<bool>>>);
+
+impl Verdict {
+    /// Checked already, and passed.
+    pub(crate) fn passed() -> Self {
+        Verdict(None)
+    }
+
+    /// A check still to run: it reports through the sender.
+    pub(crate) fn pending() -> (watch::Sender<Option<bool>>, Self) {
+        let (tx, rx) = watch::channel(None);
+        (tx, Verdict(Some(rx)))
+    }
+
+    /// Wait for the check; true if it passed.
+    async fn pass(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(rx) => {
+                let mut rx = rx.clone();
+                matches!(
+                    rx.wait_for(Option::is_some).await.as_deref(),
+                    Ok(Some(true))
+                )
+            }
+        }
+    }
+}
+
+/// Whether every batch of `group` passed its check.
+async fn all_pass(group: &[&Encoded]) -> bool {
+    for enc in group {
+        if !enc.verdict.pass().await {
+            return false;
+        }
+    }
+    true
+}
+
+/// End the transaction: `COMMIT` if every batch passed its check (true),
+/// else `ROLLBACK` (false). Sent after the statements, so the database
+/// works on them while the checks finish.
+async fn finish(
+    client: &deadpool_postgres::Object,
+    group: &[&Encoded],
+) -> Result<bool, tokio_postgres::Error> {
+    if all_pass(group).await {
+        client.batch_execute("COMMIT").await.map(|()| true)
+    } else {
+        client.batch_execute("ROLLBACK").await.map(|()| false)
+    }
 }
 
 pub(crate) struct Job {
@@ -90,8 +150,29 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let group: Vec<&Encoded> = jobs.iter().map(|j| &j.enc).collect();
-        match retry_fail(retries, || w.commit(&group)).await {
+        let mut group: Vec<&Encoded> = jobs.iter().map(|j| &j.enc).collect();
+        let mut result = retry_fail(retries, || w.commit(&group)).await;
+        if matches!(result, Err(Fail::Rejected)) {
+            // A batch failed its check and the group was rolled back. Its
+            // caller reports the check's error; the rest commit again (every
+            // verdict is in now, so this cannot be rejected twice).
+            let mut kept = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if job.enc.verdict.pass().await {
+                    kept.push(job);
+                } else {
+                    let _ = job.reply.send(Err(Fail::Rejected.into_error()));
+                }
+            }
+            jobs = kept;
+            if jobs.is_empty() {
+                continue;
+            }
+            group = jobs.iter().map(|j| &j.enc).collect();
+            result = retry_fail(retries, || w.commit(&group)).await;
+        }
+        drop(group);
+        match result {
             Ok(outs) => {
                 for (job, out) in jobs.into_iter().zip(outs) {
                     let _ = job.reply.send(Ok(out));
@@ -180,10 +261,12 @@ impl Writer {
             client.batch_execute("BEGIN"),
             client.query_one(&st.lock, &p_lock),
             self.write(client, &st, &rows),
-            client.batch_execute("COMMIT"),
+            finish(client, group),
         );
         match (begun, locked, written, committed) {
-            (Ok(()), Ok(head_row), Ok(()), Ok(())) => {
+            // A batch failed its check: rolled back, nothing written.
+            (_, _, _, Ok(false)) => return Err(Fail::Rejected),
+            (Ok(()), Ok(head_row), Ok(()), Ok(true)) => {
                 // Committed: nothing after this point may fail the append.
                 if let Ok(head) = head_row.try_get::<_, i64>(0) {
                     self.watch.publish(to_u64(head) + rows.len() as u64);
@@ -193,7 +276,7 @@ impl Writer {
             // An id is already stored: nothing was written (the violation
             // aborted the transaction, so COMMIT rolled it back). Append
             // again, checking first.
-            (Ok(()), Ok(_), Err(e), Ok(())) if is_stored_id(&e) => {}
+            (Ok(()), Ok(_), Err(e), Ok(true)) if is_stored_id(&e) => {}
             (b, l, w, c) => {
                 // Report the first failure in pipeline order; one carried by
                 // the COMMIT's round trip may leave the outcome unknown.
@@ -227,16 +310,20 @@ impl Writer {
         }
         let (outs, rows) = plan(group, &present);
         if rows.is_empty() {
-            // Nothing new: end the transaction (and release the lock).
+            // Nothing new: end the transaction (and release the lock). A
+            // batch that failed its check fails even if all of it is stored.
             client.batch_execute("ROLLBACK").await?;
-            return Ok(outs);
+            return if all_pass(group).await {
+                Ok(outs)
+            } else {
+                Err(Fail::Rejected)
+            };
         }
-        let r = futures::try_join!(
-            self.write(client, &st, &rows),
-            client.batch_execute("COMMIT"),
-        );
-        if let Err(e) = r {
-            return Err(commit_failure(e));
+        let r = futures::try_join!(self.write(client, &st, &rows), finish(client, group));
+        match r {
+            Ok(((), true)) => {}
+            Ok(((), false)) => return Err(Fail::Rejected),
+            Err(e) => return Err(commit_failure(e)),
         }
         self.watch.publish(head + rows.len() as u64);
         Ok(outs)

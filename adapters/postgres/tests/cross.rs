@@ -525,3 +525,146 @@ async fn a_group_with_stored_ids_numbers_only_the_new_ones() {
         .collect();
     assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
 }
+
+/// `n` changes of 8 KiB in `doc`: 64 of them are past the size above which
+/// the store checks a batch while it writes it.
+fn big(doc: &str, from: u64, n: u64) -> Vec<Change> {
+    (from..from + n)
+        .map(|i| {
+            ChangeBuilder::new(ChangeKind::Change, DocId::new(doc).unwrap())
+                .created_at(i)
+                .payload(vec![(i % 251) as u8; 8 << 10])
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `batch` with its `k`th change's payload swapped for other bytes of the
+/// same length: the hash no longer matches.
+fn tampered(mut batch: Vec<Change>, k: usize) -> (Vec<Change>, ChangeId) {
+    let mut bytes = batch[k].payload.to_vec();
+    bytes[0] ^= 0xff;
+    batch[k].payload = cairn::Bytes::from(bytes);
+    let id = batch[k].meta.id;
+    (batch, id)
+}
+
+fn ready<T>(p: std::task::Poll<T>) -> Option<T> {
+    match p {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn integrity_of(r: Result<AppendOutcome>) -> ChangeId {
+    match r {
+        Err(cairn::Error::Integrity { id, .. }) => id,
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_that_fails_its_check_while_written_stores_nothing_and_spares_its_group() {
+    // A big batch is checked while the writer sends it; COMMIT waits for
+    // the verdict. A failed check must roll back everything, on either
+    // path (all new, or some stored), and leave the rest of its group
+    // commit to commit.
+    let schema = fresh_schema();
+    let d = db(&schema, LiveUpdates::Listen).await;
+    let s = d.store(sid("big/check")).await.unwrap();
+    let a = big("a", 0, 64);
+    assert_eq!(s.append(a.clone()).await.unwrap().new.len(), 64);
+
+    // All new: the one-round-trip path.
+    let (b, bad) = tampered(big("b", 100, 64), 40);
+    assert_eq!(integrity_of(s.append(b.clone()).await), bad);
+    // Some stored: the checking path.
+    let mut mixed = a[..10].to_vec();
+    mixed.extend(b);
+    assert_eq!(integrity_of(s.append(mixed).await), bad);
+    // All stored, one copy tampered: nothing to write, still refused.
+    let (copy, bad_copy) = tampered(a.clone(), 3);
+    assert_eq!(integrity_of(s.append(copy).await), bad_copy);
+    assert_eq!(s.head().await.unwrap().seq, 64);
+
+    // A group: hold the store's counter row from another connection so
+    // that the first append waits on it inside the writer, queue a bad and
+    // a good batch behind it (one group commit), then let go.
+    let (raw, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    raw.batch_execute(&format!(
+        "BEGIN; SELECT head FROM {schema}.stores WHERE store_id = 'big/check' FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    let first = big("c", 200, 64);
+    let mut fa = Box::pin(s.append(first.clone()));
+    assert!(futures::poll!(&mut fa).is_pending());
+    let needle = format!("{schema}.stores");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        // Inside a transaction, PostgreSQL keeps the first snapshot of
+        // pg_stat_activity until told to drop it.
+        raw.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let waiting: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+                &[&needle],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never waited on the counter row"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (bad_batch, bad_id) = tampered(big("d", 300, 64), 63);
+    let good = big("e", 400, 64);
+    let mut fb = Box::pin(s.append(bad_batch.clone()));
+    let mut fc = Box::pin(s.append(good.clone()));
+    // One poll each sends the batch to the writer, which is still busy (the
+    // bad one may already be done: its check can fail before the commit).
+    let early_b = ready(futures::poll!(&mut fb));
+    let early_c = ready(futures::poll!(&mut fc));
+    raw.batch_execute("COMMIT").await.unwrap();
+    let ra = fa.await;
+    let rb = match early_b {
+        Some(r) => r,
+        None => fb.await,
+    };
+    let rc = match early_c {
+        Some(r) => r,
+        None => fc.await,
+    };
+    assert_eq!(ra.unwrap().new.len(), 64);
+    assert_eq!(integrity_of(rb), bad_id);
+    assert_eq!(rc.unwrap().new.len(), 64);
+
+    assert_eq!(s.head().await.unwrap().seq, 192);
+    assert_eq!(s.check_consistency().await.unwrap(), 192);
+    let seqs: Vec<u64> = s
+        .scan(0, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(seqs, (1..=192).collect::<Vec<u64>>());
+    let bad_ids: Vec<ChangeId> = bad_batch.iter().map(|c| c.meta.id).collect();
+    assert!(s.has_changes(&bad_ids).await.unwrap().iter().all(|h| !h));
+    let good_ids: Vec<ChangeId> = good.iter().map(|c| c.meta.id).collect();
+    assert!(s.has_changes(&good_ids).await.unwrap().iter().all(|h| *h));
+    drop(raw);
+    let _ = conn.await;
+}

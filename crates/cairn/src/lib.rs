@@ -18,7 +18,7 @@ pub use record::{Change, ChangeBuilder, ChangeKind, ChangeMeta, Keypair, now_mil
 pub use store::{
     AppendOnlyStore, AppendOnlyStoreExt, AppendOutcome, Capabilities, ChangeStream,
     DynAppendOnlyStore, Fingerprint, FingerprintBuckets, Head, IdRange, Limits, RangeSummary,
-    ScanItem, prepare_batch, scan_all,
+    ScanItem, check_batch_integrity, prepare_batch, prepare_batch_unchecked, scan_all,
 };
 pub use sync::{
     Direction, MAX_RETRY, ProgressFn, RECONCILE_MIN, Reconcile, Rejected, SyncEvent, SyncOptions,

@@ -291,6 +291,43 @@ impl Default for Limits {
 /// second return value) and sorts the rest so deps come first. Nothing is
 /// stored if it returns an error.
 pub fn prepare_batch(changes: Vec<Change>, limits: &Limits) -> Result<(Vec<Change>, usize)> {
+    check_batch_limits(&changes, limits)?;
+    check_batch_integrity(&changes)?;
+    Ok(order_batch(changes))
+}
+
+/// [`prepare_batch`] without the integrity check, for a store that checks
+/// the batch while it writes it and must then commit nothing unless
+/// [`check_batch_integrity`] of the same input (every change, repeats
+/// included) passes. Limits are checked as `prepare_batch` checks them.
+///
+/// ```
+/// # use cairn::{ChangeBuilder, ChangeKind, DocId, Limits};
+/// let c = ChangeBuilder::new(ChangeKind::Change, DocId::new("d")?)
+///     .payload(b"hi".to_vec())
+///     .build()?;
+/// let input = vec![c.clone(), c];
+/// let (batch, repeats) = cairn::prepare_batch_unchecked(input.clone(), &Limits::DEFAULT)?;
+/// assert_eq!((batch.len(), repeats), (1, 1));
+/// // ... start writing `batch`, and meanwhile:
+/// cairn::check_batch_integrity(&input)?; // commit only if this passes
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn prepare_batch_unchecked(
+    changes: Vec<Change>,
+    limits: &Limits,
+) -> Result<(Vec<Change>, usize)> {
+    check_batch_limits(&changes, limits)?;
+    Ok(order_batch(changes))
+}
+
+/// Check every change of a batch as [`prepare_batch`] does: the first
+/// that fails gives its [`Error::Integrity`], naming its id.
+pub fn check_batch_integrity(changes: &[Change]) -> Result<()> {
+    changes.iter().try_for_each(Change::check_integrity)
+}
+
+fn check_batch_limits(changes: &[Change], limits: &Limits) -> Result<()> {
     if changes.len() > limits.max_batch_changes {
         return Err(Error::TooLarge {
             what: "append batch (changes)",
@@ -299,7 +336,7 @@ pub fn prepare_batch(changes: Vec<Change>, limits: &Limits) -> Result<(Vec<Chang
         });
     }
     let mut bytes = 0u64;
-    for c in &changes {
+    for c in changes {
         let len = c.payload.len() as u64;
         if len > limits.max_payload_bytes {
             return Err(Error::TooLarge {
@@ -317,9 +354,11 @@ pub fn prepare_batch(changes: Vec<Change>, limits: &Limits) -> Result<(Vec<Chang
             actual: bytes,
         });
     }
-    for c in &changes {
-        c.check_integrity()?;
-    }
+    Ok(())
+}
+
+/// Drop repeats (counted) and sort so that deps come first.
+fn order_batch(changes: Vec<Change>) -> (Vec<Change>, usize) {
     let before = changes.len();
     let mut seen = HashSet::with_capacity(before);
     let unique: Vec<Change> = changes
@@ -327,10 +366,10 @@ pub fn prepare_batch(changes: Vec<Change>, limits: &Limits) -> Result<(Vec<Chang
         .filter(|c| seen.insert(c.id()))
         .collect();
     let repeats = before - unique.len();
-    Ok((
+    (
         graph::topo_sort(unique, |c| c.id(), |c| &c.meta.deps),
         repeats,
-    ))
+    )
 }
 
 /// Page size the default method implementations scan with.
@@ -756,6 +795,43 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_unchecked_half_orders_and_the_check_names_the_bad_change() {
+        let mut three = small(3, 10);
+        three.push(three[0].clone());
+        let mut bad = three[1].clone();
+        bad.payload = bytes::Bytes::from_static(b"not what was hashed");
+        bad.meta.payload_len = bad.payload.len() as u64;
+        let tampered = vec![three[0].clone(), bad.clone(), three[2].clone()];
+
+        // Unchecked: drops the repeat, keeps a tampered change, enforces limits.
+        let (kept, repeats) = prepare_batch_unchecked(three.clone(), &Limits::DEFAULT).unwrap();
+        assert_eq!((kept.len(), repeats), (3, 1));
+        let (kept, _) = prepare_batch_unchecked(tampered.clone(), &Limits::DEFAULT).unwrap();
+        assert!(kept.iter().any(|c| c.payload == bad.payload));
+        let tight = Limits {
+            max_batch_changes: 2,
+            ..Limits::DEFAULT
+        };
+        assert!(matches!(
+            prepare_batch_unchecked(three.clone(), &tight),
+            Err(Error::TooLarge { .. })
+        ));
+
+        // The check passes the genuine batch and names the tampered change.
+        check_batch_integrity(&three).unwrap();
+        match check_batch_integrity(&tampered) {
+            Err(Error::Integrity { id, .. }) => assert_eq!(id, bad.meta.id),
+            other => panic!("{other:?}"),
+        }
+        // prepare_batch is the two together.
+        assert!(matches!(
+            prepare_batch(tampered, &Limits::DEFAULT),
+            Err(Error::Integrity { .. })
+        ));
+        assert_eq!(prepare_batch(three, &Limits::DEFAULT).unwrap().1, 1);
     }
 
     #[test]
