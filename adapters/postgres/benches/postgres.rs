@@ -211,11 +211,19 @@ async fn cairn_append(store: &dyn AppendOnlyStore, chunk: &[Change]) -> Duration
     t.elapsed()
 }
 
-/// One run at one batch size. The three contenders take turns batch by
-/// batch, in an order that rotates with the batch number, each into its
-/// own fresh table on the same server: a checkpoint, an autovacuum or a
+/// A turn in [`append_run`]: this many batches, and at least
+/// [`TURN_MIN_CHANGES`] changes.
+const TURN: usize = 10;
+const TURN_MIN_CHANGES: usize = 1_000;
+
+/// One run at one batch size. The three contenders take turns of [`TURN`]
+/// batches (at least [`TURN_MIN_CHANGES`] changes), in an order that rotates with the turn, each into its own
+/// fresh table on the same server: a checkpoint, an autovacuum or a
 /// neighbour's load then falls on all three alike instead of on whichever
 /// happened to be running, which is what made whole-run ratios swing.
+/// Cairn's turn ends with `fold_fingerprints`, counted: the bucket work
+/// its appends left to the background fold is done inside its own turn,
+/// never during a baseline's.
 /// Returns the total time of each: (cairn, INSERT, COPY).
 async fn append_run(
     url: &str,
@@ -234,22 +242,30 @@ async fn append_run(
     let copy_sql = format!("COPY {} FROM STDIN (FORMAT binary)", raw_table(c).await);
     let mut total = [Duration::ZERO; 3];
     let whole = data.len() / batch * batch;
-    for (i, (chunk, rows)) in data[..whole]
-        .chunks(batch)
-        .zip(raw_rows[..whole].chunks(batch))
-        .enumerate()
-    {
-        let first = (i * batch) as i64 + 1;
+    let per_turn = (batch * TURN).max(TURN_MIN_CHANGES).div_ceil(batch) * batch;
+    let turns: Vec<(usize, &[Change])> = data[..whole].chunks(per_turn).enumerate().collect();
+    for (t, turn) in turns {
         for k in 0..3 {
-            let who = (i + k) % 3;
-            total[who] += match who {
-                0 => cairn_append(&store, chunk).await,
-                1 => insert.run(c, rows, first).await,
-                _ => raw_copy(c, &copy_sql, rows, first).await,
-            };
+            let who = (t + k) % 3;
+            for (i, chunk) in turn.chunks(batch).enumerate() {
+                let at = t * per_turn + i * batch;
+                let rows = &raw_rows[at..at + chunk.len()];
+                let first = at as i64 + 1;
+                total[who] += match who {
+                    0 => cairn_append(&store, chunk).await,
+                    1 => insert.run(c, rows, first).await,
+                    _ => raw_copy(c, &copy_sql, rows, first).await,
+                };
+            }
+            if who == 0 {
+                let t = Instant::now();
+                store.fold_fingerprints().await.unwrap();
+                total[0] += t.elapsed();
+            }
         }
     }
     assert_eq!(store.head().await.unwrap().seq as usize, whole);
+    assert_eq!(store.fold_fingerprints().await.unwrap() as usize, whole);
     (total[0], total[1], total[2])
 }
 

@@ -58,6 +58,15 @@ const MIGRATIONS: &[&str] = &[
          ALTER COLUMN n SET NOT NULL,
          ADD CONSTRAINT buckets_sum_check CHECK (sum >= 0 AND scale(sum) = 0),
          ADD CONSTRAINT buckets_n_check CHECK (n >= 0);",
+    // Version 3, for appends that leave the buckets to a fold: a store's
+    // buckets hold exactly its changes up to `bucket_heads.head`; later
+    // ones are added by the next fold (`writer.rs`), and readers add them
+    // meanwhile. Every version-2 store's buckets are complete.
+    "CREATE TABLE {s}.bucket_heads (
+         store_key bigint PRIMARY KEY,
+         head      bigint NOT NULL CHECK (head >= 0)
+     );
+     INSERT INTO {s}.bucket_heads (store_key, head) SELECT store_key, head FROM {s}.stores;",
 ];
 
 /// The schema version this build writes.
@@ -152,6 +161,11 @@ pub(crate) struct Sql {
     pub(crate) existing: String,
     pub(crate) insert: String,
     pub(crate) add_buckets: String,
+    pub(crate) create_bucket_head: String,
+    pub(crate) bucket_head: String,
+    pub(crate) lock_bucket_head: String,
+    pub(crate) fold_ids: String,
+    pub(crate) set_bucket_head: String,
     pub(crate) set_head: String,
     pub(crate) notify: String,
     pub(crate) head: String,
@@ -210,6 +224,21 @@ impl Sql {
                               || count(*)::text || ' of ' || $5::int8::text || ' found')::int END
                  FROM upd"
             ),
+            create_bucket_head: format!(
+                "INSERT INTO {s}.bucket_heads (store_key, head) VALUES ($1, 0)"
+            ),
+            bucket_head: format!("SELECT head FROM {s}.bucket_heads WHERE store_key = $1"),
+            // Taken first by every fold, in every process: folds of one
+            // store run one at a time. Appends never take it.
+            lock_bucket_head: format!(
+                "SELECT head FROM {s}.bucket_heads WHERE store_key = $1 FOR UPDATE"
+            ),
+            fold_ids: format!(
+                "SELECT id FROM {s}.changes WHERE store_key = $1 AND seq > $2 AND seq <= $3"
+            ),
+            set_bucket_head: format!(
+                "UPDATE {s}.bucket_heads SET head = $2 WHERE store_key = $1 AND head = $3"
+            ),
             set_head: format!(
                 "UPDATE {s}.stores SET head = head + $2 WHERE store_key = $1 RETURNING head"
             ),
@@ -246,9 +275,17 @@ impl Sql {
                 "SELECT seq, id, meta FROM {s}.changes
                  WHERE store_key = $1 AND doc_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
             ),
+            // The buckets in `[$2, $3)`, then the ids in them that no fold
+            // has added yet (a NULL bucket): one statement, so one snapshot
+            // of the buckets, their head and the changes after it.
             bucket_range: format!(
-                "SELECT bucket, sum::text, n FROM {s}.buckets
-                 WHERE store_key = $1 AND bucket >= $2 AND bucket < $3"
+                "SELECT bucket, sum::text, n, NULL::bytea FROM {s}.buckets
+                 WHERE store_key = $1 AND bucket >= $2 AND bucket < $3
+                 UNION ALL
+                 SELECT NULL, NULL, NULL, c.id FROM {s}.bucket_heads AS h, {s}.changes AS c
+                 WHERE h.store_key = $1 AND c.store_key = $1 AND c.seq > h.head
+                   AND get_byte(c.id, 0) * 16 + get_byte(c.id, 1) / 16 >= $2
+                   AND get_byte(c.id, 0) * 16 + get_byte(c.id, 1) / 16 < $3"
             ),
             channel: format!("cairn.{s}"),
         }

@@ -256,16 +256,32 @@ impl StoreInner {
             let rows = tx
                 .query(&sql.bucket_range, &[&key, &0i32, &4096i32])
                 .await?;
-            if rows.len() != FingerprintBuckets::COUNT {
-                return Err(corrupt(format!("{} bucket rows, not 4096", rows.len())).into());
-            }
             let mut stored = FingerprintBuckets::default();
+            let mut unfolded = Vec::new();
+            let mut count = 0usize;
             for row in &rows {
-                let b: i32 = row.try_get(0)?;
-                let sum: &str = row.try_get(1)?;
-                let n: i64 = row.try_get(2)?;
-                stored.set(b as usize, crate::fp::fingerprint_from(sum, n)?);
+                match row.try_get::<_, Option<i32>>(0)? {
+                    Some(b) => {
+                        let sum: &str = row.try_get(1)?;
+                        let n: i64 = row.try_get(2)?;
+                        stored.set(b as usize, crate::fp::fingerprint_from(sum, n)?);
+                        count += 1;
+                    }
+                    None => unfolded.push(row_id_at(row, 3)?),
+                }
             }
+            if count != FingerprintBuckets::COUNT {
+                return Err(corrupt(format!("{count} bucket rows, not 4096")).into());
+            }
+            let bucket_head = row_seq(&tx.query_one(&sql.bucket_head, &[&key]).await?)?;
+            if bucket_head > head || unfolded.len() as u64 != head - bucket_head {
+                return Err(corrupt(format!(
+                    "the buckets cover up to {bucket_head} of {head} changes, and {} are left to fold",
+                    unfolded.len()
+                ))
+                .into());
+            }
+            unfolded.iter().for_each(|id| stored.add(id));
             if stored != buckets {
                 return Err(corrupt("bucket fingerprints disagree with the stored ids").into());
             }
@@ -533,10 +549,24 @@ impl AppendOnlyStore for PostgresStore {
                     Ok(client.query(&stmt, &[&key, &lo, &hi]).await?)
                 })
                 .await?;
+            let mut buckets = 0usize;
             for row in &rows {
-                let sum: &str = row.try_get(1).map_err(crate::error::map_pg)?;
-                let n: i64 = row.try_get(2).map_err(crate::error::map_pg)?;
-                fp.merge(&crate::fp::fingerprint_from(sum, n)?);
+                let pg = crate::error::map_pg;
+                if row.try_get::<_, Option<i32>>(0).map_err(pg)?.is_some() {
+                    let sum: &str = row.try_get(1).map_err(pg)?;
+                    let n: i64 = row.try_get(2).map_err(pg)?;
+                    fp.merge(&crate::fp::fingerprint_from(sum, n)?);
+                    buckets += 1;
+                } else {
+                    // Appended since the last fold.
+                    fp.add(&row_id_at(row, 3).map_err(Fail::into_error)?);
+                }
+            }
+            if buckets != covered.len() {
+                return Err(corrupt(format!(
+                    "{buckets} bucket rows in buckets {lo}..{hi}, not {}",
+                    covered.len()
+                )));
             }
             return Ok(fp.summary());
         }

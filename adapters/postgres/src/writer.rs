@@ -23,6 +23,13 @@
 //!   appender can commit `N + 1`, everything up to `N` is already visible
 //!   to every new snapshot, and one `scan` query reads one snapshot.
 //!
+//! # Checked while written
+//!
+//! A big batch reaches the writer before its integrity check has finished
+//! (`Verdict`): the statements go out at once, and `COMMIT` only once every
+//! batch of the group has passed; otherwise `ROLLBACK`, and the group's
+//! other batches commit again without the failed one.
+//!
 //! # One round trip
 //!
 //! The common case sends `BEGIN`, the lock, the insert, the bucket
@@ -53,6 +60,14 @@ use crate::{PostgresDb, retry, retry_fail, to_u64};
 const GROUP_MAX_CHANGES: usize = 10_000;
 /// Most payload bytes merged into one group commit.
 const GROUP_MAX_BYTES: usize = 64 << 20;
+/// The writer folds once this many of its changes wait for a fold.
+pub(crate) const FOLD_AT: u64 = 1_000;
+/// ... or once no append has come for this long.
+pub(crate) const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
+/// Most changes one fold transaction adds.
+const FOLD_MAX: i64 = 20_000;
+/// Most fold transactions one [`fold`] runs.
+const FOLD_ROUNDS: usize = 64;
 
 /// A batch ordered by `prepare_batch` (or `prepare_batch_unchecked`, with
 /// its integrity check still running), with its encoded metadata.
@@ -134,9 +149,60 @@ pub(crate) struct Writer {
 
 /// The writer task: ends when every sender (every handle of the store in
 /// this `PostgresDb`) is gone.
+///
+/// # Folds
+///
+/// An append leaves the buckets alone; the writer folds its changes into
+/// them afterwards ([`fold`]), on another connection, while it goes on
+/// committing: once [`FOLD_AT`] changes are waiting, or when no append
+/// has come for [`FOLD_IDLE`]. One fold at a time, and never waited for
+/// (see [`fold_soon`]): the changes readers must add themselves are those
+/// committed since the running fold read the head. A fold that fails is
+/// retried with the next one; readers are right either way. At start, the
+/// writer folds what an earlier process may have left.
 pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let retries = w.db.inner.options.retries;
-    while let Some(first) = rx.recv().await {
+    let mut folding = Some(spawn_fold(&w));
+    let mut unfolded = 0u64;
+    loop {
+        let first = match tokio::time::timeout(FOLD_IDLE, rx.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(_) => {
+                // Idle: fold what is waiting (once the running fold, if
+                // any, is done), then wait for appends. At most three
+                // rounds: a fold ends, one starts, `unfolded` is 0.
+                let mut next = None;
+                for _ in 0..3 {
+                    if unfolded == 0 {
+                        break;
+                    }
+                    match folding.as_mut() {
+                        Some(h) if !h.is_finished() => {
+                            let job = tokio::select! {
+                                job = rx.recv() => Some(job),
+                                _ = h => None,
+                            };
+                            match job {
+                                Some(job) => {
+                                    next = Some(job);
+                                    break;
+                                }
+                                None => folding = None,
+                            }
+                        }
+                        _ => fold_soon(&w, &mut folding, &mut unfolded),
+                    }
+                }
+                let job = match next {
+                    Some(job) => job,
+                    None => rx.recv().await,
+                };
+                match job {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+        };
         let mut changes = first.enc.batch.len();
         let mut bytes = payload_bytes(&first.enc);
         let mut jobs = vec![first];
@@ -150,69 +216,116 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut group: Vec<&Encoded> = jobs.iter().map(|j| &j.enc).collect();
-        let mut result = retry_fail(retries, || w.commit(&group)).await;
-        if matches!(result, Err(Fail::Rejected)) {
-            // A batch failed its check and the group was rolled back. Its
-            // caller reports the check's error; the rest commit again (every
-            // verdict is in now, so this cannot be rejected twice).
-            let mut kept = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                if job.enc.verdict.pass().await {
-                    kept.push(job);
-                } else {
-                    let _ = job.reply.send(Err(Fail::Rejected.into_error()));
-                }
-            }
-            jobs = kept;
-            if jobs.is_empty() {
-                continue;
-            }
-            group = jobs.iter().map(|j| &j.enc).collect();
-            result = retry_fail(retries, || w.commit(&group)).await;
+        unfolded += commit_jobs(&w, jobs).await;
+        if unfolded >= FOLD_AT {
+            fold_soon(&w, &mut folding, &mut unfolded);
         }
-        drop(group);
-        match result {
-            Ok(outs) => {
-                for (job, out) in jobs.into_iter().zip(outs) {
-                    let _ = job.reply.send(Ok(out));
-                }
+    }
+    if unfolded > 0 && folding.as_ref().is_none_or(|h| h.is_finished()) {
+        // Left running: whoever opens the store next folds the rest.
+        drop(spawn_fold(&w));
+    }
+}
+
+/// Start a fold unless one is running. A running fold is never waited
+/// for, since it may wait on another process's fold: appends go on, and
+/// `unfolded` keeps counting until a fold can start (a running fold also
+/// reads the head again each round, so it catches up by itself).
+fn fold_soon(w: &Writer, folding: &mut Option<tokio::task::JoinHandle<()>>, unfolded: &mut u64) {
+    if folding.as_ref().is_none_or(|h| h.is_finished()) {
+        *folding = Some(spawn_fold(w));
+        *unfolded = 0;
+    }
+}
+
+/// Run [`fold`] in the background, logging a failure.
+fn spawn_fold(w: &Writer) -> tokio::task::JoinHandle<()> {
+    let (db, key) = (w.db.clone(), w.key);
+    tokio::spawn(async move {
+        if let Err(e) = fold(&db, key).await {
+            tracing::warn!(
+                store_key = key,
+                error = %e.into_error(),
+                "cairn-postgres: folding changes into the bucket fingerprints failed; the next fold retries"
+            );
+        }
+    })
+}
+
+/// Commit `jobs` as one group, answering each; returns how many changes
+/// were added.
+async fn commit_jobs(w: &Writer, mut jobs: Vec<Job>) -> u64 {
+    let retries = w.db.inner.options.retries;
+    let mut added = 0u64;
+    let mut group: Vec<&Encoded> = jobs.iter().map(|j| &j.enc).collect();
+    let mut result = retry_fail(retries, || w.commit(&group)).await;
+    if matches!(result, Err(Fail::Rejected)) {
+        // A batch failed its check and the group was rolled back. Its
+        // caller reports the check's error; the rest commit again (every
+        // verdict is in now, so this cannot be rejected twice).
+        let mut kept = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.enc.verdict.pass().await {
+                kept.push(job);
+            } else {
+                let _ = job.reply.send(Err(Fail::Rejected.into_error()));
             }
-            Err(e) if jobs.len() == 1 => {
-                if let Some(job) = jobs.into_iter().next() {
-                    let _ = job.reply.send(Err(e.into_error()));
-                }
+        }
+        jobs = kept;
+        if jobs.is_empty() {
+            return 0;
+        }
+        group = jobs.iter().map(|j| &j.enc).collect();
+        result = retry_fail(retries, || w.commit(&group)).await;
+    }
+    drop(group);
+    match result {
+        Ok(outs) => {
+            for (job, out) in jobs.into_iter().zip(outs) {
+                added += out.new.len() as u64;
+                let _ = job.reply.send(Ok(out));
             }
-            // The group may have committed: committing its batches again
-            // would report them as duplicates of themselves. Every member
-            // gets the ambiguous (retryable) error; appending again is safe.
-            Err(Fail::Ambiguous(e)) => {
-                let why = e.to_string();
-                for job in jobs {
-                    let _ = job.reply.send(Err(Error::backend(
-                        "postgres",
-                        true,
-                        std::io::Error::other(format!(
-                            "the connection was lost while committing; the batch may or may not be stored (appending it again is safe): {why}"
-                        )),
-                    )));
-                }
+        }
+        Err(e) if jobs.len() == 1 => {
+            if let Some(job) = jobs.into_iter().next() {
+                let _ = job.reply.send(Err(e.into_error()));
             }
-            // Each batch on its own, so every caller gets its own error (or
-            // success: one bad group member must not fail the others).
-            Err(_) => {
-                for job in jobs {
-                    let one = [&job.enc];
-                    let out = retry(retries, || w.commit(&one)).await.and_then(|v| {
-                        v.into_iter()
-                            .next()
-                            .ok_or_else(|| corrupt("a commit returned no outcome"))
-                    });
-                    let _ = job.reply.send(out);
+        }
+        // The group may have committed: committing its batches again
+        // would report them as duplicates of themselves. Every member
+        // gets the ambiguous (retryable) error; appending again is safe.
+        Err(Fail::Ambiguous(e)) => {
+            // Maybe added: let a fold look.
+            added += jobs.iter().map(|j| j.enc.batch.len() as u64).sum::<u64>();
+            let why = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(Error::backend(
+                    "postgres",
+                    true,
+                    std::io::Error::other(format!(
+                        "the connection was lost while committing; the batch may or may not be stored (appending it again is safe): {why}"
+                    )),
+                )));
+            }
+        }
+        // Each batch on its own, so every caller gets its own error (or
+        // success: one bad group member must not fail the others).
+        Err(_) => {
+            for job in jobs {
+                let one = [&job.enc];
+                let out = retry(retries, || w.commit(&one)).await.and_then(|v| {
+                    v.into_iter()
+                        .next()
+                        .ok_or_else(|| corrupt("a commit returned no outcome"))
+                });
+                if let Ok(o) = &out {
+                    added += o.new.len() as u64;
                 }
+                let _ = job.reply.send(out);
             }
         }
     }
+    added
 }
 
 fn payload_bytes(enc: &Encoded) -> usize {
@@ -245,7 +358,6 @@ impl Writer {
             lock: client.prepare_cached(&sql.lock_head).await?,
             existing: client.prepare_cached(&sql.existing).await?,
             insert: client.prepare_cached(&sql.insert).await?,
-            add_buckets: client.prepare_cached(&sql.add_buckets).await?,
             set_head: client.prepare_cached(&sql.set_head).await?,
             notify: client.prepare_cached(&sql.notify).await?,
         };
@@ -329,10 +441,10 @@ impl Writer {
         Ok(outs)
     }
 
-    /// Insert `rows` as the next sequence numbers, add them to their
-    /// buckets, move the head and notify: statements sent at once (inside a
-    /// transaction that holds the counter row), their answers awaited
-    /// together.
+    /// Insert `rows` as the next sequence numbers, move the head and
+    /// notify: statements sent at once (inside a transaction that holds the
+    /// counter row), their answers awaited together. The buckets are left
+    /// to the next fold.
     async fn write(
         &self,
         client: &deadpool_postgres::Object,
@@ -340,7 +452,6 @@ impl Writer {
         rows: &[(&Change, &[u8])],
     ) -> Result<(), tokio_postgres::Error> {
         let key = self.key;
-        let mut deltas: BTreeMap<i32, Delta> = BTreeMap::new();
         let (mut ids, mut docs, mut kinds, mut metas, mut payloads) = (
             Vec::with_capacity(rows.len()),
             Vec::with_capacity(rows.len()),
@@ -349,29 +460,18 @@ impl Writer {
             Vec::with_capacity(rows.len()),
         );
         for (c, meta) in rows {
-            let id = &c.meta.id;
-            deltas
-                .entry(FingerprintBuckets::bucket_of(id) as i32)
-                .or_default()
-                .add(id);
-            ids.push(id.as_bytes().as_slice());
+            ids.push(c.meta.id.as_bytes().as_slice());
             docs.push(c.meta.doc_id.as_str());
             kinds.push(i16::from(c.meta.kind.code()));
             metas.push(*meta);
             payloads.push(c.payload.as_ref());
         }
-        let bkeys: Vec<i32> = deltas.keys().copied().collect();
-        let bsums: Vec<String> = deltas.values().map(Delta::decimal).collect();
-        let bcounts: Vec<i64> = deltas.values().map(|d| d.count() as i64).collect();
         let count = rows.len() as i64;
-        let touched = bkeys.len() as i64;
         let p_insert: [&(dyn ToSql + Sync); 6] = [&key, &ids, &docs, &kinds, &metas, &payloads];
-        let p_buckets: [&(dyn ToSql + Sync); 5] = [&key, &bkeys, &bsums, &bcounts, &touched];
         let p_head: [&(dyn ToSql + Sync); 2] = [&key, &count];
         let p_note: [&(dyn ToSql + Sync); 2] = [&self.db.inner.sql.channel, &key];
         futures::try_join!(
             client.execute(&st.insert, &p_insert),
-            client.execute(&st.add_buckets, &p_buckets),
             client.execute(&st.set_head, &p_head),
             client.execute(&st.notify, &p_note),
         )?;
@@ -379,12 +479,102 @@ impl Writer {
     }
 }
 
+/// Add a store's changes after its bucket head to the buckets, in
+/// transactions of at most [`FOLD_MAX`] changes, until the buckets are at
+/// the store's head as it was read. Returns the bucket head reached.
+///
+/// Safe from any process at any time: a fold takes its store's
+/// `bucket_heads` row `FOR UPDATE` first, so folds of one store run one at
+/// a time, and it reads the head after taking it, so it only adds
+/// committed changes, each exactly once. Appends never take that row.
+pub(crate) async fn fold(db: &PostgresDb, key: i64) -> Result<u64, Fail> {
+    let mut reached = 0u64;
+    // Each round either reaches the head it read or adds FOLD_MAX changes;
+    // the bound only stops a store that appends faster than it folds.
+    for _ in 0..FOLD_ROUNDS {
+        let (at, head) = fold_once(db, key).await?;
+        reached = at;
+        if at >= head {
+            break;
+        }
+    }
+    Ok(reached)
+}
+
+/// One fold transaction: (bucket head after it, store head it read).
+async fn fold_once(db: &PostgresDb, key: i64) -> Result<(u64, u64), Fail> {
+    let sql = &db.inner.sql;
+    let client = db.inner.pool.get().await?;
+    let r = async {
+        let lock = client.prepare_cached(&sql.lock_bucket_head).await?;
+        let ids = client.prepare_cached(&sql.fold_ids).await?;
+        let add = client.prepare_cached(&sql.add_buckets).await?;
+        let set = client.prepare_cached(&sql.set_bucket_head).await?;
+        let head_stmt = client.prepare_cached(&sql.head).await?;
+        let p_key: [&(dyn ToSql + Sync); 1] = [&key];
+        // The head is read by a statement of its own after the lock is
+        // taken: a fresh snapshot, so it includes every append committed
+        // while this fold waited for the lock.
+        let ((), locked, head_row) = futures::try_join!(
+            client.batch_execute("BEGIN"),
+            client.query_one(&lock, &p_key),
+            client.query_one(&head_stmt, &p_key),
+        )?;
+        let (from, head): (i64, i64) = (locked.try_get(0)?, head_row.try_get(0)?);
+        if from >= head {
+            client.batch_execute("COMMIT").await?;
+            return Ok((to_u64(from), to_u64(head)));
+        }
+        let to = head.min(from + FOLD_MAX);
+        let rows = client.query(&ids, &[&key, &from, &to]).await?;
+        if rows.len() as i64 != to - from {
+            return Err(Fail::Cairn(corrupt(format!(
+                "{} changes stored at sequence numbers {} to {to}, not {}",
+                rows.len(),
+                from + 1,
+                to - from
+            ))));
+        }
+        let mut deltas: BTreeMap<i32, Delta> = BTreeMap::new();
+        for row in &rows {
+            let b: &[u8] = row.try_get(0)?;
+            let id = ChangeId::from_slice(b).map_err(|_| corrupt("a stored id is not 32 bytes"))?;
+            deltas
+                .entry(FingerprintBuckets::bucket_of(&id) as i32)
+                .or_default()
+                .add(&id);
+        }
+        let bkeys: Vec<i32> = deltas.keys().copied().collect();
+        let bsums: Vec<String> = deltas.values().map(Delta::decimal).collect();
+        let bcounts: Vec<i64> = deltas.values().map(|d| d.count() as i64).collect();
+        let touched = bkeys.len() as i64;
+        let p_add: [&(dyn ToSql + Sync); 5] = [&key, &bkeys, &bsums, &bcounts, &touched];
+        let p_set: [&(dyn ToSql + Sync); 3] = [&key, &to, &from];
+        let (_, moved, ()) = futures::try_join!(
+            client.execute(&add, &p_add),
+            client.execute(&set, &p_set),
+            client.batch_execute("COMMIT"),
+        )?;
+        if moved != 1 {
+            return Err(Fail::Cairn(corrupt(format!(
+                "the bucket head of store_key {key} moved during a fold"
+            ))));
+        }
+        Ok((to_u64(to), to_u64(head)))
+    }
+    .await;
+    if r.is_err() {
+        // Possibly inside an aborted transaction: never back to the pool.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    r
+}
+
 /// The prepared statements of one append.
 struct Statements {
     lock: tokio_postgres::Statement,
     existing: tokio_postgres::Statement,
     insert: tokio_postgres::Statement,
-    add_buckets: tokio_postgres::Statement,
     set_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeBuilder, ChangeId, ChangeKind,
-    ChangeMeta, ChangeStream, DocId, DynAppendOnlyStore, Head, Result, ScanItem, StoreId,
+    ChangeMeta, ChangeStream, DocId, DynAppendOnlyStore, FingerprintBuckets, Head, IdRange, Result,
+    ScanItem, StoreId,
 };
 use cairn_conformance::{CaseFuture, Outcome, StoreFactory, cases};
 use cairn_postgres::{LiveUpdates, PostgresDb, PostgresError, PostgresStore};
@@ -188,7 +189,7 @@ async fn a_newer_schema_version_is_a_clear_typed_error() {
         Some(PostgresError::SchemaTooNew {
             found, supported, ..
         }) => {
-            assert_eq!((*found, *supported), (99, 2));
+            assert_eq!((*found, *supported), (99, 3));
         }
         other => panic!("wrong error: {other:?}"),
     }
@@ -393,7 +394,6 @@ const SCHEMA_V1: &str = "
 
 #[tokio::test]
 async fn a_version_1_database_migrates_with_its_changes_and_fingerprints() {
-    use cairn::{FingerprintBuckets, IdRange};
     let schema = fresh_schema();
     let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
@@ -455,7 +455,7 @@ async fn a_version_1_database_migrates_with_its_changes_and_fingerprints() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     let s = d.store(sid("old/one")).await.unwrap();
     assert_eq!(s.check_consistency().await.unwrap(), 300);
     let memory = cairn_memory::MemoryStore::new(sid("old/one"));
@@ -667,4 +667,119 @@ async fn a_big_batch_that_fails_its_check_while_written_stores_nothing_and_spare
     assert!(s.has_changes(&good_ids).await.unwrap().iter().all(|h| *h));
     drop(raw);
     let _ = conn.await;
+}
+
+async fn bucket_head(c: &tokio_postgres::Client, schema: &str, store: &str) -> u64 {
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT b.head FROM {schema}.bucket_heads b JOIN {schema}.stores s USING (store_key)
+                 WHERE s.store_id = $1"
+            ),
+            &[&store],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_add_what_no_fold_has_reached_and_the_writer_folds_it_when_idle() {
+    // Appends leave the buckets to a fold. Hold every fold off (take the
+    // store's bucket_heads row from another connection), append, and every
+    // aligned range summary must still equal a memory store's; let go, and
+    // the writer's own fold brings the buckets to the head by itself.
+    let schema = fresh_schema();
+    let d = db(&schema, LiveUpdates::Listen).await;
+    let s = d.store(sid("fold/lag")).await.unwrap();
+    let memory = cairn_memory::MemoryStore::new(sid("fold/lag"));
+    let (raw, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let (peek, conn2) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn2 = tokio::spawn(conn2);
+    raw.batch_execute(&format!(
+        "BEGIN; SELECT b.head FROM {schema}.bucket_heads b JOIN {schema}.stores s USING (store_key)
+         WHERE s.store_id = 'fold/lag' FOR UPDATE OF b"
+    ))
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    for k in 0..6u64 {
+        // Small batches and one big enough to be checked while written.
+        let batch = if k == 3 {
+            big("big", 10_000, 40)
+        } else {
+            (k * 500..k * 500 + 500).map(|i| change("f", i)).collect()
+        };
+        s.append(batch.clone()).await.unwrap();
+        memory.append(batch.clone()).await.unwrap();
+        all.extend(batch);
+    }
+    let head = s.head().await.unwrap().seq;
+    assert_eq!(head, all.len() as u64);
+    assert_eq!(bucket_head(&peek, &schema, "fold/lag").await, 0);
+    let bound = |b: u8| {
+        let mut x = [0u8; 32];
+        x[0] = b;
+        ChangeId::from_bytes(x)
+    };
+    let ranges = [
+        IdRange::ALL,
+        IdRange {
+            start: ChangeId::MIN,
+            end: Some(bound(0x40)),
+        },
+        IdRange {
+            start: bound(0x40),
+            end: Some(bound(0x41)),
+        },
+        IdRange {
+            start: bound(0xf0),
+            end: None,
+        },
+    ];
+    let same = |label: &'static str| {
+        let (s, memory, ranges) = (&s, &memory, &ranges);
+        async move {
+            for r in ranges {
+                assert!(FingerprintBuckets::aligned(r).is_some());
+                assert_eq!(
+                    s.range_summary(r).await.unwrap(),
+                    memory.range_summary(r).await.unwrap(),
+                    "{label}: {r:?}"
+                );
+            }
+        }
+    };
+    same("nothing folded").await;
+    assert_eq!(s.check_consistency().await.unwrap(), head);
+
+    // Let go: the writer is idle, so its own fold reaches the head.
+    raw.batch_execute("COMMIT").await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while bucket_head(&peek, &schema, "fold/lag").await < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never folded its changes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bucket_head(&peek, &schema, "fold/lag").await, head);
+    same("all folded").await;
+    assert_eq!(s.check_consistency().await.unwrap(), head);
+    assert_eq!(s.fold_fingerprints().await.unwrap(), head);
+
+    // A fold run by hand covers what was just appended.
+    let more: Vec<Change> = (5_000..5_300).map(|i| change("g", i)).collect();
+    s.append(more.clone()).await.unwrap();
+    memory.append(more).await.unwrap();
+    assert_eq!(s.fold_fingerprints().await.unwrap(), head + 300);
+    assert_eq!(bucket_head(&peek, &schema, "fold/lag").await, head + 300);
+    same("folded by hand").await;
+    drop((raw, peek));
+    let _ = (conn.await, conn2.await);
 }
