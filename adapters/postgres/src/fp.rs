@@ -2,14 +2,13 @@
 //!
 //! A [`Fingerprint`] is the sum of its ids (each read as a 256-bit
 //! little-endian integer) modulo 2²⁵⁶, and their count. The `buckets` table
-//! keeps the sum *unreduced*, as an exact `numeric`, so that an append adds
-//! to it on the server (`sum = sum + delta`) without first reading it: the
-//! append then needs no round trip of its own for the buckets. Reading a
-//! bucket reduces the sum modulo 2²⁵⁶ here.
+//! keeps the sum *unreduced*, as an exact `numeric` (`id_sum`), so that a
+//! fold adds to it on the server (`id_sum = id_sum + delta`) without first
+//! reading it. Reading a bucket reduces the sum modulo 2²⁵⁶ here.
 //!
-//! A delta is the exact sum of the new ids of one bucket in one
-//! transaction: at most [`GROUP_MAX_CHANGES`](crate::writer) ids, so it fits
-//! five 64-bit limbs with room to spare.
+//! A delta is the exact sum of the new ids of one bucket in one fold
+//! transaction: at most 20,000 ids, so it fits five 64-bit limbs with room
+//! to spare.
 
 use cairn::{ChangeId, Fingerprint};
 

@@ -62,11 +62,17 @@ const MIGRATIONS: &[&str] = &[
     // buckets hold exactly its changes up to `bucket_heads.head`; later
     // ones are added by the next fold (`writer.rs`), and readers add them
     // meanwhile. Every version-2 store's buckets are complete.
+    //
+    // `sum` is renamed so that a version-2 process still running during an
+    // upgrade fails loudly (its statements name `sum`; PostgreSQL parses a
+    // prepared statement again after the rename) instead of adding to the
+    // buckets behind the folds' back, which would count changes twice.
     "CREATE TABLE {s}.bucket_heads (
          store_key bigint PRIMARY KEY,
          head      bigint NOT NULL CHECK (head >= 0)
      );
-     INSERT INTO {s}.bucket_heads (store_key, head) SELECT store_key, head FROM {s}.stores;",
+     INSERT INTO {s}.bucket_heads (store_key, head) SELECT store_key, head FROM {s}.stores;
+     ALTER TABLE {s}.buckets RENAME COLUMN sum TO id_sum;",
 ];
 
 /// The schema version this build writes.
@@ -192,7 +198,7 @@ impl Sql {
                  ON CONFLICT (store_id) DO NOTHING RETURNING store_key"
             ),
             create_buckets: format!(
-                "INSERT INTO {s}.buckets (store_key, bucket, sum, n)
+                "INSERT INTO {s}.buckets (store_key, bucket, id_sum, n)
                  SELECT $1, b, 0, 0 FROM generate_series(0, {}) AS b",
                 FingerprintBuckets::COUNT - 1
             ),
@@ -214,7 +220,7 @@ impl Sql {
             // created, or deleted by hand) fails the transaction, naming it.
             add_buckets: format!(
                 "WITH upd AS (
-                     UPDATE {s}.buckets AS b SET sum = b.sum + u.d::numeric, n = b.n + u.c
+                     UPDATE {s}.buckets AS b SET id_sum = b.id_sum + u.d::numeric, n = b.n + u.c
                      FROM unnest($2::int4[], $3::text[], $4::int8[]) AS u(bucket, d, c)
                      WHERE b.store_key = $1 AND b.bucket = u.bucket
                      RETURNING 1
@@ -279,7 +285,7 @@ impl Sql {
             // has added yet (a NULL bucket): one statement, so one snapshot
             // of the buckets, their head and the changes after it.
             bucket_range: format!(
-                "SELECT bucket, sum::text, n, NULL::bytea FROM {s}.buckets
+                "SELECT bucket, id_sum::text, n, NULL::bytea FROM {s}.buckets
                  WHERE store_key = $1 AND bucket >= $2 AND bucket < $3
                  UNION ALL
                  SELECT NULL, NULL, NULL, c.id FROM {s}.bucket_heads AS h, {s}.changes AS c

@@ -9,8 +9,8 @@
 //! `SELECT head … FOR UPDATE`; every other appender of the same store, in
 //! any process, blocks there until it commits or rolls back. Holding the
 //! lock, it inserts the new changes as `head + 1 …` (the insert reads
-//! `head` from the locked row), adds their ids to the bucket sums, moves
-//! `head` and commits, which releases the lock. So:
+//! `head` from the locked row), moves `head` and commits, which releases
+//! the lock (the bucket fingerprints are left to a fold, see [`run`]). So:
 //!
 //! - numbers are assigned in commit order: the next appender reads `head`
 //!   only after this one's commit (`READ COMMITTED` takes a fresh snapshot
@@ -32,9 +32,8 @@
 //!
 //! # One round trip
 //!
-//! The common case sends `BEGIN`, the lock, the insert, the bucket
-//! update, the head update, `NOTIFY` and `COMMIT` at once and reads the
-//! answers together. It assumes every id is new; if one is stored already,
+//! The common case sends `BEGIN`, the lock, the insert, the head update,
+//! `NOTIFY` and `COMMIT` at once and reads the answers together. It assumes every id is new; if one is stored already,
 //! the insert violates the unique index `changes_by_id`, which aborts the
 //! transaction (so `COMMIT` only rolls back and nothing is visible), and
 //! the writer appends again on the same connection, this time reading

@@ -484,6 +484,19 @@ async fn a_version_1_database_migrates_with_its_changes_and_fingerprints() {
     assert_eq!((out.new, out.duplicates), (vec![more.meta.id], 1));
     memory.append(vec![more]).await.unwrap();
     assert_eq!(s.check_consistency().await.unwrap(), 301);
+    // A process of an older version still running would update `sum`
+    // behind the folds' back: its statements now fail instead.
+    let old = client
+        .execute(
+            &format!("UPDATE {schema}.buckets SET sum = sum + 1 WHERE store_key = 0"),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        old.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN)
+    );
     for r in &ranges {
         assert_eq!(
             s.range_summary(r).await.unwrap(),
