@@ -1,27 +1,21 @@
-//! The Cairn protocol over one data channel, in both directions at once.
+//! The Cairn protocol over one data channel, in both directions at once
+//! (a [`Session`] once the handshake is done).
 //!
-//! On a single ordered channel every frame shares the channel and the
-//! message type tells the halves apart: requests (`0x10..=0x1D`) go to this
-//! side's server half, responses and `NOTIFY` to its client half (the
-//! [`Correlator`]). The auth messages (and room proofs) are those of
-//! `auth.rs`. After the auth messages each side sends one `HELLO`
+//! The auth messages (and room proofs) are those of `auth.rs`. After the auth messages each side sends one `HELLO`
 //! (its store id, capabilities, head, frame limit) or an `ERROR` with id 0
 //! (refused) and closes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn::{ChangeMeta, DynAppendOnlyStore, Error, Keypair, Result, StoreId};
+use cairn::{DynAppendOnlyStore, Error, Keypair, Result, StoreId};
+pub(crate) use cairn_protocol::Delivered;
 use cairn_protocol::{
-    AccessPolicy, Call, Correlator, FrameDecoder, FrameEncoder, Hello, Incoming, MIN_MAX_FRAME,
-    Message, PeerId, Permission, Request, Response, ServeOptions, WireError, check_hello, dispatch,
-    encode, error_reply, server_hello,
+    AccessPolicy, Call, FrameDecoder, MIN_MAX_FRAME, Message, Permission, Request, Response,
+    ServeOptions, Session, SessionConfig, SessionPeer, check_hello, encode, error_reply,
+    server_hello,
 };
-use futures::{FutureExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::auth::{
@@ -29,26 +23,6 @@ use crate::auth::{
     verify_room_proof,
 };
 use crate::rtc::Channel;
-
-type Waiter = oneshot::Sender<Result<Response>>;
-
-/// Most requests from the peer served at once.
-const MAX_CONCURRENT: usize = 64;
-/// Most subscriptions served to the peer at once (they do not take request
-/// permits).
-const MAX_SERVED_SUBSCRIPTIONS: usize = 8;
-/// Largest frame we send (1 MiB), whatever the peer accepts.
-const SEND_FRAME: u32 = 1 << 20;
-/// Most notification batches queued for one of our subscriptions; a
-/// subscriber that falls this far behind is dropped with an error (its
-/// session catches up again by syncing).
-const SUBSCRIPTION_QUEUE: usize = 64;
-/// Most metadata records per notification.
-const NOTIFY_BATCH: usize = 1024;
-
-/// What one of our subscriptions receives: batches, or the error that ended
-/// it.
-pub(crate) type SubItem = Result<Vec<ChangeMeta>>;
 
 /// Settings of a connection.
 #[derive(Clone)]
@@ -72,33 +46,31 @@ pub(crate) struct ConnConfig {
     pub(crate) delivered: Option<Delivered>,
 }
 
-/// Whether our outbox delivers a change to a peer (see
-/// [`ConnConfig::delivered`]).
-pub(crate) type Delivered = Arc<dyn Fn(&PeerId, &cairn::ChangeId) -> bool + Send + Sync>;
-
-/// One authenticated, greeted connection.
+/// One authenticated, greeted connection: a [`Session`], and the roles the
+/// peer claimed in its auth message.
 pub(crate) struct Conn {
-    out: mpsc::Sender<Vec<u8>>,
-    corr: Mutex<Correlator<Waiter>>,
-    subs: Mutex<HashMap<u32, mpsc::Sender<SubItem>>>,
-    request_timeout: Duration,
-    /// See [`ConnConfig::delivered`].
-    delivered: Option<Delivered>,
-    /// The peer's proven id.
-    pub(crate) peer: PeerId,
+    session: Arc<Session>,
     /// The peer's roles (auth message).
     pub(crate) roles: u8,
-    /// What our policy lets the peer do.
-    pub(crate) perm: Permission,
-    /// The peer's hello.
-    pub(crate) hello: Hello,
-    /// Cancelled when the connection is gone.
-    pub(crate) closed: CancellationToken,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("peer", &self.peer).finish()
+        f.debug_struct("Conn").field("peer", &self.peer()).finish()
+    }
+}
+
+#[async_trait]
+impl Call for Conn {
+    async fn call(&self, request: Request) -> Result<Response> {
+        self.session.call(request).await
     }
 }
 
@@ -127,42 +99,6 @@ async fn next_msg(
             }
         }
     }
-}
-
-/// Send `msg` as frames of at most `limit` bytes, one byte string per frame:
-/// the sender holds the message and one frame, and the channel's bound
-/// gives backpressure. Frames of other messages may come between them.
-async fn send_message(out: &mpsc::Sender<Vec<u8>>, msg: &Message, limit: u32) -> Result<()> {
-    for frame in FrameEncoder::new(msg, limit) {
-        out.send(frame?).await.map_err(|_| closed())?;
-    }
-    Ok(())
-}
-
-/// Send the response to request `id`, frame by frame; a response that
-/// cannot be framed at all becomes its error response.
-async fn send_response(
-    out: &mpsc::Sender<Vec<u8>>,
-    id: u32,
-    body: Response,
-    limit: u32,
-) -> Result<()> {
-    let msg = Message::Response { id, body };
-    let mut frames = FrameEncoder::new(&msg, limit);
-    match frames.next() {
-        Some(Ok(first)) => out.send(first).await.map_err(|_| closed())?,
-        Some(Err(e)) => {
-            return out
-                .send(error_reply(id, &e, limit))
-                .await
-                .map_err(|_| closed());
-        }
-        None => return Ok(()),
-    }
-    for frame in frames {
-        out.send(frame?).await.map_err(|_| closed())?;
-    }
-    Ok(())
 }
 
 /// Longest a refusing side keeps the channel open for its refusal to be read.
@@ -292,383 +228,17 @@ impl Conn {
                 return Err(e);
             }
         };
-        let conn = Arc::new(Conn {
-            out: ch.tx.clone(),
-            corr: Mutex::new(Correlator::new()),
-            subs: Mutex::new(HashMap::new()),
-            peer,
-            roles,
-            perm,
-            hello,
-            closed: CancellationToken::new(),
+        let session_cfg = SessionConfig {
+            transport: "webrtc",
+            store: cfg.store,
+            serve: cfg.serve,
             request_timeout: cfg.request_timeout,
-            delivered: cfg.delivered.clone(),
-        });
-        tokio::spawn(read_loop(conn.clone(), ch, dec, cfg));
+            delivered: cfg.delivered,
+        };
+        let peer = SessionPeer { peer, perm, hello };
+        let session = Session::start(ch.tx, ch.rx, dec, peer, session_cfg);
+        let conn = Arc::new(Conn { session, roles });
         Ok(conn)
-    }
-
-    /// The frame limit to send with: the peer's, but at most
-    /// [`SEND_FRAME`]. Frames wait in a queue of a few entries on their way
-    /// to the data channel; small frames keep what waits there small
-    /// (bigger items travel split, as they would over any limit).
-    pub(crate) fn send_limit(&self) -> u32 {
-        self.hello.max_frame.clamp(MIN_MAX_FRAME, SEND_FRAME)
-    }
-
-    /// Close the connection.
-    pub(crate) fn close(&self) {
-        self.closed.cancel();
-    }
-
-    /// Subscribe to the peer's new changes. The receiver gets batches, and
-    /// an error if the peer ends the subscription with one or we fall too
-    /// far behind.
-    pub(crate) async fn subscribe(&self) -> Result<mpsc::Receiver<SubItem>> {
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let (wtx, wrx) = oneshot::channel();
-        let msg = {
-            let mut c = self.corr.lock().unwrap_or_else(|e| e.into_inner());
-            c.request(Request::Subscribe, wtx)
-        };
-        let id = msg.id();
-        self.subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
-        // The correlator only lets a DONE answer through as success.
-        match self.send_and_wait(msg, wrx, Duration::ZERO).await {
-            Ok(_done) => Ok(rx),
-            Err(e) => {
-                self.subs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                Err(e)
-            }
-        }
-    }
-
-    /// Send `msg` and wait for its answer, at most the request timeout plus
-    /// `extra`.
-    async fn send_and_wait(
-        &self,
-        msg: Message,
-        wrx: oneshot::Receiver<Result<Response>>,
-        extra: Duration,
-    ) -> Result<Response> {
-        let id = msg.id();
-        let name = match &msg {
-            Message::Request { body, .. } => body.name(),
-            _ => "message",
-        };
-        if self.closed.is_cancelled() {
-            self.corr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .cancel(id);
-            return Err(closed());
-        }
-        if let Err(e) = send_message(&self.out, &msg, self.send_limit()).await {
-            self.corr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .cancel(id);
-            if matches!(e, Error::Closed) {
-                self.close();
-            }
-            return Err(e);
-        }
-        drop(msg);
-        let limit = self.request_timeout + extra;
-        tokio::select! {
-            r = wrx => r.unwrap_or_else(|_| Err(closed())),
-            _ = self.closed.cancelled() => Err(closed()),
-            _ = tokio::time::sleep(limit) => {
-                self.corr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .cancel(id);
-                Err(Error::Timeout {
-                    what: format!("{name} request to peer {}", self.peer),
-                    after: limit,
-                })
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Call for Conn {
-    async fn call(&self, request: Request) -> Result<Response> {
-        // A second more per MiB carried: a big append is not a silent peer.
-        let extra = match &request {
-            Request::Append(cs) => {
-                let bytes: u64 = cs.iter().map(|c| c.payload.len() as u64).sum();
-                Duration::from_secs(bytes >> 20)
-            }
-            _ => Duration::ZERO,
-        };
-        let (wtx, wrx) = oneshot::channel();
-        let msg = self
-            .corr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .request(request, wtx);
-        self.send_and_wait(msg, wrx, extra).await
-    }
-}
-
-async fn read_loop(conn: Arc<Conn>, mut ch: Channel, mut dec: FrameDecoder, cfg: ConnConfig) {
-    let serving = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    let subscribing = Arc::new(Semaphore::new(MAX_SERVED_SUBSCRIPTIONS));
-    let served_subs: Arc<Mutex<HashMap<u32, CancellationToken>>> = Arc::default();
-    let out_limit = conn.send_limit();
-    'outer: loop {
-        let bytes = tokio::select! {
-            _ = conn.closed.cancelled() => break,
-            b = ch.rx.recv() => b,
-        };
-        let Some(bytes) = bytes else { break };
-        dec.push(&bytes);
-        loop {
-            let msg = match dec.pop() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(peer = %conn.peer, error = %e, "protocol error; closing");
-                    let _ = conn.out.send(error_reply(0, &e, out_limit)).await;
-                    break 'outer;
-                }
-            };
-            match msg {
-                Message::Request {
-                    id,
-                    body: Request::Subscribe,
-                } => {
-                    // Served subscriptions live long: they have their own
-                    // cap and never hold a request permit.
-                    let Ok(permit) = subscribing.clone().try_acquire_owned() else {
-                        let e = Error::backend(
-                            "webrtc",
-                            true,
-                            std::io::Error::other(format!(
-                                "at most {MAX_SERVED_SUBSCRIPTIONS} subscriptions per peer"
-                            )),
-                        );
-                        let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
-                        continue;
-                    };
-                    let conn2 = conn.clone();
-                    let store = cfg.store.clone();
-                    let opts = cfg.serve.clone();
-                    let subs = served_subs.clone();
-                    tokio::spawn(async move {
-                        serve(
-                            &conn2,
-                            &*store,
-                            &opts,
-                            &subs,
-                            id,
-                            Request::Subscribe,
-                            out_limit,
-                        )
-                        .await;
-                        drop(permit);
-                    });
-                }
-                Message::Request { id, body } => {
-                    let Ok(permit) = serving.clone().acquire_owned().await else {
-                        break 'outer;
-                    };
-                    let conn2 = conn.clone();
-                    let store = cfg.store.clone();
-                    let opts = cfg.serve.clone();
-                    let subs = served_subs.clone();
-                    tokio::spawn(async move {
-                        serve(&conn2, &*store, &opts, &subs, id, body, out_limit).await;
-                        drop(permit);
-                    });
-                }
-                Message::Hello(_) => {
-                    let e = Error::Protocol {
-                        reason: "a second HELLO".into(),
-                    };
-                    let _ = conn.out.send(error_reply(0, &e, out_limit)).await;
-                    break 'outer;
-                }
-                Message::Response {
-                    id,
-                    body: Response::Error(e),
-                } if id != 0
-                    && conn
-                        .subs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(&id) =>
-                {
-                    // The peer ended one of our subscriptions with an error.
-                    let sub = conn
-                        .subs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    if let Some(tx) = sub {
-                        let _ = tx.try_send(Err(e.into_error()));
-                    }
-                }
-                other => {
-                    let routed = conn
-                        .corr
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .handle(other);
-                    match routed {
-                        Incoming::Response { waiter, result } => {
-                            let _ = waiter.send(result);
-                        }
-                        Incoming::Notify {
-                            subscription,
-                            metas,
-                        } => {
-                            let mut subs = conn.subs.lock().unwrap_or_else(|e| e.into_inner());
-                            let full = match subs.get(&subscription) {
-                                Some(tx) => tx.try_send(Ok(metas)).is_err(),
-                                None => false,
-                            };
-                            if full && let Some(tx) = subs.remove(&subscription) {
-                                // Too far behind: end it with an error
-                                // (dropping the sender; the reader sees the
-                                // end after its queue) rather than queue
-                                // without bound.
-                                warn!(peer = %conn.peer, subscription, "a subscription fell behind; ending it");
-                                drop(tx);
-                            }
-                        }
-                        Incoming::ConnectionError(e) => {
-                            warn!(peer = %conn.peer, error = %e, "the peer closed the connection with an error");
-                            break 'outer;
-                        }
-                        Incoming::Unsolicited(id) => debug!(id, "late response dropped"),
-                        Incoming::Unexpected(m) => {
-                            debug!(kind = m.type_byte(), "unexpected message dropped");
-                        }
-                    }
-                }
-            }
-        }
-    }
-    conn.closed.cancel();
-    for sub in served_subs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-    {
-        sub.1.cancel();
-    }
-    let waiters = conn
-        .corr
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .fail_all();
-    for w in waiters {
-        let _ = w.send(Err(closed()));
-    }
-    conn.subs.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    debug!(peer = %conn.peer, "connection closed");
-}
-
-async fn serve(
-    conn: &Arc<Conn>,
-    store: &DynAppendOnlyStore,
-    opts: &ServeOptions,
-    subs: &Arc<Mutex<HashMap<u32, CancellationToken>>>,
-    id: u32,
-    body: Request,
-    out_limit: u32,
-) {
-    if !conn.perm.allows(body.access()) {
-        warn!(peer = %conn.peer, request = body.name(), "unauthorized request refused");
-        let resp = Response::Error(WireError::unauthorized(format!(
-            "peer {} may not {} store {}",
-            conn.peer,
-            body.name(),
-            store.store_id()
-        )));
-        let _ = send_response(&conn.out, id, resp, out_limit).await;
-        return;
-    }
-    match body {
-        Request::Subscribe => {
-            let mut stream = match store.subscribe().await {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
-                    return;
-                }
-            };
-            let token = conn.closed.child_token();
-            subs.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, token.clone());
-            if send_response(&conn.out, id, Response::Done, out_limit)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                let first = tokio::select! {
-                    _ = token.cancelled() => break,
-                    item = stream.next() => item,
-                };
-                let first = match first {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        // Tell the subscriber, so its live updates do not
-                        // just stop.
-                        warn!(peer = %conn.peer, error = %e, "a served subscription failed");
-                        let _ = conn.out.send(error_reply(id, &e, out_limit)).await;
-                        break;
-                    }
-                    None => break,
-                };
-                let mut metas = vec![first];
-                while metas.len() < NOTIFY_BATCH {
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(m))) => metas.push(m),
-                        _ => break,
-                    }
-                }
-                if let Some(delivered) = &conn.delivered {
-                    metas.retain(|m| !delivered(&conn.peer, &m.id));
-                    if metas.is_empty() {
-                        continue;
-                    }
-                }
-                let msg = Message::Notify {
-                    subscription: id,
-                    metas,
-                };
-                if send_message(&conn.out, &msg, out_limit).await.is_err() {
-                    break;
-                }
-            }
-        }
-        Request::Unsubscribe { subscription } => {
-            if let Some(t) = subs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&subscription)
-            {
-                t.cancel();
-            }
-            let _ = send_response(&conn.out, id, Response::Done, out_limit).await;
-        }
-        body => {
-            let resp = dispatch(store, &conn.peer, body, opts).await;
-            let _ = send_response(&conn.out, id, resp, out_limit).await;
-        }
     }
 }
 
@@ -679,6 +249,7 @@ mod tests {
     use crate::auth::{AUTH_LEN, ROLE_CALLS, ROLE_SERVES, RoomKey};
     use crate::signal::RoomCode;
     use cairn_protocol::Acl;
+    use tokio::sync::mpsc;
 
     /// A channel pair over memory, with made-up fingerprints; returns ours
     /// (for `establish`) and the far end's halves.

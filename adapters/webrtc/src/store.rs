@@ -363,7 +363,7 @@ impl WebRtcStore {
                 continue;
             }
             let r = self.inner.sync_with(&conn, true).await?;
-            out.push((conn.peer, r));
+            out.push((conn.peer(), r));
         }
         Ok(out)
     }
@@ -418,7 +418,7 @@ pub(crate) async fn start(
         },
     };
     let conn = Conn::establish(ch, cfg).await?;
-    let peer = conn.peer;
+    let peer = conn.peer();
     if peer == inner.keypair.author() {
         conn.close();
         return Err(Error::Unauthorized {
@@ -446,7 +446,7 @@ async fn session(
     conn: &Arc<Conn>,
     ready: oneshot::Sender<Result<()>>,
 ) -> Result<()> {
-    let pulls = conn.roles & ROLE_SERVES != 0 && conn.perm.allows(Access::Write);
+    let pulls = conn.roles & ROLE_SERVES != 0 && conn.perm().allows(Access::Write);
     let mut sub = None;
     if pulls {
         let setup = async {
@@ -455,12 +455,12 @@ async fn session(
             Ok::<_, Error>((s, report))
         };
         let r = tokio::select! {
-            _ = conn.closed.cancelled() => Err(Error::Closed),
+            _ = conn.closed() => Err(Error::Closed),
             r = setup => r,
         };
         match r {
             Ok((s, report)) => {
-                info!(peer = %conn.peer, %report, "caught up with the peer");
+                info!(peer = %conn.peer(), %report, "caught up with the peer");
                 sub = Some(s);
             }
             Err(e) => {
@@ -483,7 +483,7 @@ async fn session(
     // Deliver the outbox to every peer that serves a store.
     let deliver = async {
         if conn.roles & ROLE_SERVES != 0 {
-            inner.node.deliver(conn.peer, &remote, &delivery).await
+            inner.node.deliver(conn.peer(), &remote, &delivery).await
         } else {
             std::future::pending().await
         }
@@ -497,7 +497,7 @@ async fn session(
             let metas = item?;
             inner
                 .node
-                .follow(conn.peer, &remote, &metas, &delivery.backoff, 8)
+                .follow(conn.peer(), &remote, &metas, &delivery.backoff, 8)
                 .await?;
         }
         // The subscription ended (we fell behind, or the peer stopped it):
@@ -505,7 +505,7 @@ async fn session(
         Err(Error::Closed)
     };
     tokio::select! {
-        _ = conn.closed.cancelled() => Ok(()),
+        _ = conn.closed() => Ok(()),
         r = follow => r,
         r = deliver => r,
     }
@@ -552,7 +552,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|e| !e.conn.closed.is_cancelled())
+            .filter(|e| !e.conn.is_closed())
             .map(|e| e.conn.clone())
             .collect()
     }
@@ -562,7 +562,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
-            .is_some_and(|e| !e.conn.closed.is_cancelled())
+            .is_some_and(|e| !e.conn.is_closed())
     }
 
     pub(crate) fn set_state(&self, s: ConnectionState) {
@@ -576,7 +576,7 @@ impl Inner {
             .peers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.peer, PeerEntry { conn });
+            .insert(conn.peer(), PeerEntry { conn });
         if let Some(old) = old {
             old.conn.close();
         }
@@ -586,8 +586,8 @@ impl Inner {
     fn remove(&self, conn: &Arc<Conn>) {
         let removed = {
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            match peers.get(&conn.peer) {
-                Some(e) if Arc::ptr_eq(&e.conn, conn) => peers.remove(&conn.peer).is_some(),
+            match peers.get(&conn.peer()) {
+                Some(e) if Arc::ptr_eq(&e.conn, conn) => peers.remove(&conn.peer()).is_some(),
                 _ => false,
             }
         };
@@ -596,7 +596,7 @@ impl Inner {
             if !self.cancel.is_cancelled()
                 && let Some(tx) = &*self.lost.lock().unwrap_or_else(|e| e.into_inner())
             {
-                let _ = tx.send(conn.peer);
+                let _ = tx.send(conn.peer());
             }
         }
     }
@@ -621,7 +621,7 @@ impl Inner {
 
     /// The peer's side of `conn` as a store.
     fn remote(&self, conn: &Arc<Conn>) -> RemoteStore<Conn> {
-        RemoteStore::new("webrtc", self.store_id.clone(), &conn.hello, conn.clone())
+        RemoteStore::new("webrtc", self.store_id.clone(), conn.hello(), conn.clone())
     }
 
     async fn sync_with(&self, conn: &Arc<Conn>, both: bool) -> Result<SyncReport> {
@@ -630,18 +630,18 @@ impl Inner {
             .sync_states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(conn.peer)
+            .entry(conn.peer())
             .or_default()
             .clone();
         let opts = CatchUp {
-            pull: conn.perm.allows(Access::Write),
+            pull: conn.perm().allows(Access::Write),
             push: both,
             batch_bytes: u64::from(conn.send_limit() / 2),
             // An explicit sync reports a refused push; the pairing's
             // catch-up only pulls.
             strict: both,
         };
-        self.node.catch_up(conn.peer, &remote, &state, opts).await
+        self.node.catch_up(conn.peer(), &remote, &state, opts).await
     }
 }
 
@@ -650,8 +650,8 @@ impl Transport for Inner {
     fn remotes(&self) -> Vec<(PeerId, Arc<DynAppendOnlyStore>)> {
         let conns = self.conns().into_iter();
         conns
-            .filter(|c| c.roles & ROLE_SERVES != 0 && c.perm.allows(Access::Write))
-            .map(|c| (c.peer, Arc::new(self.remote(&c)) as _))
+            .filter(|c| c.roles & ROLE_SERVES != 0 && c.perm().allows(Access::Write))
+            .map(|c| (c.peer(), Arc::new(self.remote(&c)) as _))
             .collect()
     }
 }

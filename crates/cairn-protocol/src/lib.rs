@@ -12,6 +12,7 @@ mod message;
 mod outbox;
 mod peer;
 mod remote;
+mod session;
 mod wire;
 
 pub use admission::{Admission, AdmissionOptions, Rate, ResponseLimits};
@@ -35,6 +36,10 @@ pub use peer::{
     AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreProvider, Stores,
 };
 pub use remote::{RemoteStore, framed_size};
+pub use session::{
+    Delivered, MAX_CONCURRENT, MAX_SERVED_SUBSCRIPTIONS, SEND_FRAME, Session, SessionConfig,
+    SessionPeer, SubItem,
+};
 
 #[doc(hidden)]
 pub mod __private {
