@@ -246,6 +246,32 @@ impl cairn_protocol::Call for Link {
     }
 }
 
+#[async_trait::async_trait]
+impl cairn_protocol::UpLink for Link {
+    fn hello(&self) -> &Hello {
+        &self.hello
+    }
+    fn send_limit(&self) -> u32 {
+        Link::send_limit(self)
+    }
+    fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+    fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+    async fn subscribe(&self) -> Result<Box<dyn cairn_protocol::Notifications>> {
+        Ok(Box::new(Link::subscribe(self).await?))
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_protocol::Notifications for Subscription {
+    async fn next(&mut self) -> Result<Vec<cairn::ChangeMeta>> {
+        Subscription::next(self).await
+    }
+}
+
 /// The receiving end of a subscription.
 pub(crate) struct Subscription {
     recv: quinn::RecvStream,

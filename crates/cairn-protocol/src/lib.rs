@@ -13,6 +13,7 @@ mod outbox;
 mod peer;
 mod remote;
 mod session;
+mod upstream;
 mod wire;
 
 pub use admission::{Admission, AdmissionOptions, Rate, ResponseLimits};
@@ -40,6 +41,7 @@ pub use session::{
     Delivered, MAX_CONCURRENT, MAX_SERVED_SUBSCRIPTIONS, SEND_FRAME, Session, SessionConfig,
     SessionPeer, SubItem,
 };
+pub use upstream::{Dial, Notifications, UpLink, Upstream, UpstreamOptions};
 
 #[doc(hidden)]
 pub mod __private {
