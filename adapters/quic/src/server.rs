@@ -10,7 +10,7 @@ use cairn::{AcceptAll, DynAppendOnlyStore, Error, Keypair, Result, StoreId, Veri
 use cairn_protocol::{
     Access, AccessPolicy, Admission, AdmissionOptions, DEFAULT_MAX_FRAME, FrameDecoder, Hello,
     MIN_MAX_FRAME, Message, PeerId, Permission, Request, Response, ResponseLimits, ServeOptions,
-    StoreProvider, check_hello, dispatch, encode, error_reply, request_access, server_hello,
+    StoreProvider, admit, check_hello, dispatch, encode, error_reply, request_access, server_hello,
 };
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -345,30 +345,10 @@ async fn serve_connection(incoming: quinn::Incoming, s: &Arc<Shared>) -> Result<
                 });
             }
         };
-    // Authorise before looking the store up, so a peer without access
-    // cannot learn which store ids exist; only a peer the policy knows for
-    // some store is told that a store id is not served (say, a typo).
-    let perm = s.policy.permission(&peer, &hello.store_id);
-    if perm == Permission::None {
-        // A peer the policy knows (for some store) learns that this store
-        // id is not served, rather than a misleading refusal; a stranger
-        // learns nothing about which store ids exist.
-        let e = if s.policy.knows(&peer) && s.stores.get(&hello.store_id).is_none() {
-            Error::NotFound {
-                what: format!("store {}", hello.store_id),
-            }
-        } else {
-            Error::Unauthorized {
-                reason: format!("peer {peer} may not access store {}", hello.store_id),
-            }
-        };
-        return refuse(&peer, &mut send, &conn, e).await;
-    }
-    let Some(store) = s.stores.get_for(&peer, &hello.store_id) else {
-        let e = Error::NotFound {
-            what: format!("store {}", hello.store_id),
-        };
-        return refuse(&peer, &mut send, &conn, e).await;
+    // Authorised before the store is looked up (see `admit`).
+    let (perm, store) = match admit(&*s.policy, &*s.stores, &peer, &hello.store_id) {
+        Ok(x) => x,
+        Err(e) => return refuse(&peer, &mut send, &conn, e).await,
     };
     let out_limit = hello.max_frame.max(MIN_MAX_FRAME);
     let mine = server_hello(&*store, s.opts.max_frame).await?;

@@ -34,7 +34,7 @@ pub use message::{
 };
 pub use outbox::{DeliveryFailure, DeliveryOptions, Outbox, deliver};
 pub use peer::{
-    AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreProvider, Stores,
+    AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreProvider, Stores, admit,
 };
 pub use remote::{RemoteStore, framed_size};
 pub use session::{

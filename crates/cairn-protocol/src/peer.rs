@@ -173,6 +173,52 @@ impl StoreProvider for Stores {
     }
 }
 
+/// Admit `peer` to `store_id` after its hello: its permission and the
+/// store it reaches, or the refusal to send it.
+///
+/// The policy is asked before the store is looked up, so a peer without
+/// access cannot learn which store ids exist: only a peer the policy knows
+/// (for some store) is told that a store id is not served
+/// ([`Error::NotFound`], say for a typo); anyone else is
+/// [`Error::Unauthorized`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use cairn::{Error, Keypair, StoreId};
+/// use cairn_protocol::{Acl, Permission, Stores, admit};
+/// let sid = StoreId::new("notes").unwrap();
+/// let stores = Stores::new().with(Arc::new(cairn_memory::MemoryStore::new(sid.clone())));
+/// let (friend, stranger) = (Keypair::generate().author(), Keypair::generate().author());
+/// let acl = Acl::new().allow(&sid, friend, Permission::Read);
+/// assert_eq!(admit(&acl, &stores, &friend, &sid).unwrap().0, Permission::Read);
+/// let typo = StoreId::new("nots").unwrap();
+/// assert!(matches!(admit(&acl, &stores, &friend, &typo), Err(Error::NotFound { .. })));
+/// assert!(matches!(admit(&acl, &stores, &stranger, &sid), Err(Error::Unauthorized { .. })));
+/// assert!(matches!(admit(&acl, &stores, &stranger, &typo), Err(Error::Unauthorized { .. })));
+/// ```
+pub fn admit(
+    policy: &dyn AccessPolicy,
+    stores: &dyn StoreProvider,
+    peer: &PeerId,
+    store_id: &StoreId,
+) -> cairn::Result<(Permission, Arc<DynAppendOnlyStore>)> {
+    let not_found = || cairn::Error::NotFound {
+        what: format!("store {store_id}"),
+    };
+    let perm = policy.permission(peer, store_id);
+    if perm == Permission::None {
+        return Err(if policy.knows(peer) && stores.get(store_id).is_none() {
+            not_found()
+        } else {
+            cairn::Error::Unauthorized {
+                reason: format!("peer {peer} may not access store {store_id}"),
+            }
+        });
+    }
+    let store = stores.get_for(peer, store_id).ok_or_else(not_found)?;
+    Ok((perm, store))
+}
+
 /// Why a peer refused us in a way that retrying cannot fix (until someone
 /// changes a configuration). See [`crate::classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
