@@ -230,7 +230,7 @@ impl Conn {
         };
         let session_cfg = SessionConfig {
             transport: "webrtc",
-            store: cfg.store,
+            store: Some(cfg.store),
             serve: cfg.serve,
             request_timeout: cfg.request_timeout,
             delivered: cfg.delivered,

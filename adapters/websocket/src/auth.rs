@@ -3,7 +3,9 @@
 //! Three binary WebSocket messages (byte by byte in `docs/protocol.md`,
 //! "WebSocket"):
 //!
-//! 1. server → client, at once: `CHALLENGE` = `"CWS1" ‖ server_nonce[32]`;
+//! 1. server → client, at once: `CHALLENGE` =
+//!    `"CWS1" ‖ server_id[32] ‖ server_nonce[32]` (the id is a claim, proven
+//!    in message 3; a client that pinned another key stops here and says so);
 //! 2. client → server: `CLIENT_AUTH` =
 //!    `"CWC1" ‖ client_id[32] ‖ client_nonce[32] ‖ signature[64]`, Ed25519
 //!    by `client_id` over
@@ -29,7 +31,7 @@ use ed25519_dalek::Signature;
 /// Magic of the server's challenge.
 pub const CHALLENGE_MAGIC: [u8; 4] = *b"CWS1";
 /// Length of the challenge.
-pub const CHALLENGE_LEN: usize = 4 + 32;
+pub const CHALLENGE_LEN: usize = 4 + 32 + 32;
 /// Magic of the client's auth message.
 pub const CLIENT_AUTH_MAGIC: [u8; 4] = *b"CWC1";
 /// Length of the client's auth message.
@@ -99,15 +101,21 @@ fn id_at(msg: &[u8], at: usize) -> Option<AuthorId> {
     Some(AuthorId::from_bytes(bytes))
 }
 
-/// The server's challenge.
-pub(crate) fn challenge(server_nonce: &[u8; 32]) -> Vec<u8> {
+/// The server's challenge: its (claimed) id and a fresh nonce.
+pub(crate) fn challenge(server_id: &AuthorId, server_nonce: &[u8; 32]) -> Vec<u8> {
     let mut m = CHALLENGE_MAGIC.to_vec();
+    m.extend_from_slice(server_id.as_bytes());
     m.extend_from_slice(server_nonce);
     m
 }
 
-/// The server nonce in a challenge.
-pub(crate) fn read_challenge(msg: &[u8]) -> Result<[u8; 32]> {
+/// The server nonce in a challenge from the server pinned as `pinned`.
+///
+/// A challenge claiming another id is refused at once as
+/// [`is_wrong_server_key`]: nothing is signed for a server the client did
+/// not mean to reach. (A claim of the pinned id proves nothing yet; the
+/// server's auth message does.)
+pub(crate) fn read_challenge(msg: &[u8], pinned: &AuthorId) -> Result<[u8; 32]> {
     if msg.len() != CHALLENGE_LEN || msg[..4] != CHALLENGE_MAGIC {
         return Err(Error::Protocol {
             reason: format!(
@@ -116,8 +124,14 @@ pub(crate) fn read_challenge(msg: &[u8]) -> Result<[u8; 32]> {
             ),
         });
     }
+    let claimed = id_at(msg, 4).ok_or_else(|| unauth("challenge: no server id"))?;
+    if &claimed != pinned {
+        return Err(unauth(format!(
+            "{PIN_MISMATCH}: it says it is {claimed}, the URL pins {pinned}"
+        )));
+    }
     let mut n = [0u8; 32];
-    n.copy_from_slice(&msg[4..]);
+    n.copy_from_slice(&msg[36..]);
     Ok(n)
 }
 
@@ -286,8 +300,13 @@ mod tests {
     #[test]
     fn a_challenge_round_trips_and_anything_else_is_refused() {
         let n = [9u8; 32];
-        assert_eq!(read_challenge(&challenge(&n)).unwrap(), n);
-        assert!(read_challenge(b"HTTP/1.1 200 OK").is_err());
-        assert!(read_challenge(&challenge(&n)[..35]).is_err());
+        let me = Keypair::generate().author();
+        assert_eq!(read_challenge(&challenge(&me, &n), &me).unwrap(), n);
+        assert!(read_challenge(b"HTTP/1.1 200 OK", &me).is_err());
+        assert!(read_challenge(&challenge(&me, &n)[..CHALLENGE_LEN - 1], &me).is_err());
+        // Another server's challenge is refused as such, before signing.
+        let other = Keypair::generate().author();
+        let e = read_challenge(&challenge(&other, &n), &me).unwrap_err();
+        assert!(is_wrong_server_key(&e), "{e}");
     }
 }

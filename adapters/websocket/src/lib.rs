@@ -5,6 +5,8 @@ mod auth;
 mod io;
 mod server;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use auth::{
     CHALLENGE_LEN, CHALLENGE_MAGIC, CLIENT_AUTH_LEN, CLIENT_AUTH_MAGIC, CLIENT_CONTEXT,
@@ -14,4 +16,4 @@ pub use cairn_protocol::{
     AccessPolicy, Acl, ConnectionState, PeerId, Permission, StoreEvent, StoreProvider, Stores,
 };
 pub use server::{WsServer, WsServerOptions};
-pub use store::{WebSocketStore, WebSocketStoreOptions};
+pub use store::{WebSocketStore, WebSocketStoreOptions, WsClient};

@@ -124,7 +124,7 @@ struct Shared {
     cancel: CancellationToken,
     tracker: TaskTracker,
     handshakes: Arc<Semaphore>,
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -139,6 +139,7 @@ pub struct WsServer {
     addr: SocketAddr,
     tls: bool,
     grace: Duration,
+    connections: Arc<AtomicUsize>,
 }
 
 impl WsServer {
@@ -162,6 +163,7 @@ impl WsServer {
         let tracker = TaskTracker::new();
         let grace = opts.shutdown_grace;
         let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let connections = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             keypair: keypair.clone(),
             serve: ServeOptions {
@@ -176,7 +178,7 @@ impl WsServer {
             opts,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
-            connections: AtomicUsize::new(0),
+            connections: connections.clone(),
             per_ip: Mutex::new(HashMap::new()),
         });
         let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -189,6 +191,7 @@ impl WsServer {
             addr,
             tls: tls.is_some(),
             grace,
+            connections,
         })
     }
 
@@ -207,6 +210,11 @@ impl WsServer {
     /// The server's peer id (clients pin it).
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Connections open right now, handshakes included.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     /// Stop accepting, close every connection, and wait for their tasks,
@@ -371,7 +379,7 @@ async fn serve_ws<S: Io>(
         SessionPeer { peer, perm, hello },
         SessionConfig {
             transport: "websocket",
-            store,
+            store: Some(store),
             serve: s.serve.clone(),
             request_timeout: s.opts.write_timeout,
             delivered: None,
@@ -399,9 +407,9 @@ async fn handshake<S: Io>(
     deadline: Instant,
 ) -> Result<Option<Admitted<S>>> {
     let server_nonce = nonce()?;
-    send_raw(&mut ws, challenge(&server_nonce), deadline).await?;
-    let auth = recv_raw(&mut ws, deadline, "a peer's auth message").await?;
     let me = s.keypair.author();
+    send_raw(&mut ws, challenge(&me, &server_nonce), deadline).await?;
+    let auth = recv_raw(&mut ws, deadline, "a peer's auth message").await?;
     let (peer, client_nonce) = match verify_client_auth(&auth, &server_nonce, &me) {
         Ok(x) => x,
         Err(e) => {

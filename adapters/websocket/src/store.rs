@@ -184,7 +184,6 @@ pub(crate) struct WsDial {
     server_id: PeerId,
     keypair: Keypair,
     tls: Option<tokio_rustls::TlsConnector>,
-    cache: Arc<DynAppendOnlyStore>,
     opts: WebSocketStoreOptions,
 }
 
@@ -204,8 +203,10 @@ impl WsDial {
         )
         .await
         .map_err(crate::io::ws_err)?;
-        let server_nonce =
-            read_challenge(&recv_raw(&mut ws, deadline, "the server's challenge").await?)?;
+        let server_nonce = read_challenge(
+            &recv_raw(&mut ws, deadline, "the server's challenge").await?,
+            &self.server_id,
+        )?;
         let client_nonce = nonce()?;
         send_raw(
             &mut ws,
@@ -257,7 +258,7 @@ impl WsDial {
             },
             SessionConfig {
                 transport: "websocket",
-                store: self.cache.clone(),
+                store: None,
                 serve: ServeOptions::default(),
                 request_timeout: self.opts.request_timeout,
                 delivered: None,
@@ -409,7 +410,7 @@ impl WebSocketStore {
         } else {
             None
         };
-        let node = Node::new(cache.clone(), opts.verifier.clone());
+        let node = Node::new(cache, opts.verifier.clone());
         let up_opts = UpstreamOptions {
             backoff: Backoff {
                 min: opts.backoff_min,
@@ -423,7 +424,6 @@ impl WebSocketStore {
             server_id,
             keypair: keypair.clone(),
             tls,
-            cache,
             opts,
         };
         let up = Upstream::start(node.clone(), dial, up_opts);
@@ -490,5 +490,94 @@ impl WebSocketStore {
     /// Close the connection and stop reconnecting.
     pub async fn close(&self) {
         self.up.cancel();
+    }
+}
+
+/// One connection to one store on a server, no cache and no reconnection:
+/// every store method as a remote call through
+/// [`cairn_protocol::RemoteCalls`] (in scope with
+/// `use cairn_protocol::RemoteCalls`), plus live notifications. For a
+/// cached, reconnecting store use [`WebSocketStore`].
+#[derive(Debug)]
+pub struct WsClient {
+    link: WsLink,
+}
+
+impl WsClient {
+    /// Connect to `url` (pinning `server_id`) as `keypair` and greet it for
+    /// `store_id`, within `opts.connect_timeout`. `opts.tls` is used for a
+    /// `wss://` URL.
+    pub async fn connect(
+        url: &str,
+        server_id: PeerId,
+        keypair: &Keypair,
+        store_id: &StoreId,
+        opts: WebSocketStoreOptions,
+    ) -> Result<Self> {
+        let target = parse_url(url)?;
+        let tls = if target.tls {
+            let cfg = match &opts.tls {
+                Some(c) => c.clone(),
+                None => default_tls()?,
+            };
+            Some(tokio_rustls::TlsConnector::from(cfg))
+        } else {
+            None
+        };
+        let timeout = opts.connect_timeout;
+        let dial = WsDial {
+            target,
+            server_id,
+            keypair: keypair.clone(),
+            tls,
+            opts,
+        };
+        let link = tokio::time::timeout(timeout, dial.dial(store_id))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("WebSocket handshake with {url}"),
+                after: timeout,
+            })??;
+        Ok(WsClient { link })
+    }
+
+    /// The server's hello.
+    pub fn hello(&self) -> &cairn_protocol::Hello {
+        self.link.hello()
+    }
+
+    /// A live stream of the metadata of changes appended to the store from
+    /// now on; it yields an error and ends when the connection is lost.
+    pub async fn subscribe(&self) -> Result<cairn::ChangeStream> {
+        let sub = self.link.session.subscribe().await?;
+        let state = (Some(sub), std::collections::VecDeque::new());
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut sub, mut queue)| async move {
+                loop {
+                    if let Some(m) = queue.pop_front() {
+                        return Some((Ok(m), (sub, queue)));
+                    }
+                    let s = sub.as_mut()?;
+                    match s.recv().await {
+                        Some(Ok(metas)) => queue.extend(metas),
+                        Some(Err(e)) => return Some((Err(e), (None, queue))),
+                        None => return Some((Err(Error::Closed), (None, queue))),
+                    }
+                }
+            },
+        )))
+    }
+
+    /// Close the connection.
+    pub fn close(&self) {
+        self.link.close();
+    }
+}
+
+#[async_trait]
+impl Call for WsClient {
+    async fn call(&self, request: Request) -> Result<Response> {
+        self.link.call(request).await
     }
 }

@@ -179,8 +179,8 @@ impl StoreProvider for Stores {
 /// The policy is asked before the store is looked up, so a peer without
 /// access cannot learn which store ids exist: only a peer the policy knows
 /// (for some store) is told that a store id is not served
-/// ([`Error::NotFound`], say for a typo); anyone else is
-/// [`Error::Unauthorized`].
+/// ([`Error::NotFound`](cairn::Error::NotFound), say for a typo); anyone
+/// else is [`Error::Unauthorized`](cairn::Error::Unauthorized).
 ///
 /// ```
 /// use std::sync::Arc;

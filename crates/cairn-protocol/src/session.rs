@@ -1,22 +1,3 @@
-//! A session over one ordered message channel, both directions at once:
-//! for transports that carry byte strings rather than streams (a WebRTC
-//! data channel, a WebSocket).
-//!
-//! The transport authenticates the peer and exchanges `HELLO`s (its own
-//! handshake), then hands the channel to [`Session::start`]. From then on
-//! every frame shares the channel and the message type tells the halves
-//! apart: requests (`0x10..=0x1D`) go to this side's server half (answered
-//! from the session's store, under its [`Permission`] and
-//! [`ServeOptions`]), responses and `NOTIFY` to its client half (a
-//! [`Correlator`]).
-//!
-//! Everything the peer can make it hold is bounded: at most 64 of its
-//! requests are served at once (the read loop waits for a permit, which
-//! backpressures the channel), at most 8 of its subscriptions, and one of
-//! our subscriptions that falls 64 batches behind is ended with an error
-//! rather than queued without bound. Every request we send waits at most
-//! the request timeout (plus a second per MiB an append carries).
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,8 +45,10 @@ pub type Delivered = Arc<dyn Fn(&PeerId, &cairn::ChangeId) -> bool + Send + Sync
 pub struct SessionConfig {
     /// The transport's name, for errors (`"webrtc"`, `"websocket"`).
     pub transport: &'static str,
-    /// The store the peer's requests are answered from.
-    pub store: Arc<DynAppendOnlyStore>,
+    /// The store the peer's requests are answered from; `None` for a side
+    /// that only calls (every request from the peer is refused as
+    /// unauthorized).
+    pub store: Option<Arc<DynAppendOnlyStore>>,
     /// What every answered request is held to.
     pub serve: ServeOptions,
     /// How long a request we send waits for its answer (plus a second per
@@ -81,7 +64,7 @@ impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionConfig")
             .field("transport", &self.transport)
-            .field("store", &self.store.store_id())
+            .field("store", &self.store.as_ref().map(|s| s.store_id()))
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
@@ -99,9 +82,28 @@ pub struct SessionPeer {
     pub hello: Hello,
 }
 
-/// One authenticated, greeted session over an ordered message channel (see
-/// the [module docs](self)). Dropping every handle does not close it;
-/// [`close`](Session::close) does, and so does the channel ending.
+/// One authenticated, greeted session over an ordered message channel.
+/// Dropping every handle does not close it; [`close`](Session::close)
+/// does, and so does the channel ending.
+///
+/// A session over one ordered message channel, both directions at once:
+/// for transports that carry byte strings rather than streams (a WebRTC
+/// data channel, a WebSocket).
+///
+/// The transport authenticates the peer and exchanges `HELLO`s (its own
+/// handshake), then hands the channel to [`Session::start`]. From then on
+/// every frame shares the channel and the message type tells the halves
+/// apart: requests (`0x10..=0x1D`) go to this side's server half (answered
+/// from the session's store, under its [`Permission`] and
+/// [`ServeOptions`]), responses and `NOTIFY` to its client half (a
+/// [`Correlator`]).
+///
+/// Everything the peer can make it hold is bounded: at most 64 of its
+/// requests are served at once (the read loop waits for a permit, which
+/// backpressures the channel), at most 8 of its subscriptions, and one of
+/// our subscriptions that falls 64 batches behind is ended with an error
+/// rather than queued without bound. Every request we send waits at most
+/// the request timeout (plus a second per MiB an append carries).
 pub struct Session {
     out: mpsc::Sender<Vec<u8>>,
     corr: Mutex<Correlator<Waiter>>,
@@ -379,7 +381,7 @@ async fn read_loop(
                     tokio::spawn(async move {
                         serve(
                             &conn2,
-                            &*store,
+                            store.as_deref(),
                             &opts,
                             &subs,
                             id,
@@ -399,7 +401,7 @@ async fn read_loop(
                     let opts = cfg.serve.clone();
                     let subs = served_subs.clone();
                     tokio::spawn(async move {
-                        serve(&conn2, &*store, &opts, &subs, id, body, out_limit).await;
+                        serve(&conn2, store.as_deref(), &opts, &subs, id, body, out_limit).await;
                         drop(permit);
                     });
                 }
@@ -493,24 +495,30 @@ async fn read_loop(
 
 async fn serve(
     conn: &Arc<Session>,
-    store: &DynAppendOnlyStore,
+    store: Option<&DynAppendOnlyStore>,
     opts: &ServeOptions,
     subs: &Arc<Mutex<HashMap<u32, CancellationToken>>>,
     id: u32,
     body: Request,
     out_limit: u32,
 ) {
-    if !conn.peer.perm.allows(body.access()) {
-        warn!(peer = %conn.peer.peer, request = body.name(), "unauthorized request refused");
-        let resp = Response::Error(WireError::unauthorized(format!(
-            "peer {} may not {} store {}",
-            conn.peer.peer,
-            body.name(),
-            store.store_id()
-        )));
-        let _ = send_response(&conn.out, id, resp, out_limit).await;
-        return;
-    }
+    let store = match store {
+        Some(store) if conn.peer.perm.allows(body.access()) => store,
+        store => {
+            warn!(peer = %conn.peer.peer, request = body.name(), "unauthorized request refused");
+            let what = match store {
+                Some(s) => format!("store {}", s.store_id()),
+                None => "this side (it serves nothing)".into(),
+            };
+            let resp = Response::Error(WireError::unauthorized(format!(
+                "peer {} may not {} {what}",
+                conn.peer.peer,
+                body.name(),
+            )));
+            let _ = send_response(&conn.out, id, resp, out_limit).await;
+            return;
+        }
+    };
     match body {
         Request::Subscribe => {
             let mut stream = match store.subscribe().await {

@@ -1,13 +1,3 @@
-//! A store's connection to one server, whatever carries it: connect, catch
-//! up, follow, deliver the outbox; on loss, back off and connect again.
-//!
-//! A transport supplies a [`Dial`] (how to open one greeted connection, an
-//! [`UpLink`]); [`Upstream`] does the rest the same way for every
-//! transport, and is the [`Transport`] of the store's [`CacheFirst`]
-//! (`QuicStore` and `WebSocketStore` are thin wrappers around one).
-//!
-//! [`CacheFirst`]: crate::CacheFirst
-
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -110,7 +100,15 @@ pub struct UpstreamOptions {
     pub delivery_batch: usize,
 }
 
-/// A store's connection to one server (see the [module docs](self)).
+/// A store's connection to one server, whatever carries it: connect, catch
+/// up, follow, deliver the outbox; on loss, back off and connect again.
+///
+/// A transport supplies a [`Dial`] (how to open one greeted connection, an
+/// [`UpLink`]); [`Upstream`] does the rest the same way for every
+/// transport, and is the [`Transport`] of the store's [`CacheFirst`]
+/// (`QuicStore` and `WebSocketStore` are thin wrappers around one).
+///
+/// [`CacheFirst`]: crate::CacheFirst
 pub struct Upstream<D: Dial> {
     store_id: StoreId,
     node: Arc<Node>,
