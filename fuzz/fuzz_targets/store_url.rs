@@ -54,6 +54,14 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(printed, format!("quic://{host}/{store}"));
         }
+        (StoreUrl::WebSocket { tls, host, store, .. }, Err(e)) => {
+            assert!(
+                e.0.contains("missing ?peer="),
+                "{s:?} printed as {printed:?}: {e}"
+            );
+            let scheme = if *tls { "wss" } else { "ws" };
+            assert_eq!(printed, format!("{scheme}://{host}/{store}"));
+        }
         (StoreUrl::WebRtcRoom { signal, room, store, .. }, Ok(StoreUrl::WebRtcRoom { signal: s2, room: r2, store: st2, .. })) => {
             assert_eq!((signal, room, store), (&s2, &r2, &st2), "{s:?} printed as {printed:?}");
         }

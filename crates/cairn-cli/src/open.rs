@@ -1,7 +1,8 @@
 //! Opening stores named by URLs, for reading or writing, with the store id
 //! agreed between the URLs, the files and `--store-id`.
 //!
-//! quic:// stores are plain connections ([`cairn_quic::QuicClient`] behind
+//! quic://, ws:// and wss:// stores are plain connections
+//! ([`cairn_quic::QuicClient`] or [`cairn_websocket::WsClient`] behind
 //! [`cairn_protocol::RemoteStore`]): no cache, no reconnection, typed
 //! errors at once, every append delivered before it returns.
 
@@ -17,6 +18,7 @@ use cairn_protocol::{Call, DEFAULT_MAX_FRAME, Hello, RemoteStore, Request, Respo
 use cairn_quic::QuicClient;
 use cairn_redb::{RedbOptions, RedbStore};
 use cairn_webrtc::{Acl, WebRtcStore, WebRtcStoreOptions, WsSignaling};
+use cairn_websocket::{WebSocketStoreOptions, WsClient};
 use tokio::io::AsyncBufReadExt;
 
 use crate::error::{CliError, Context, Result, cause, fail, usage};
@@ -73,7 +75,7 @@ pub enum Access {
 enum Handle {
     Local,
     Redb(RedbStore),
-    Quic(Arc<Remote>),
+    Remote(Arc<Remote>),
     WebRtc(Arc<WebRtcStore>),
 }
 
@@ -95,26 +97,28 @@ impl Opened {
         }
     }
 
-    /// The server's hello, for a quic:// store.
+    /// The server's hello, for a quic://, ws:// or wss:// store.
     pub fn hello(&self) -> Option<&Hello> {
         match &self.handle {
-            Handle::Quic(r) => Some(r.client.hello()),
+            Handle::Remote(r) => Some(r.client.hello()),
             _ => None,
         }
     }
 
-    /// The plain QUIC client, for a quic:// store (subscriptions).
-    pub fn quic_client(&self) -> Option<&QuicClient> {
+    /// The plain connection, for a quic://, ws:// or wss:// store
+    /// (subscriptions).
+    pub fn remote(&self) -> Option<&Remote> {
         match &self.handle {
-            Handle::Quic(r) => Some(&r.client),
+            Handle::Remote(r) => Some(r),
             _ => None,
         }
     }
 
-    /// The server address and pinned peer, for a quic:// store.
-    pub fn quic_peer(&self) -> Option<(&str, AuthorId)> {
+    /// The server (`quic://HOST:PORT`, `ws://HOST:PORT`…) and its pinned
+    /// peer, for a remote store.
+    pub fn server_peer(&self) -> Option<(String, AuthorId)> {
         match &self.handle {
-            Handle::Quic(r) => Some((&r.host, r.peer)),
+            Handle::Remote(r) => Some((format!("{}://{}", r.client.scheme(), r.host), r.peer)),
             _ => None,
         }
     }
@@ -130,7 +134,7 @@ impl Opened {
     /// Make sure every change appended through this store reached its
     /// peers: for webrtc://, sync with every paired peer (appends are
     /// pushed at once, but a peer's failure is only logged there). A no-op
-    /// for the others (quic:// appends return once the server has them).
+    /// for the others (remote appends return once the server has them).
     pub async fn deliver(&self, timeout: Duration) -> Result<()> {
         if let Handle::WebRtc(w) = &self.handle {
             match tokio::time::timeout(timeout, w.sync()).await {
@@ -158,9 +162,14 @@ impl Opened {
         let Opened { store, handle, .. } = self;
         drop(store);
         match handle {
-            Handle::Quic(r) => {
+            Handle::Remote(r) => {
                 if let Ok(r) = Arc::try_unwrap(r) {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), r.client.close()).await;
+                    match r.client {
+                        Client::Quic(c) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+                        }
+                        Client::Ws { client, .. } => client.close(),
+                    }
                 }
             }
             Handle::WebRtc(w) => w.close().await,
@@ -169,12 +178,61 @@ impl Opened {
     }
 }
 
-/// A plain QUIC connection whose every request honours `--timeout`.
+/// One plain connection to a server.
+pub enum Client {
+    /// Over QUIC.
+    Quic(QuicClient),
+    /// Over WebSocket (plain or TLS).
+    Ws {
+        /// The connection.
+        client: WsClient,
+        /// `wss://` rather than `ws://`.
+        tls: bool,
+    },
+}
+
+impl Client {
+    /// The URL scheme: `quic`, `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Client::Quic(_) => "quic",
+            Client::Ws { tls: false, .. } => "ws",
+            Client::Ws { tls: true, .. } => "wss",
+        }
+    }
+
+    /// The server's hello.
+    pub fn hello(&self) -> &Hello {
+        match self {
+            Client::Quic(c) => c.hello(),
+            Client::Ws { client, .. } => client.hello(),
+        }
+    }
+
+    async fn call(&self, request: Request) -> cairn::Result<Response> {
+        match self {
+            Client::Quic(c) => c.call(request).await,
+            Client::Ws { client, .. } => client.call(request).await,
+        }
+    }
+}
+
+/// A plain connection whose every request honours `--timeout`.
 pub struct Remote {
-    client: QuicClient,
+    client: Client,
     host: String,
     peer: AuthorId,
     timeout: Duration,
+}
+
+impl Remote {
+    /// A live stream of what the server's store appends from now on.
+    pub async fn subscribe(&self) -> cairn::Result<cairn::ChangeStream> {
+        match &self.client {
+            Client::Quic(c) => c.subscribe().await,
+            Client::Ws { client, .. } => client.subscribe().await,
+        }
+    }
 }
 
 #[async_trait]
@@ -183,7 +241,7 @@ impl Call for Remote {
         match tokio::time::timeout(self.timeout, self.client.call(request)).await {
             Ok(r) => r,
             Err(_) => Err(Error::backend(
-                "quic",
+                self.client.scheme(),
                 true,
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -365,7 +423,37 @@ async fn open_one(url: StoreUrl, access: Access, id: &StoreId, net: &NetArgs) ->
             let store = RemoteStore::new("quic", id.clone(), remote.client.hello(), remote.clone());
             Ok(Opened {
                 store: Arc::new(store),
-                handle: Handle::Quic(remote),
+                handle: Handle::Remote(remote),
+                url,
+            })
+        }
+        StoreUrl::WebSocket {
+            tls,
+            host,
+            addr,
+            peer,
+            ca,
+            ..
+        } => {
+            let key = identity::load(&net.key_path())?;
+            let remote = Arc::new(
+                connect_ws(
+                    *tls,
+                    host,
+                    *addr,
+                    *peer,
+                    ca.as_deref(),
+                    &key,
+                    id,
+                    net.timeout(),
+                )
+                .await?,
+            );
+            let scheme = remote.client.scheme();
+            let store = RemoteStore::new(scheme, id.clone(), remote.client.hello(), remote.clone());
+            Ok(Opened {
+                store: Arc::new(store),
+                handle: Handle::Remote(remote),
                 url,
             })
         }
@@ -509,7 +597,7 @@ pub async fn connect(
     };
     match r {
         Ok(Ok(client)) => Ok(Remote {
-            client,
+            client: Client::Quic(client),
             host: host.to_owned(),
             peer,
             timeout,
@@ -519,6 +607,88 @@ pub async fn connect(
             "{url}: no answer from {addr} within {timeout:?} (--timeout): is a cairn server listening there, and is UDP let through?"
         ))),
     }
+}
+
+/// The certificates in the PEM file `path`, as the only roots a `wss://`
+/// connection trusts.
+fn tls_roots(url: &str, path: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let what = format!("{url}: ca={}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| CliError::new(format!("{what}: {e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| CliError::new(format!("{what}: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| CliError::new(format!("{what}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return fail(format!("{what}: no PEM certificate in the file"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::new(format!("{what}: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Connect to a WebSocket server: "nothing listening" at once from the
+/// TCP refusal, typed refusals at once, silence after `timeout`.
+#[allow(clippy::too_many_arguments)]
+pub async fn connect_ws(
+    tls: bool,
+    host: &str,
+    addr: SocketAddr,
+    peer: AuthorId,
+    ca: Option<&Path>,
+    key: &Keypair,
+    store: &StoreId,
+    timeout: Duration,
+) -> Result<Remote> {
+    let scheme = if tls { "wss" } else { "ws" };
+    let url = format!("{scheme}://{host}/{store}");
+    let opts = WebSocketStoreOptions {
+        tls: ca.map(|p| tls_roots(&url, p)).transpose()?,
+        connect_timeout: timeout,
+        ..WebSocketStoreOptions::default()
+    };
+    match WsClient::connect(&format!("{scheme}://{host}/"), peer, key, store, opts).await {
+        Ok(client) => Ok(Remote {
+            client: Client::Ws { client, tls },
+            host: host.to_owned(),
+            peer,
+            timeout,
+        }),
+        Err(Error::Timeout { .. }) => Err(CliError::transient(format!(
+            "{url}: no answer from {addr} within {timeout:?} (--timeout): is a cairn WebSocket server (cairn serve --ws) listening there?"
+        ))),
+        Err(e) if cairn_websocket::is_wrong_server_key(&e) => Err(CliError::new(format!(
+            "{url}: the server at {addr} is not peer {} (its key differs from the URL's ?peer=); check the URL",
+            peer.short()
+        ))),
+        Err(e) if is_refused(&e) => Err(CliError::transient(format!(
+            "{url}: nothing is listening on TCP {addr} (connection refused): is `cairn serve --ws` running there?"
+        ))),
+        Err(e) => Err(explain_connect(&url, addr, peer, key, e)),
+    }
+}
+
+fn is_refused(e: &Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded by the depth of the error chain.
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn explain_connect(

@@ -51,6 +51,10 @@ Store URLs:
   quic://HOST:PORT/STORE_ID?peer=PEER_ID
                     a store served by `cairn serve`; PEER_ID is the server's peer id,
                     which it prints at start (its key is pinned)
+  ws://HOST:PORT/STORE_ID?peer=PEER_ID, wss://HOST:PORT/STORE_ID?peer=PEER_ID[&ca=FILE]
+                    the same over WebSocket (`cairn serve --ws`), for networks that
+                    block UDP; wss:// is TLS, trusting the Mozilla roots, or only the
+                    PEM certificates in FILE with &ca=
   webrtc://HOST:PORT/ROOM/STORE_ID[?password=PW][&peers=N][&bind=IP]
                     the peers in ROOM (like ABC-DEF) of the signaling server that
                     `cairn signal` runs at HOST:PORT; waits for N peers (default 1)
@@ -86,6 +90,22 @@ pub enum StoreUrl {
         /// The server's peer id (pinned).
         peer: AuthorId,
     },
+    /// A remote store over WebSocket.
+    WebSocket {
+        /// `wss://` (TLS) rather than `ws://`.
+        tls: bool,
+        /// `HOST:PORT` as written.
+        host: String,
+        /// The resolved server address.
+        addr: SocketAddr,
+        /// The store on the server.
+        store: StoreId,
+        /// The server's peer id (pinned).
+        peer: AuthorId,
+        /// PEM file of the certificates to trust for `wss://` (`&ca=`),
+        /// instead of the Mozilla roots.
+        ca: Option<PathBuf>,
+    },
     /// The peers of a room on a signaling server.
     WebRtcRoom {
         /// `ws://HOST:PORT`.
@@ -118,6 +138,9 @@ impl std::fmt::Display for StoreUrl {
             StoreUrl::Memory => f.write_str("memory:"),
             StoreUrl::Redb(p) => write!(f, "redb:{}", p.display()),
             StoreUrl::Quic { host, store, .. } => write!(f, "quic://{host}/{store}"),
+            StoreUrl::WebSocket {
+                tls, host, store, ..
+            } => write!(f, "{}://{host}/{store}", if *tls { "wss" } else { "ws" }),
             StoreUrl::WebRtcRoom {
                 signal,
                 room,
@@ -216,6 +239,11 @@ impl StoreUrl {
         if let Some(rest) = s.strip_prefix("quic://") {
             return Self::parse_quic(s, rest, resolve);
         }
+        for (scheme, tls) in [("ws://", false), ("wss://", true)] {
+            if let Some(rest) = s.strip_prefix(scheme) {
+                return Self::parse_ws(s, rest, tls, resolve);
+            }
+        }
         if let Some(rest) = s.strip_prefix("webrtc://") {
             return Self::parse_room(s, rest, resolve);
         }
@@ -243,7 +271,7 @@ impl StoreUrl {
             return Ok(StoreUrl::Postgres(s.to_owned()));
         }
         usage(format!(
-            "{s}: unknown store URL (expected memory:, redb:PATH, quic://HOST:PORT/STORE_ID?peer=PEER_ID, postgres://USER@HOST/DB, webrtc://HOST:PORT/ROOM/STORE_ID, webrtc:offer or webrtc:answer)"
+            "{s}: unknown store URL (expected memory:, redb:PATH, quic://HOST:PORT/STORE_ID?peer=PEER_ID, ws[s]://HOST:PORT/STORE_ID?peer=PEER_ID, postgres://USER@HOST/DB, webrtc://HOST:PORT/ROOM/STORE_ID, webrtc:offer or webrtc:answer)"
         ))
     }
 
@@ -283,6 +311,51 @@ impl StoreUrl {
             addr,
             store,
             peer,
+        })
+    }
+
+    fn parse_ws(s: &str, rest: &str, tls: bool, resolve: Resolve<'_>) -> Result<StoreUrl> {
+        let scheme = if tls { "wss" } else { "ws" };
+        let (main, q) = rest.split_once('?').unwrap_or((rest, ""));
+        let Some((host, store)) = main.split_once('/') else {
+            return usage(format!(
+                "{s}: expected {scheme}://HOST:PORT/STORE_ID?peer=PEER_ID"
+            ));
+        };
+        let store = store_id(store).map_err(|e| UrlError(format!("{s}: {e}")))?;
+        let (mut peer, mut ca) = (None, None);
+        for (k, v) in query(q) {
+            match k {
+                "peer" => {
+                    peer = Some(
+                        v.parse::<AuthorId>()
+                            .map_err(|e| UrlError(format!("{s}: peer: {e}")))?,
+                    )
+                }
+                "ca" if tls && !v.is_empty() => ca = Some(PathBuf::from(v)),
+                "ca" if tls => return usage(format!("{s}: ca= needs a PEM file")),
+                "ca" => {
+                    return usage(format!("{s}: ca= is for wss:// (ws:// has no TLS)"));
+                }
+                _ => {
+                    let known = if tls { "peer, ca" } else { "peer" };
+                    return usage(format!("{s}: unknown parameter {k:?} (known: {known})"));
+                }
+            }
+        }
+        let Some(peer) = peer else {
+            return usage(format!(
+                "{s}: missing ?peer=PEER_ID (the server prints it at start)"
+            ));
+        };
+        let addr = resolve(s, host)?;
+        Ok(StoreUrl::WebSocket {
+            tls,
+            host: host.to_owned(),
+            addr,
+            store,
+            peer,
+            ca,
         })
     }
 
@@ -330,7 +403,9 @@ impl StoreUrl {
     /// The store id this URL names, if it names one.
     pub fn named_id(&self) -> Option<&StoreId> {
         match self {
-            StoreUrl::Quic { store, .. } | StoreUrl::WebRtcRoom { store, .. } => Some(store),
+            StoreUrl::Quic { store, .. }
+            | StoreUrl::WebSocket { store, .. }
+            | StoreUrl::WebRtcRoom { store, .. } => Some(store),
             _ => None,
         }
     }
@@ -390,6 +465,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match StoreUrl::parse(&format!(
+            "wss://localhost:443/acme/db?peer={peer}&ca=/tmp/ca.pem"
+        ))
+        .unwrap()
+        {
+            StoreUrl::WebSocket {
+                tls,
+                addr,
+                store,
+                ca,
+                ..
+            } => {
+                assert!(tls);
+                assert_eq!(addr.port(), 443);
+                assert_eq!(store.as_str(), "acme/db");
+                assert_eq!(ca.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ws = StoreUrl::parse(&format!("ws://127.0.0.1:8080/acme/db?peer={peer}")).unwrap();
+        assert_eq!(ws.to_string(), "ws://127.0.0.1:8080/acme/db");
+        assert_eq!(ws.named_id().map(|s| s.as_str()), Some("acme/db"));
         assert!(matches!(
             StoreUrl::parse("webrtc:offer").unwrap(),
             StoreUrl::WebRtcManual { offer: true, .. }
@@ -403,6 +500,11 @@ mod tests {
             &format!("quic://127.0.0.1:1/x?peer={peer}&cache=c.redb"),
             "ftp://x",
             "quic://nohost",
+            "ws://127.0.0.1:1/x",
+            &format!("ws://127.0.0.1:1?peer={peer}"),
+            &format!("ws://127.0.0.1:1/x?peer={peer}&ca=c.pem"),
+            &format!("wss://127.0.0.1:1/x?peer={peer}&ca="),
+            &format!("wss://127.0.0.1:1/x?peer={peer}&cert=c.pem"),
             "webrtc:maybe",
             "webrtc://127.0.0.1:1/NOTAROOM!/x",
         ] {

@@ -1,5 +1,5 @@
-//! `cairn serve`: stores over QUIC (and in WebRTC rooms), from flags or a
-//! `cairn.toml`.
+//! `cairn serve`: stores over QUIC (and WebSocket, and in WebRTC rooms),
+//! from flags or a `cairn.toml`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use cairn::{AppendOnlyStore, AuthorId, DynAppendOnlyStore, StoreId};
 use cairn_quic::{Acl, Permission, QuicServer, ServerOptions, Stores};
 use cairn_redb::{RedbOptions, RedbStore};
 use cairn_webrtc::{WebRtcStore, WebRtcStoreOptions, WsSignaling};
+use cairn_websocket::{WsServer, WsServerOptions};
 use serde::Deserialize;
 
 use crate::error::{CliError, Context, Exit, Result, fail, usage};
@@ -25,9 +26,11 @@ use crate::{note, outln};
   cairn serve --listen 0.0.0.0:4433 --store redb:a.redb --store redb:b.redb --allow-read 9e0d…
   cairn serve --config /etc/cairn/cairn.toml          # stores, ACLs, limits: see docs/cli.md
   cairn serve --ephemeral --listen 127.0.0.1:0        # a test server for `cairn conformance`
+  cairn serve --store redb:a.redb --allow 5f1c… --ws 0.0.0.0:443 --ws-cert c.pem --ws-key k.pem
+                                                      # QUIC and WebSocket (TLS), same stores and ACLs
 
 Prints `listening on …` and one quic:// URL per store on stderr (the URLs also on
-stdout). The host key is its own identity (--key, $CAIRN_SERVER_KEY or
+stdout), and with --ws one ws:// or wss:// URL per store after them. The host key is its own identity (--key, $CAIRN_SERVER_KEY or
 ~/.config/cairn/server-identity, created on first start), not yours. Stops cleanly on
 SIGTERM or Ctrl-C: requests in flight finish, files are closed.")]
 pub struct Args {
@@ -50,6 +53,17 @@ pub struct Args {
     /// [default: 127.0.0.1:4433].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// Also serve every store over WebSocket on this address (HOST:PORT),
+    /// with the same ACLs and limits: for clients whose network blocks UDP.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ws: Option<String>,
+    /// PEM certificate chain for `--ws`, to serve wss:// (TLS); without it
+    /// --ws serves plain ws:// (loopback, or behind a TLS-terminating proxy).
+    #[arg(long, value_name = "FILE", requires = "ws_key")]
+    pub ws_cert: Option<PathBuf>,
+    /// PEM private key for `--ws-cert`.
+    #[arg(long, value_name = "FILE", requires = "ws_cert")]
+    pub ws_key: Option<PathBuf>,
     /// Peer id allowed to read and write every served store (repeatable).
     #[arg(long = "allow", value_name = "PEER_ID")]
     pub allow: Vec<AuthorId>,
@@ -75,6 +89,12 @@ pub struct Args {
 pub struct Config {
     /// HOST:PORT.
     pub listen: Option<String>,
+    /// HOST:PORT to also serve over WebSocket.
+    pub ws_listen: Option<String>,
+    /// PEM certificate chain for wss:// (relative to the config file).
+    pub ws_cert: Option<PathBuf>,
+    /// PEM private key for `ws_cert`.
+    pub ws_key: Option<PathBuf>,
     /// Host key file.
     pub key: Option<PathBuf>,
     /// Create missing redb files.
@@ -153,12 +173,17 @@ fn peer(s: &str, what: &str) -> Result<AuthorId> {
 
 /// Resolve `HOST:PORT` (host names too) to the first address.
 pub async fn resolve_listen(s: &str) -> Result<SocketAddr> {
+    resolve_flag("--listen", s).await
+}
+
+/// Resolve the `HOST:PORT` of `flag` to the first address.
+async fn resolve_flag(flag: &str, s: &str) -> Result<SocketAddr> {
     let mut addrs = tokio::net::lookup_host(s)
         .await
-        .map_err(|e| CliError::usage(format!("--listen {s}: {}", crate::error::io_cause(&e))))?;
+        .map_err(|e| CliError::usage(format!("{flag} {s}: {}", crate::error::io_cause(&e))))?;
     match addrs.next() {
         Some(a) => Ok(a),
-        None => usage(format!("--listen {s}: resolves to no address")),
+        None => usage(format!("{flag} {s}: resolves to no address")),
     }
 }
 
@@ -199,6 +224,8 @@ fn load_config(path: &Path) -> Result<Config> {
 
 struct Plan {
     listen: String,
+    ws: Option<String>,
+    ws_tls: Option<(PathBuf, PathBuf)>,
     key: PathBuf,
     specs: Vec<Spec>,
     open: bool,
@@ -230,6 +257,8 @@ fn plan(a: &Args) -> Result<Plan> {
         }
         return Ok(Plan {
             listen: a.listen.clone().unwrap_or_else(|| "127.0.0.1:4433".into()),
+            ws: a.ws.clone(),
+            ws_tls: a.ws_cert.clone().zip(a.ws_key.clone()),
             key: a.key.clone().unwrap_or_else(default_key),
             specs,
             open: a.open,
@@ -292,12 +321,22 @@ fn plan(a: &Args) -> Result<Plan> {
     if let Some(v) = l.shutdown_grace_secs {
         opts.shutdown_grace = Duration::from_secs(v);
     }
+    let ws_tls = match (
+        a.ws_cert.clone().or(cfg.ws_cert.as_deref().map(rel)),
+        a.ws_key.clone().or(cfg.ws_key.as_deref().map(rel)),
+    ) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return usage(format!("{what}: ws_cert and ws_key go together")),
+    };
     Ok(Plan {
         listen: a
             .listen
             .clone()
             .or(cfg.listen.clone())
             .unwrap_or_else(|| "127.0.0.1:4433".into()),
+        ws: a.ws.clone().or(cfg.ws_listen.clone()),
+        ws_tls,
         key: a
             .key
             .clone()
@@ -421,7 +460,7 @@ pub async fn run(a: Args) -> Result<Exit> {
             &key,
             Arc::new(PerPeerMemory::default()),
             Arc::new(Acl::open()),
-            p.opts,
+            p.opts.clone(),
         )
         .ctx(format!("cannot listen on {addr}"))?;
         let a = server.local_addr();
@@ -432,7 +471,29 @@ pub async fn run(a: Args) -> Result<Exit> {
         let url = format!("quic://{a}/any?peer={}", server.peer_id());
         eprintln!("  {url}");
         outln!("{url}");
-        return stop_on_signal(stop, server, Vec::new()).await;
+        let ws = match &p.ws {
+            Some(w) => {
+                let ws = bind_ws(
+                    w,
+                    p.ws_tls.as_ref(),
+                    &key,
+                    Arc::new(PerPeerMemory::default()),
+                    Arc::new(Acl::open()),
+                    &p.opts,
+                )
+                .await?;
+                let url = format!(
+                    "{}/any?peer={}",
+                    ws_base(&ws, p.ws_tls.is_some()),
+                    ws.peer_id()
+                );
+                eprintln!("  {url}");
+                outln!("{url}");
+                Some(ws)
+            }
+            None => None,
+        };
+        return stop_on_signal(stop, server, ws, Vec::new()).await;
     }
     let provider = Stores::new();
     let mut acl = if p.open { Acl::open() } else { Acl::new() };
@@ -474,7 +535,22 @@ pub async fn run(a: Args) -> Result<Exit> {
         note!("warning: no --allow, --allow-read or --open: every peer will be refused");
     }
     let acl = Arc::new(acl);
-    let server = QuicServer::bind(addr, &key, Arc::new(provider), acl.clone(), p.opts)
+    let provider = Arc::new(provider);
+    let ws = match &p.ws {
+        Some(w) => Some(
+            bind_ws(
+                w,
+                p.ws_tls.as_ref(),
+                &key,
+                provider.clone(),
+                acl.clone(),
+                &p.opts,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let server = QuicServer::bind(addr, &key, provider, acl.clone(), p.opts)
         .ctx(format!("cannot listen on {addr}"))?;
     let local = server.local_addr();
     eprintln!("listening on {local} as peer {}", server.peer_id());
@@ -493,7 +569,85 @@ pub async fn run(a: Args) -> Result<Exit> {
             rooms.push(join_room(w, id, store.clone(), &key, acl.clone()).await?);
         }
     }
-    stop_on_signal(stop, server, rooms).await
+    if let Some(ws) = &ws {
+        let base = ws_base(ws, p.ws_tls.is_some());
+        eprintln!(
+            "listening on {} (WebSocket{}) as peer {}",
+            ws.local_addr(),
+            if p.ws_tls.is_some() { ", TLS" } else { "" },
+            ws.peer_id()
+        );
+        for (id, _, _) in &served {
+            let url = format!("{base}/{id}?peer={}", ws.peer_id());
+            eprintln!("  {id}: {url}");
+            outln!("{url}");
+        }
+    }
+    stop_on_signal(stop, server, ws, rooms).await
+}
+
+/// `ws://ADDR` or `wss://ADDR` of a bound server.
+fn ws_base(ws: &WsServer, tls: bool) -> String {
+    format!("{}://{}", if tls { "wss" } else { "ws" }, ws.local_addr())
+}
+
+/// The TLS config of a wss:// listener, from PEM files.
+fn ws_tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| CliError::usage(format!("--ws-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return usage(format!(
+            "--ws-cert {}: no PEM certificate in the file",
+            cert.display()
+        ));
+    }
+    let k = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| CliError::usage(format!("--ws-key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::new(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, k)
+        .map_err(|e| {
+            CliError::usage(format!(
+                "--ws-cert {} with --ws-key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    Ok(Arc::new(cfg))
+}
+
+/// Bind the WebSocket listener with the QUIC server's stores, ACLs and
+/// limits.
+async fn bind_ws(
+    listen: &str,
+    tls: Option<&(PathBuf, PathBuf)>,
+    key: &cairn::Keypair,
+    stores: Arc<dyn cairn_quic::StoreProvider>,
+    acl: Arc<Acl>,
+    q: &ServerOptions,
+) -> Result<WsServer> {
+    let addr = resolve_flag("--ws", listen).await?;
+    let opts = WsServerOptions {
+        tls: tls.map(|(c, k)| ws_tls_config(c, k)).transpose()?,
+        max_connections: q.max_connections,
+        max_connections_per_ip: q.max_connections_per_ip,
+        max_frame: q.max_frame,
+        max_message: q.max_message,
+        shutdown_grace: q.shutdown_grace,
+        verifier: q.verifier.clone(),
+        response: q.response,
+        admission: q.admission,
+        ..WsServerOptions::default()
+    };
+    WsServer::bind(addr, key, stores, acl, opts)
+        .await
+        .ctx(format!("--ws: cannot listen on {addr}"))
 }
 
 async fn join_room(
@@ -538,6 +692,7 @@ async fn join_room(
 async fn stop_on_signal(
     stop: impl std::future::Future<Output = &'static str>,
     server: QuicServer,
+    ws: Option<WsServer>,
     rooms: Vec<WebRtcStore>,
 ) -> Result<Exit> {
     let sig = stop.await;
@@ -546,6 +701,9 @@ async fn stop_on_signal(
         r.close().await;
     }
     drop(rooms);
+    if let Some(ws) = ws {
+        ws.shutdown().await;
+    }
     server.shutdown().await;
     note!("stopped");
     Ok(Exit::Ok)

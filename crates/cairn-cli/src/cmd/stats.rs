@@ -34,8 +34,8 @@ pub struct Args {
 
 /// Where a store lives, in words.
 pub fn location(s: &Opened) -> String {
-    if let Some((host, peer)) = s.quic_peer() {
-        return format!("remote: quic://{host}, server peer {peer}");
+    if let Some((server, peer)) = s.server_peer() {
+        return format!("remote: {server}, server peer {peer}");
     }
     if let Some(w) = s.webrtc() {
         return format!("remote: {} paired WebRTC peer(s)", w.peers().borrow().len());

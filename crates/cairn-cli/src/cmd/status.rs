@@ -62,7 +62,7 @@ pub async fn run(a: Args) -> Result<Exit> {
             "url": s.url.to_string(),
             "store": s.store.store_id().as_str(),
             "location": location(&s),
-            "server_peer": s.quic_peer().map(|(_, p)| p.to_hex()),
+            "server_peer": s.server_peer().map(|(_, p)| p.to_hex()),
             "head": head_json(&head),
             "capabilities": caps_json(&caps),
             "protocol": hello,

@@ -49,7 +49,7 @@ pub struct Args {
 const RECENT: u64 = 4096;
 
 async fn subscribe(s: &Opened) -> Result<ChangeStream> {
-    match s.quic_client() {
+    match s.remote() {
         Some(c) => c.subscribe().await.ctx(&s.url),
         None => s.store.subscribe().await.ctx(&s.url),
     }
@@ -60,7 +60,7 @@ pub async fn run(a: Args) -> Result<Exit> {
     let url = super::url(&a.url)?;
     if matches!(url, StoreUrl::Memory | StoreUrl::Redb(_)) {
         return usage(format!(
-            "{url}: nothing else can append to it while watch holds it; watch the server that serves it (quic://…) instead"
+            "{url}: nothing else can append to it while watch holds it; watch the server that serves it (quic://… or ws://…) instead"
         ));
     }
     let s = open_single(url, Access::Read, a.sid.store_id.as_ref(), &a.net).await?;
