@@ -32,6 +32,7 @@ const NEEDED: &[(&str, &str)] = &[
     ("npm", "npm"),
     ("unshare", "util-linux"),
     ("ip", "iproute2"),
+    ("nft", "nftables"),
 ];
 
 fn main() -> ExitCode {

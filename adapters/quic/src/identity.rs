@@ -224,6 +224,20 @@ pub(crate) fn transport(max_concurrent: u32, keep_alive: bool) -> Arc<quinn::Tra
     Arc::new(t)
 }
 
+/// A client's transport settings with an idle timeout of `idle` (at least
+/// 1 s); keep-alives every third of it, at most every 5 s.
+pub(crate) fn client_transport(idle: std::time::Duration) -> Arc<quinn::TransportConfig> {
+    let idle = idle.max(std::time::Duration::from_secs(1));
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .keep_alive_interval(Some((idle / 3).min(std::time::Duration::from_secs(5))));
+    if let Ok(i) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(i));
+    }
+    Arc::new(t)
+}
+
 /// The quinn server configuration for `keypair` (any client key is accepted
 /// at the TLS level; authorise after the handshake), allowing
 /// `max_concurrent` bidirectional streams per connection.

@@ -40,6 +40,11 @@ pub struct QuicStoreOptions {
     /// per MiB an append carries): a server that stops answering never
     /// stalls the outbox or a read for good.
     pub request_timeout: Duration,
+    /// The connection is taken for lost after this long without a packet
+    /// from the server (default 30 s, QUIC's idle timeout; keep-alives go
+    /// out every third of it, at most every 5 s). Lower it to notice a dead
+    /// path sooner, say to fail over to another route.
+    pub idle_timeout: Duration,
 }
 
 impl Default for QuicStoreOptions {
@@ -52,6 +57,7 @@ impl Default for QuicStoreOptions {
             verifier: Arc::new(AcceptAll),
             delivery_batch: 1000,
             request_timeout: crate::link::DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -180,7 +186,8 @@ impl QuicStore {
                 format!("cannot bind a UDP socket on {bind}: {e}"),
             ))
         })?;
-        let client_config = client_config(keypair, server_id)?;
+        let mut client_config = client_config(keypair, server_id)?;
+        client_config.transport_config(crate::identity::client_transport(opts.idle_timeout));
         let node = Node::new(cache, opts.verifier.clone());
         let dial = QuicDial {
             endpoint,

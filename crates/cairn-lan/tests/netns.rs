@@ -8,9 +8,10 @@
 //! test ends, passed or failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,84 +19,9 @@ use cairn::{AppendOnlyStore, ChangeBuilder, ChangeKind, DocId, Error, Keypair, S
 use cairn_lan::{Announcement, Lan};
 use cairn_memory::MemoryStore;
 use cairn_quic::{Acl, Permission, QuicServer, QuicStore, QuicStoreOptions, ServerOptions, Stores};
+use netns::{Link, in_ns};
 
 const T: Duration = Duration::from_secs(20);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("this test needs `ip` (Debian package iproute2): {e}"));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop.
-struct Link {
-    a: String,
-    b: String,
-}
-
-impl Link {
-    fn new(tag: &str) -> Link {
-        let euid = Command::new("id").arg("-u").output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&euid.stdout).trim(),
-            "0",
-            "this test builds network namespaces and needs root (run it as `cargo xtask test` does in CI)"
-        );
-        let pid = std::process::id();
-        let link = Link {
-            a: format!("cl{tag}a{pid}"),
-            b: format!("cl{tag}b{pid}"),
-        };
-        for ns in [&link.a, &link.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&[
-            "-n", &link.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-            &link.b,
-        ]);
-        for (ns, addr) in [(&link.a, "192.0.2.1/24"), (&link.b, "192.0.2.2/24")] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
-            ip(&["-n", ns, "link", "set", "eth0", "multicast", "on", "up"]);
-        }
-        link
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Run `f` on a new thread inside namespace `ns`, with its own runtime;
-/// every socket it (and any thread it starts) opens is in `ns`.
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
-}
 
 fn sid() -> StoreId {
     StoreId::new("family/photos").unwrap()

@@ -1,0 +1,188 @@
+//! The Connector across a real link: a relay in one network namespace
+//! (QUIC and WebSocket on 192.0.2.1, announcing itself by mDNS), the client
+//! in another, joined by a veth pair; nftables in the client's namespace
+//! drops its UDP (a network that blocks UDP), and the test watches the
+//! client land on WebSocket, upgrade to the LAN path when UDP comes back,
+//! and fall back again when it goes.
+//!
+//! Needs root, `ip` and `nft`, as `cargo xtask test` in CI has; fails
+//! naming what is missing otherwise. The namespaces (and the rules in
+//! them) are deleted when the test ends, passed or failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../../cairn-lan/tests/support/netns.rs"]
+mod netns;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::{AppendOnlyStore, Change, ChangeBuilder, ChangeKind, DocId, Keypair, StoreId};
+use cairn_connect::{Connector, ConnectorOptions, PathKind, PathState, Route};
+use cairn_lan::{Announcement, Lan};
+use cairn_memory::MemoryStore;
+use cairn_quic::{Acl, Permission, QuicServer, ServerOptions, Stores};
+use cairn_websocket::{WsServer, WsServerOptions};
+use netns::{Link, block_udp, in_ns, unblock_udp};
+
+const T: Duration = Duration::from_secs(30);
+
+fn sid() -> StoreId {
+    StoreId::new("team/notes").unwrap()
+}
+
+fn change(kp: &Keypair, n: usize) -> Change {
+    ChangeBuilder::new(ChangeKind::Create, DocId::new(format!("n{n}")).unwrap())
+        .payload(vec![n as u8; 32])
+        .sign(kp)
+        .unwrap()
+}
+
+/// Wait until the connector's path is `kind` (bounded by T); returns the
+/// state's words.
+async fn path_becomes(c: &Connector, kind: PathKind) -> String {
+    let mut rx = c.state();
+    let state = tokio::time::timeout(T, rx.wait_for(|s| s.path() == Some(kind)))
+        .await
+        .unwrap_or_else(|_| panic!("never on {kind:?}: {}", *c.state().borrow()))
+        .unwrap()
+        .clone();
+    state.to_string()
+}
+
+/// Wait until `store` holds `seq` changes (bounded by T).
+async fn holds(store: &MemoryStore, seq: u64) {
+    let until = tokio::time::Instant::now() + T;
+    // Bounded by `until`; polls a store shared with the relay's thread.
+    while store.head().await.unwrap().seq < seq {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the relay never held {seq} changes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn blocked_udp_lands_on_websocket_and_upgrades_when_it_returns() {
+    let link = Link::new("c");
+    let relay_key = Keypair::generate();
+    let me = Keypair::generate();
+    let (relay_peer, my_peer) = (relay_key.author(), me.author());
+    // The relay's store: plain memory, shared with the client side's checks.
+    let relay_store = Arc::new(MemoryStore::new(sid()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u16, u16)>();
+    let rs = relay_store.clone();
+    let relay = in_ns(&link.a, move || {
+        Box::pin(async move {
+            rs.append((0..5).map(|i| change(&relay_key, i)).collect())
+                .await
+                .unwrap();
+            let stores = Arc::new(Stores::new().with(rs));
+            let acl = Arc::new(Acl::new().allow(&sid(), my_peer, Permission::ReadWrite));
+            let quic = QuicServer::bind(
+                "192.0.2.1:0".parse().unwrap(),
+                &relay_key,
+                stores.clone(),
+                acl.clone(),
+                ServerOptions::default(),
+            )
+            .unwrap();
+            let ws = WsServer::bind(
+                "192.0.2.1:0".parse().unwrap(),
+                &relay_key,
+                stores,
+                acl,
+                WsServerOptions::default(),
+            )
+            .await
+            .unwrap();
+            let lan = Lan::new().unwrap();
+            let announced = lan
+                .announce(&Announcement::new(relay_peer, quic.local_addr().port()))
+                .unwrap();
+            ready_tx
+                .send((quic.local_addr().port(), ws.local_addr().port()))
+                .unwrap();
+            // Until the client side is done (bounded by its deadlines).
+            let _ = stop_rx.await;
+            drop(announced);
+            lan.shutdown();
+            ws.shutdown().await;
+            quic.shutdown().await;
+        })
+    });
+    let (quic_port, ws_port) = ready_rx.recv_timeout(T).expect("the relay started");
+    let client_ns = link.b.clone();
+    let rs = relay_store.clone();
+    let client = in_ns(&link.b, move || {
+        Box::pin(async move {
+            block_udp(&client_ns);
+            let cache = Arc::new(MemoryStore::new(sid()));
+            let routes = vec![
+                Route::Lan {
+                    lan: Arc::new(Lan::new().unwrap()),
+                    peer: relay_peer,
+                },
+                Route::Quic {
+                    addr: format!("192.0.2.1:{quic_port}").parse().unwrap(),
+                    peer: relay_peer,
+                },
+                Route::WebSocket {
+                    url: format!("ws://192.0.2.1:{ws_port}/"),
+                    peer: relay_peer,
+                },
+            ];
+            let opts = ConnectorOptions {
+                connect_timeout: Duration::from_secs(1),
+                lan_timeout: Duration::from_secs(1),
+                probe_every: Duration::from_millis(500),
+                failover_after: Duration::from_secs(1),
+                quic: cairn_quic::QuicStoreOptions {
+                    idle_timeout: Duration::from_secs(2),
+                    ..ConnectorOptions::default().quic
+                },
+                ..ConnectorOptions::default()
+            };
+            let c = Connector::new(cache.clone(), routes, &me, opts).unwrap();
+            // UDP blocked: neither mDNS nor QUIC gets out; WebSocket does.
+            assert_eq!(
+                path_becomes(&c, PathKind::WebSocket).await,
+                "relay (websocket)"
+            );
+            assert_eq!(
+                cache.head().await.unwrap().seq,
+                5,
+                "caught up over WebSocket"
+            );
+            c.append(vec![change(&me, 100)]).await.unwrap();
+            c.flush(T).await.unwrap();
+            holds(&rs, 6).await;
+            // UDP back: the connector finds the relay on the LAN and moves up.
+            unblock_udp(&client_ns);
+            assert_eq!(
+                path_becomes(&c, PathKind::Lan).await,
+                "connected to 1 device (LAN)"
+            );
+            c.append(vec![change(&me, 101)]).await.unwrap();
+            c.flush(T).await.unwrap();
+            holds(&rs, 7).await;
+            // UDP gone again: the LAN path is lost, and the connector falls
+            // back to WebSocket, delivering what was appended meanwhile.
+            block_udp(&client_ns);
+            c.append(vec![change(&me, 102)]).await.unwrap();
+            assert_eq!(
+                path_becomes(&c, PathKind::WebSocket).await,
+                "relay (websocket)"
+            );
+            holds(&rs, 8).await;
+            assert!(matches!(*c.state().borrow(), PathState::Connected { .. }));
+            c.close().await;
+            assert_eq!(c.path(), None);
+        })
+    });
+    let r = client.join();
+    let _ = stop_tx.send(());
+    relay.join().expect("the relay side");
+    r.expect("the client side");
+}
