@@ -1,5 +1,6 @@
-// A plain-JavaScript Cairn client over a WebRTC data channel, written from
-// docs/protocol.md, docs/format.md and the "WebRTC binding" section of
+// A plain-JavaScript Cairn client over a WebRTC data channel or a
+// WebSocket, written from docs/protocol.md (its "WebSocket" section
+// included), docs/format.md and the "WebRTC binding" section of
 // adapters/webrtc/README.md. It calls (sends requests); it does not serve.
 
 import { blake3 } from '@noble/hashes/blake3.js';
@@ -18,6 +19,9 @@ const ROOM_PROOF_LEN = 4 + 32;
 const ROOM_PROOF_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room password\0');
 const ROOM_SALT_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 room key\0');
 const JOIN_CONTEXT = new TextEncoder().encode('cairn-webrtc/1 signal join\0');
+const WS_CLIENT_CONTEXT = new TextEncoder().encode('cairn-websocket/1 client\0');
+const WS_SERVER_CONTEXT = new TextEncoder().encode('cairn-websocket/1 server\0');
+const CALL_TIMEOUT_MS = 30_000;
 
 export const T = {
   HELLO: 0x01, APPEND: 0x10, GET_CHANGES: 0x11, HEAD: 0x15, ALL_CHANGE_IDS: 0x18,
@@ -110,6 +114,13 @@ export function parseMeta(rec) {
   const id = blake3(rec);
   const sh = signingHash(rec.subarray(0, headerLen));
   return { id, signingHash: sh, kind, doc, deps, createdAt, author, keyId, payloadHash, payloadLen, signature, record: rec };
+}
+
+/** A change from its stored parts (metadata record, payload), checked. */
+export function changeFromParts(record, payload) {
+  const c = { meta: parseMeta(record), payload };
+  checkChange(c);
+  return c;
 }
 
 function checkChange(c) {
@@ -332,17 +343,22 @@ export class CairnChannel {
     }
     c.peerServes = (auth[36] & 1) === 1;
     const hello = await c.nextMessage();
+    if (hello.type === T.HELLO && roomKey && !c.proven) throw new Error(`peer ${hex(c.peer)} did not send its room password proof`);
+    c.takeHello(hello);
+    return c;
+  }
+
+  /** The peer's HELLO (or its refusal); then requests may go out. */
+  takeHello(hello) {
     if (hello.type === T.ERROR) throw new Error(`refused: ${JSON.stringify(parseError(hello.r))}`);
     if (hello.type !== T.HELLO) throw new Error(`expected HELLO, got ${hello.type}`);
-    if (roomKey && !c.proven) throw new Error(`peer ${hex(c.peer)} did not send its room password proof`);
     const r = hello.r;
     if (dec.decode(r.take(4)) !== 'CAIR' || r.u16() !== 2) throw new Error('bad hello: not protocol version 2');
     const sid = r.str16();
-    if (sid !== storeId) throw new Error(`store mismatch: ${sid}`);
+    if (sid !== this.storeId) throw new Error(`store mismatch: ${sid}`);
     r.u8(); r.u64(); r.u64();
-    c.peerMaxFrame = Math.max(4096, r.u32());
-    c.startRouting();
-    return c;
+    this.peerMaxFrame = Math.max(4096, r.u32());
+    this.startRouting();
   }
 
   constructor(channel, storeId) {
@@ -355,7 +371,14 @@ export class CairnChannel {
     this.nextId = 1;
     this.pending = new Map();
     this.ch.onmessage = (e) => this.onRaw(new Uint8Array(e.data));
-    this.ch.onclose = () => this.fail(new Error('channel closed'));
+    this.closed = false;
+    this.ch.onclose = () => {
+      this.closed = true;
+      this.fail(new Error('connection closed'));
+      if (this.waiting) { const w = this.waiting; this.waiting = null; w(); }
+    };
+    // A WebSocket has no bufferedamountlow event: poll its buffer instead.
+    this.polled = !('onbufferedamountlow' in channel);
     this.lowWaiters = [];
     this.ch.bufferedAmountLowThreshold = 1024 * 1024;
     this.ch.onbufferedamountlow = () => { const w = this.lowWaiters; this.lowWaiters = []; w.forEach((f) => f()); };
@@ -368,7 +391,10 @@ export class CairnChannel {
   }
 
   async nextRaw() {
-    while (!this.raw.length) await new Promise((res) => { this.waiting = res; });
+    while (!this.raw.length) {
+      if (this.closed) throw new Error('connection closed');
+      await new Promise((res) => { this.waiting = res; });
+    }
     return this.raw.shift();
   }
 
@@ -408,17 +434,35 @@ export class CairnChannel {
   /** Send a byte string in chunks, waiting while the channel's buffer is full. */
   async send(bytes) {
     for (let o = 0; o < bytes.length; o += CHUNK) {
-      while (this.ch.bufferedAmount > 8 * 1024 * 1024) await new Promise((res) => this.lowWaiters.push(res));
+      while (this.ch.bufferedAmount > 8 * 1024 * 1024) {
+        if (this.closed) throw new Error('connection closed');
+        await new Promise((res) => (this.polled ? setTimeout(res, 5) : this.lowWaiters.push(res)));
+      }
       this.ch.send(bytes.subarray(o, Math.min(o + CHUNK, bytes.length)));
     }
   }
 
+  /** One request; its answer, or an error after CALL_TIMEOUT_MS or on close. */
   async call(type, want, frames) {
+    if (this.closed) throw new Error('connection closed');
     const id = this.nextId++;
-    const p = new Promise((resolve, reject) => this.pending.set(id, { want, resolve, reject }));
-    for (const f of frames(id)) await this.send(f);
-    return p;
+    let timer;
+    const p = new Promise((resolve, reject) => {
+      this.pending.set(id, { want, resolve, reject });
+      timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`no answer within ${CALL_TIMEOUT_MS} ms`));
+      }, CALL_TIMEOUT_MS);
+    });
+    try {
+      for (const f of frames(id)) await this.send(f);
+      return await p;
+    } finally {
+      clearTimeout(timer);
+    }
   }
+
+  close() { this.ch.close(); }
 
   async allChangeIds() {
     const m = await this.call(T.ALL_CHANGE_IDS, T.IDS, (id) => [frame(T.ALL_CHANGE_IDS, 0, id, new Uint8Array(0))]);
@@ -508,4 +552,61 @@ export async function connectViaRoom({ signalUrl, room, password, secretKey, pub
   conn.pc = pc;
   conn.ws = ws;
   return conn;
+}
+
+// ---- WebSocket (docs/protocol.md, "WebSocket") ----
+
+const withTimeout = (p, ms, what) => Promise.race([
+  p,
+  new Promise((_, rej) => setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms)),
+]);
+
+/**
+ * Connect to a Cairn WebSocket server (`cairn serve --ws`) at `url` whose
+ * peer id is `serverId` (pinned), prove both keys (the server's challenge,
+ * our signed answer, its signed answer), exchange hellos, and return the
+ * open connection. Everything is bounded by `timeoutMs`.
+ */
+export async function connectWebSocket({ url, serverId, secretKey, publicKey, storeId, timeoutMs = 10_000 }) {
+  const ws = new WebSocket(url);
+  ws.binaryType = 'arraybuffer';
+  const c = new CairnChannel(ws, storeId);
+  const handshake = async () => {
+    await new Promise((res, rej) => {
+      ws.onopen = res;
+      ws.onerror = () => rej(new Error(`${url}: unreachable`));
+    });
+    const ch = await c.nextRaw();
+    if (ch.length !== 68 || !equal(ch.subarray(0, 4), enc.encode('CWS1'))) {
+      throw new Error(`${url}: expected the server's 68-byte challenge, got ${ch.length} bytes (is this a Cairn WebSocket server?)`);
+    }
+    if (!equal(ch.subarray(4, 36), serverId)) {
+      throw new Error(`${url}: the server's key is not the pinned peer id: it says it is ${hex(ch.subarray(4, 36))}`);
+    }
+    const serverNonce = ch.slice(36, 68);
+    const clientNonce = crypto.getRandomValues(new Uint8Array(32));
+    const sig = ed25519.sign(concat(WS_CLIENT_CONTEXT, serverNonce, clientNonce, serverId), secretKey);
+    c.sendRaw(concat(enc.encode('CWC1'), publicKey, clientNonce, sig));
+    const answer = await c.nextRaw();
+    if (answer.length !== 100 || !equal(answer.subarray(0, 4), enc.encode('CWS2'))) {
+      c.decoder.push(answer);
+      const m = c.decoder.pop();
+      if (m && m.type === T.ERROR) throw new Error(`${url}: refused: ${JSON.stringify(parseError(m.r))}`);
+      throw new Error(`${url}: the server did not authenticate`);
+    }
+    const proof = concat(WS_SERVER_CONTEXT, clientNonce, serverNonce, publicKey);
+    if (!equal(answer.subarray(4, 36), serverId) || !ed25519.verify(answer.subarray(36, 100), proof, serverId)) {
+      throw new Error(`${url}: the server's signature does not cover this connection`);
+    }
+    c.peer = serverId.slice();
+    c.sendRaw(helloFrame(storeId));
+    c.takeHello(await c.nextMessage());
+    return c;
+  };
+  try {
+    return await withTimeout(handshake(), timeoutMs, `${url}: handshake`);
+  } catch (e) {
+    ws.close();
+    throw e;
+  }
 }
