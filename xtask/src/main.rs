@@ -33,6 +33,7 @@ const NEEDED: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("ip", "iproute2"),
     ("nft", "nftables"),
+    ("turnserver", "coturn"),
 ];
 
 fn main() -> ExitCode {

@@ -52,6 +52,8 @@ pub(crate) struct Conn {
     session: Arc<Session>,
     /// The peer's roles (auth message).
     pub(crate) roles: u8,
+    /// The (local, remote) addresses ICE chose, if known.
+    pub(crate) path: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl std::ops::Deref for Conn {
@@ -236,8 +238,13 @@ impl Conn {
             delivered: cfg.delivered,
         };
         let peer = SessionPeer { peer, perm, hello };
+        let path = ch.path;
         let session = Session::start(ch.tx, ch.rx, dec, peer, session_cfg);
-        let conn = Arc::new(Conn { session, roles });
+        let conn = Arc::new(Conn {
+            session,
+            roles,
+            path,
+        });
         Ok(conn)
     }
 }
@@ -265,6 +272,7 @@ mod tests {
                 rx,
                 local_fp,
                 remote_fp,
+                path: None,
             },
             to_us,
             from_us,

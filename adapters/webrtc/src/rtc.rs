@@ -61,17 +61,78 @@ pub(crate) struct Channel {
     pub(crate) local_fp: Vec<u8>,
     /// SHA-256 of the peer's DTLS certificate (checked by DTLS against the SDP).
     pub(crate) remote_fp: Vec<u8>,
+    /// The (local, remote) addresses of the candidate pair ICE chose: where
+    /// our packets go when the channel opens.
+    pub(crate) path: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// A peer connection being set up.
+/// Most STUN servers asked per connection.
+const MAX_STUN_SERVERS: usize = 4;
+/// How long one STUN server has to answer (two requests).
+const STUN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Ask `server` which address `socket`'s packets come from (a STUN Binding
+/// request, RFC 8489, written and parsed with the `stun-types` crate): the
+/// NAT's mapping, which becomes a server-reflexive candidate. Two requests
+/// within `STUN_TIMEOUT`; datagrams that are not the answer are dropped
+/// (the socket is not in use yet).
+async fn stun_mapped(socket: &UdpSocket, server: SocketAddr) -> Result<SocketAddr> {
+    use stun_types::attribute::XorMappedAddress;
+    use stun_types::message::{BINDING, Message, MessageClass, MessageWriteVec};
+    use stun_types::prelude::*;
+    let req = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
+    let sent = Message::from_bytes(&req).map_err(|e| rtc_err("STUN request", e))?;
+    let trans = sent.transaction_id();
+    let deadline = tokio::time::Instant::now() + STUN_TIMEOUT;
+    let mut buf = vec![0u8; 2048];
+    for attempt in 0..2u32 {
+        socket.send_to(&req, server).await?;
+        let until = if attempt == 0 {
+            tokio::time::Instant::now() + STUN_TIMEOUT / 2
+        } else {
+            deadline
+        };
+        // Bounded by `until`: each turn waits for a datagram.
+        loop {
+            let Ok(r) = tokio::time::timeout_at(until, socket.recv_from(&mut buf)).await else {
+                break;
+            };
+            let (len, from) = r?;
+            if from != server {
+                continue;
+            }
+            let Ok(m) = Message::from_bytes(&buf[..len]) else {
+                continue;
+            };
+            if m.transaction_id() != trans || m.method() != BINDING {
+                continue;
+            }
+            if !m.has_class(MessageClass::Success) {
+                return Err(rtc_err("STUN answer", "the server refused the request"));
+            }
+            let a = m
+                .attribute::<XorMappedAddress>()
+                .map_err(|e| rtc_err("STUN answer", e))?;
+            return Ok(a.addr(trans));
+        }
+    }
+    Err(Error::Timeout {
+        what: format!("STUN server {server}"),
+        after: STUN_TIMEOUT,
+    })
+}
+
 pub(crate) struct Setup {
     rtc: Rtc,
     socket: UdpSocket,
 }
 
 impl Setup {
-    /// Bind a UDP socket on `ip` (port 0) and announce it as a host candidate.
-    pub(crate) async fn new(ip: IpAddr) -> Result<Self> {
+    /// Bind a UDP socket on `ip` (port 0) and announce it as a host
+    /// candidate, plus a server-reflexive candidate for each STUN server
+    /// that answers within `STUN_TIMEOUT` (see [`stun_mapped`]).
+    pub(crate) async fn new(ip: IpAddr, stun: &[SocketAddr]) -> Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = socket.local_addr()?;
         let mut rtc = Rtc::builder()
@@ -79,6 +140,23 @@ impl Setup {
             .build(Instant::now());
         let cand = Candidate::host(addr, "udp").map_err(|e| rtc_err("host candidate", e))?;
         rtc.add_local_candidate(cand);
+        let mut seen = Vec::new();
+        for server in stun.iter().take(MAX_STUN_SERVERS) {
+            match stun_mapped(&socket, *server).await {
+                Ok(mapped) if mapped != addr && !seen.contains(&mapped) => {
+                    seen.push(mapped);
+                    debug!(%server, %mapped, "server-reflexive candidate");
+                    match Candidate::server_reflexive(mapped, addr, "udp") {
+                        Ok(c) => {
+                            rtc.add_local_candidate(c);
+                        }
+                        Err(e) => debug!(error = %e, "server-reflexive candidate refused"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%server, error = %e, "STUN server did not answer"),
+            }
+        }
         Ok(Setup { rtc, socket })
     }
 
@@ -159,6 +237,7 @@ fn spawn_driver(
             channel: None,
             queue: VecDeque::new(),
             offset: 0,
+            last_path: None,
         };
         let r = d.run(open_timeout).await;
         if let Some(tx) = d.open_tx.take() {
@@ -183,6 +262,8 @@ struct Driver {
     channel: Option<ChannelId>,
     queue: VecDeque<Vec<u8>>,
     offset: usize,
+    /// (source, destination) of the last packet sent.
+    last_path: Option<(SocketAddr, SocketAddr)>,
 }
 
 enum Step {
@@ -353,6 +434,7 @@ impl Driver {
             match out {
                 Output::Timeout(t) => return Ok((Step::Continue, t)),
                 Output::Transmit(t) => {
+                    self.last_path = Some((t.source, t.destination));
                     if let Err(e) = self.socket.send_to(&t.contents, t.destination).await {
                         debug!(error = %e, to = %t.destination, "send failed");
                     }
@@ -392,6 +474,7 @@ impl Driver {
                         rx: in_rx,
                         local_fp,
                         remote_fp,
+                        path: self.last_path,
                     }));
                 }
                 Step::Continue
@@ -430,8 +513,8 @@ impl RawChannel {
     /// Open a channel between two new peer connections on `ip` (offer,
     /// answer, ICE, DTLS, SCTP), as the manual pairing does.
     pub async fn pair(ip: IpAddr, timeout: Duration) -> Result<(RawChannel, RawChannel)> {
-        let (offer, pending) = Setup::new(ip).await?.offer()?;
-        let (answer, b) = Setup::new(ip).await?.answer(&offer, timeout)?;
+        let (offer, pending) = Setup::new(ip, &[]).await?.offer()?;
+        let (answer, b) = Setup::new(ip, &[]).await?.answer(&offer, timeout)?;
         let a = pending.accept(&answer, timeout)?;
         let a = a.await.map_err(|_| Error::Closed)??;
         let b = b.await.map_err(|_| Error::Closed)??;
@@ -448,7 +531,7 @@ impl RawChannel {
         offer: &str,
         timeout: Duration,
     ) -> Result<(String, impl Future<Output = Result<RawChannel>> + use<>)> {
-        let (answer, rx) = Setup::new(ip).await?.answer(offer, timeout)?;
+        let (answer, rx) = Setup::new(ip, &[]).await?.answer(offer, timeout)?;
         Ok((answer, async move {
             let ch = rx.await.map_err(|_| Error::Closed)??;
             Ok(RawChannel { inner: ch })

@@ -2,7 +2,7 @@
 //! every peer it is paired with over WebRTC.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,13 @@ pub struct WebRtcStoreOptions {
     /// the host ICE candidate (default 127.0.0.1; use a LAN address to pair
     /// across machines).
     pub bind_ip: IpAddr,
+    /// STUN servers (`HOST:PORT`, UDP) to learn this side's public address
+    /// from, announced as a server-reflexive ICE candidate beside the host
+    /// one, so that peers behind NATs with endpoint-independent mapping
+    /// can connect directly (default none). Each is asked once per peer
+    /// connection, at most 1.5 s; one that does not answer is skipped. TURN
+    /// relays are not supported yet (see the crate README).
+    pub stun_servers: Vec<SocketAddr>,
     /// How long ICE, DTLS and SCTP may take to open the channel (default 20 s).
     pub open_timeout: Duration,
     /// How long authentication and hellos may take (default 10 s).
@@ -84,6 +91,7 @@ impl Default for WebRtcStoreOptions {
             max_frame: DEFAULT_MAX_FRAME,
             max_message: DEFAULT_MAX_MESSAGE,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
+            stun_servers: Vec::new(),
             open_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
@@ -297,17 +305,43 @@ impl WebRtcStore {
         self.inner.peers_tx.subscribe()
     }
 
+    /// The (local, remote) socket addresses of the ICE candidate pair in
+    /// use with `peer`, if paired: which path the connection took (a host
+    /// address on a LAN, a NAT's public address through STUN).
+    pub fn peer_path(&self, peer: &PeerId) -> Option<(SocketAddr, SocketAddr)> {
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .filter(|e| !e.conn.is_closed())
+            .and_then(|e| e.conn.path)
+    }
+
     /// Wait until at least one peer is paired.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
         self.wait_peers(1, timeout).await
     }
 
     /// Wait until at least `n` peers are paired.
+    ///
+    /// [`Error::Timeout`] naming the count when they do not pair in time,
+    /// [`Error::Closed`] when the store closes first.
     pub async fn wait_peers(&self, n: usize, timeout: Duration) -> Result<()> {
         let mut rx = self.peers();
-        match tokio::time::timeout(timeout, rx.wait_for(|p| p.len() >= n)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Closed),
+        let r = tokio::time::timeout(timeout, rx.wait_for(|p| p.len() >= n))
+            .await
+            .map(|r| r.is_ok());
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "{n} paired WebRTC peer(s) ({} now)",
+                    self.peers().borrow().len()
+                ),
+                after: timeout,
+            }),
         }
     }
 
@@ -321,7 +355,9 @@ impl WebRtcStore {
     /// Make an offer to pair by hand: give the string to the peer, feed its
     /// answer to [`ManualOffer::accept`].
     pub async fn offer(&self) -> Result<(String, ManualOffer)> {
-        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip).await?.offer()?;
+        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
+            .await?
+            .offer()?;
         Ok((
             encode_sdp(&sdp),
             ManualOffer {
@@ -336,7 +372,7 @@ impl WebRtcStore {
     /// completes in the background (watch [`peers`](Self::peers)).
     pub async fn answer(&self, offer: &str) -> Result<String> {
         let sdp = decode_sdp(offer)?;
-        let (answer, rx) = Setup::new(self.inner.opts.bind_ip)
+        let (answer, rx) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
             .await?
             .answer(&sdp, self.inner.opts.open_timeout)?;
         let inner = self.inner.clone();
