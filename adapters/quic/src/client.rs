@@ -54,22 +54,7 @@ impl QuicClient {
     /// when the connection is lost.
     pub async fn subscribe(&self) -> Result<ChangeStream> {
         let sub = self.link.subscribe().await?;
-        let state = (Some(sub), std::collections::VecDeque::new());
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |(mut sub, mut queue)| async move {
-                loop {
-                    if let Some(m) = queue.pop_front() {
-                        return Some((Ok(m), (sub, queue)));
-                    }
-                    let s = sub.as_mut()?;
-                    match s.next().await {
-                        Ok(metas) => queue.extend(metas),
-                        Err(e) => return Some((Err(e), (None, queue))),
-                    }
-                }
-            },
-        )))
+        Ok(cairn_protocol::notification_stream(sub))
     }
 
     /// Close the connection.

@@ -401,15 +401,7 @@ impl WebSocketStore {
         opts: WebSocketStoreOptions,
     ) -> Result<Self> {
         let target = parse_url(url)?;
-        let tls = if target.tls {
-            let cfg = match &opts.tls {
-                Some(c) => c.clone(),
-                None => default_tls()?,
-            };
-            Some(tokio_rustls::TlsConnector::from(cfg))
-        } else {
-            None
-        };
+        let tls = tls_connector(&target, &opts)?;
         let node = Node::new(cache, opts.verifier.clone());
         let up_opts = UpstreamOptions {
             backoff: Backoff {
@@ -503,6 +495,22 @@ pub struct WsClient {
     link: WsLink,
 }
 
+/// The TLS connector for a `wss://` target (`opts.tls`, or the Mozilla
+/// roots), none for `ws://`.
+fn tls_connector(
+    target: &Target,
+    opts: &WebSocketStoreOptions,
+) -> Result<Option<tokio_rustls::TlsConnector>> {
+    if !target.tls {
+        return Ok(None);
+    }
+    let cfg = match &opts.tls {
+        Some(c) => c.clone(),
+        None => default_tls()?,
+    };
+    Ok(Some(tokio_rustls::TlsConnector::from(cfg)))
+}
+
 impl WsClient {
     /// Connect to `url` (pinning `server_id`) as `keypair` and greet it for
     /// `store_id`, within `opts.connect_timeout`. `opts.tls` is used for a
@@ -515,15 +523,7 @@ impl WsClient {
         opts: WebSocketStoreOptions,
     ) -> Result<Self> {
         let target = parse_url(url)?;
-        let tls = if target.tls {
-            let cfg = match &opts.tls {
-                Some(c) => c.clone(),
-                None => default_tls()?,
-            };
-            Some(tokio_rustls::TlsConnector::from(cfg))
-        } else {
-            None
-        };
+        let tls = tls_connector(&target, &opts)?;
         let timeout = opts.connect_timeout;
         let dial = WsDial {
             target,
@@ -550,23 +550,7 @@ impl WsClient {
     /// now on; it yields an error and ends when the connection is lost.
     pub async fn subscribe(&self) -> Result<cairn::ChangeStream> {
         let sub = self.link.session.subscribe().await?;
-        let state = (Some(sub), std::collections::VecDeque::new());
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |(mut sub, mut queue)| async move {
-                loop {
-                    if let Some(m) = queue.pop_front() {
-                        return Some((Ok(m), (sub, queue)));
-                    }
-                    let s = sub.as_mut()?;
-                    match s.recv().await {
-                        Some(Ok(metas)) => queue.extend(metas),
-                        Some(Err(e)) => return Some((Err(e), (None, queue))),
-                        None => return Some((Err(Error::Closed), (None, queue))),
-                    }
-                }
-            },
-        )))
+        Ok(cairn_protocol::notification_stream(sub))
     }
 
     /// Close the connection.

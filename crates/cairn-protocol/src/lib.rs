@@ -41,7 +41,7 @@ pub use session::{
     Delivered, MAX_CONCURRENT, MAX_SERVED_SUBSCRIPTIONS, SEND_FRAME, Session, SessionConfig,
     SessionPeer, SubItem,
 };
-pub use upstream::{Dial, Notifications, UpLink, Upstream, UpstreamOptions};
+pub use upstream::{Dial, Notifications, UpLink, Upstream, UpstreamOptions, notification_stream};
 
 #[doc(hidden)]
 pub mod __private {

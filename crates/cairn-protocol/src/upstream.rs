@@ -32,6 +32,29 @@ impl Notifications for mpsc::Receiver<SubItem> {
     }
 }
 
+/// A subscription as a [`ChangeStream`](cairn::ChangeStream): one item per
+/// notified change, in order; an error, then the end, when the
+/// subscription or its connection ends.
+pub fn notification_stream<N: Notifications + 'static>(sub: N) -> cairn::ChangeStream {
+    let state = (Some(sub), std::collections::VecDeque::new());
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut sub, mut queue)| async move {
+            // Each turn yields a queued item or awaits one batch.
+            loop {
+                if let Some(m) = queue.pop_front() {
+                    return Some((Ok(m), (sub, queue)));
+                }
+                let s = sub.as_mut()?;
+                match s.next().await {
+                    Ok(metas) => queue.extend(metas),
+                    Err(e) => return Some((Err(e), (None, queue))),
+                }
+            }
+        },
+    ))
+}
+
 /// One established, greeted connection to a server, for one store.
 #[async_trait]
 pub trait UpLink: Call + Send + Sync + 'static {
