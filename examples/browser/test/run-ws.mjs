@@ -6,14 +6,13 @@
 // network namespace with only loopback (see crates/cairn-cli/tests/browser_ws.rs).
 
 import { spawn, spawnSync } from 'node:child_process';
-import { createServer } from 'node:http';
 import { mkdtempSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveFolder } from './serve-folder.mjs';
 import { ed25519 } from '@noble/curves/ed25519.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -39,17 +38,7 @@ function cairn(args, input) {
   return r.stdout.trim();
 }
 
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.json': 'application/json' };
-const http = createServer(async (req, res) => {
-  const p = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
-  const file = path.join(root, p);
-  if (!file.startsWith(root)) { res.writeHead(403).end(); return; }
-  try {
-    const body = await readFile(file);
-    res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
-  } catch { res.writeHead(404).end(); }
-});
-await new Promise((r) => http.listen(0, '127.0.0.1', r));
+const http = await serveFolder(root);
 const port = http.address().port;
 
 // The other device: the `cairn` command with its own identity.

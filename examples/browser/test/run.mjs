@@ -4,12 +4,11 @@
 // Run inside a network namespace with only loopback (see the Rust test).
 
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:http';
-import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveFolder } from './serve-folder.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const N = Number(process.env.CAIRN_BROWSER_N ?? 1000);
@@ -49,17 +48,7 @@ function start(name, bin, args) {
   return child;
 }
 
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.json': 'application/json' };
-const http = createServer(async (req, res) => {
-  const p = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
-  const file = path.join(root, p);
-  if (!file.startsWith(root)) { res.writeHead(403).end(); return; }
-  try {
-    const body = await readFile(file);
-    res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
-  } catch { res.writeHead(404).end(); }
-});
-await new Promise((r) => http.listen(0, '127.0.0.1', r));
+const http = await serveFolder(root);
 const port = http.address().port;
 
 const alphabet = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789';
