@@ -41,6 +41,7 @@ use cairn_memory::MemoryStore;
 use cairn_webrtc::{
     Acl, RoomCode, SignalingOptions, SignalingServer, WebRtcStore, WebRtcStoreOptions, WsSignaling,
 };
+use futures::StreamExt;
 use netns::{in_ns, ip, nft};
 
 const T: Duration = Duration::from_secs(30);
@@ -276,15 +277,16 @@ fn peer_side(
                 return Err(format!("no pairing: {e}"));
             }
             let until = tokio::time::Instant::now() + T;
-            // Bounded by `until`: the catch-up moves both sides' changes.
+            let mut sub = cache.subscribe().await.unwrap();
+            // Bounded by `until`: each turn waits for the catch-up to add
+            // a change (subscribed before the check, so none is missed).
             while cache.head().await.unwrap().seq < expect {
-                if tokio::time::Instant::now() > until {
+                if tokio::time::timeout_at(until, sub.next()).await.is_err() {
                     return Err(format!(
                         "holds {} of {expect}",
                         cache.head().await.unwrap().seq
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             store.close().await;
             path.ok_or_else(|| "paired, but no path recorded".to_owned())
