@@ -603,12 +603,7 @@ impl AppendOnlyStore for Connector {
             return up.store().append(changes).await;
         }
         // Offline: the policy, then the cache; the next catch-up pushes it.
-        for c in &changes {
-            if let Err(reason) = self.shared.opts.verifier.verify(&c.meta) {
-                cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
-                return Err(Error::Rejected { id: c.id(), reason });
-            }
-        }
+        cairn_protocol::check_local(&*self.shared.opts.verifier, &changes)?;
         self.shared.cache.append(changes).await
     }
 

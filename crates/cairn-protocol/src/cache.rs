@@ -188,13 +188,7 @@ impl Node {
     /// [`Error::Rejected`] and nothing is stored), then the cache, then
     /// the outbox. Never waits on a peer.
     pub async fn append_local(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        for c in &changes {
-            if let Err(reason) = self.verifier.verify(&c.meta) {
-                // Report what any store would first (limits, integrity).
-                cairn::prepare_batch(changes.clone(), &cairn::Limits::DEFAULT)?;
-                return Err(Error::Rejected { id: c.id(), reason });
-            }
-        }
+        check_local(&*self.verifier, &changes)?;
         let sizes: HashMap<ChangeId, u64> = changes
             .iter()
             .map(|c| (c.id(), c.payload.len() as u64))
@@ -455,6 +449,20 @@ pub struct CatchUp {
     /// sync a user asked for), instead of reporting it as an event and
     /// following the peer read-only (a session's catch-up).
     pub strict: bool,
+}
+
+/// The policy at a local append's door: `Ok` if `verifier` accepts every
+/// change, else [`Error::Rejected`] for the first it refuses — or, when the
+/// batch is also malformed or over a limit, that error, as any store would
+/// report it first. Nothing is stored either way.
+pub fn check_local(verifier: &dyn Verifier, changes: &[Change]) -> Result<()> {
+    for c in changes {
+        if let Err(reason) = verifier.verify(&c.meta) {
+            cairn::prepare_batch(changes.to_vec(), &cairn::Limits::DEFAULT)?;
+            return Err(Error::Rejected { id: c.id(), reason });
+        }
+    }
+    Ok(())
 }
 
 /// The parts of a [`CacheFirst`] store that depend on the transport.

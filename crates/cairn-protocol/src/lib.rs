@@ -17,7 +17,7 @@ mod upstream;
 mod wire;
 
 pub use admission::{Admission, AdmissionOptions, Rate, ResponseLimits};
-pub use cache::{Arrival, Backoff, CacheFirst, CatchUp, Node, StoreEvent, Transport};
+pub use cache::{Arrival, Backoff, CacheFirst, CatchUp, Node, StoreEvent, Transport, check_local};
 pub use client::{Call, Correlator, Incoming, RemoteCalls};
 pub use codec::{
     FLAG_CONT, FLAG_MORE, FLAG_SPLIT, FrameDecoder, FrameEncoder, HEADER_LEN, LEN_PREFIX,
