@@ -194,13 +194,13 @@ async fn webrtc(mib: usize, local: f64) {
         a_side.clone(),
         &Keypair::generate(),
         Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
+        WebRtcStoreOptions::loopback(),
     );
     let b = WebRtcStore::new(
         b_side.clone(),
         &Keypair::generate(),
         Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
+        WebRtcStoreOptions::loopback(),
     );
     let base = reset();
     let t = Instant::now();

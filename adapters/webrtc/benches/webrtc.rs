@@ -59,7 +59,7 @@ fn rtc_store(cache: Arc<MemoryStore>, key: &Keypair) -> WebRtcStore {
         cache,
         key,
         Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
+        WebRtcStoreOptions::loopback(),
     )
 }
 

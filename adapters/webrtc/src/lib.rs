@@ -3,6 +3,7 @@
 
 mod auth;
 mod conn;
+mod ice;
 mod room;
 mod rtc;
 mod server;
@@ -18,6 +19,7 @@ pub use cairn_protocol::{
     AccessPolicy, Acl, ConnectionState, PeerId, Permission, Refusal, StoreEvent, StoreProvider,
     Stores,
 };
+pub use ice::TurnServer;
 pub use rtc::{CHUNK, LABEL, RawChannel};
 pub use server::{SignalingOptions, SignalingServer};
 pub use signal::{

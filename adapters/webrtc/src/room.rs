@@ -210,7 +210,7 @@ impl<S: Signaling> Room<S> {
     }
 
     async fn answer(&mut self, from: PeerId, sdp: &str) -> Result<()> {
-        let (answer, rx) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
+        let (answer, rx) = Setup::new(&self.inner.opts.ice())
             .await?
             .answer(sdp, self.inner.opts.open_timeout)?;
         self.sig
@@ -305,9 +305,7 @@ impl<S: Signaling> Room<S> {
     }
 
     async fn offer(&mut self, to: PeerId) -> Result<()> {
-        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
-            .await?
-            .offer()?;
+        let (sdp, pending) = Setup::new(&self.inner.opts.ice()).await?.offer()?;
         self.sig.send(to, SignalMessage::Offer { sdp }).await?;
         let deadline = Instant::now() + self.inner.opts.handshake_timeout;
         self.pending.insert(to, (pending, deadline));

@@ -11,9 +11,10 @@ use cairn::{Error, Result};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
-use tokio::net::UdpSocket;
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::ice::{IceConfig, Inbound, Net};
 use tracing::{debug, trace, warn};
 
 /// Largest data channel message sent: browsers reject messages over
@@ -67,97 +68,23 @@ pub(crate) struct Channel {
 }
 
 /// A peer connection being set up.
-/// Most STUN servers asked per connection.
-const MAX_STUN_SERVERS: usize = 4;
-/// How long one STUN server has to answer (two requests).
-const STUN_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// Ask `server` which address `socket`'s packets come from (a STUN Binding
-/// request, RFC 8489, written and parsed with the `stun-types` crate): the
-/// NAT's mapping, which becomes a server-reflexive candidate. Two requests
-/// within `STUN_TIMEOUT`; datagrams that are not the answer are dropped
-/// (the socket is not in use yet).
-async fn stun_mapped(socket: &UdpSocket, server: SocketAddr) -> Result<SocketAddr> {
-    use stun_types::attribute::XorMappedAddress;
-    use stun_types::message::{BINDING, Message, MessageClass, MessageWriteVec};
-    use stun_types::prelude::*;
-    let req = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
-    let sent = Message::from_bytes(&req).map_err(|e| rtc_err("STUN request", e))?;
-    let trans = sent.transaction_id();
-    let deadline = tokio::time::Instant::now() + STUN_TIMEOUT;
-    let mut buf = vec![0u8; 2048];
-    for attempt in 0..2u32 {
-        socket.send_to(&req, server).await?;
-        let until = if attempt == 0 {
-            tokio::time::Instant::now() + STUN_TIMEOUT / 2
-        } else {
-            deadline
-        };
-        // Bounded by `until`: each turn waits for a datagram.
-        loop {
-            let Ok(r) = tokio::time::timeout_at(until, socket.recv_from(&mut buf)).await else {
-                break;
-            };
-            let (len, from) = r?;
-            if from != server {
-                continue;
-            }
-            let Ok(m) = Message::from_bytes(&buf[..len]) else {
-                continue;
-            };
-            if m.transaction_id() != trans || m.method() != BINDING {
-                continue;
-            }
-            if !m.has_class(MessageClass::Success) {
-                return Err(rtc_err("STUN answer", "the server refused the request"));
-            }
-            let a = m
-                .attribute::<XorMappedAddress>()
-                .map_err(|e| rtc_err("STUN answer", e))?;
-            return Ok(a.addr(trans));
-        }
-    }
-    Err(Error::Timeout {
-        what: format!("STUN server {server}"),
-        after: STUN_TIMEOUT,
-    })
-}
-
 pub(crate) struct Setup {
     rtc: Rtc,
-    socket: UdpSocket,
+    net: Net,
 }
 
 impl Setup {
-    /// Bind a UDP socket on `ip` (port 0) and announce it as a host
-    /// candidate, plus a server-reflexive candidate for each STUN server
-    /// that answers within `STUN_TIMEOUT` (see [`stun_mapped`]).
-    pub(crate) async fn new(ip: IpAddr, stun: &[SocketAddr]) -> Result<Self> {
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-        let addr = socket.local_addr()?;
+    /// Bind the connection's sockets and gather its candidates (see
+    /// [`Net::gather`]).
+    pub(crate) async fn new(cfg: &IceConfig) -> Result<Self> {
+        let (net, cands) = Net::gather(cfg).await?;
         let mut rtc = Rtc::builder()
             .set_stats_interval(None)
             .build(Instant::now());
-        let cand = Candidate::host(addr, "udp").map_err(|e| rtc_err("host candidate", e))?;
-        rtc.add_local_candidate(cand);
-        let mut seen = Vec::new();
-        for server in stun.iter().take(MAX_STUN_SERVERS) {
-            match stun_mapped(&socket, *server).await {
-                Ok(mapped) if mapped != addr && !seen.contains(&mapped) => {
-                    seen.push(mapped);
-                    debug!(%server, %mapped, "server-reflexive candidate");
-                    match Candidate::server_reflexive(mapped, addr, "udp") {
-                        Ok(c) => {
-                            rtc.add_local_candidate(c);
-                        }
-                        Err(e) => debug!(error = %e, "server-reflexive candidate refused"),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => debug!(%server, error = %e, "STUN server did not answer"),
-            }
+        for c in cands {
+            rtc.add_local_candidate(c);
         }
-        Ok(Setup { rtc, socket })
+        Ok(Setup { rtc, net })
     }
 
     /// Make an offer with Cairn's data channel.
@@ -188,7 +115,7 @@ impl Setup {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| rtc_err("accept offer", e))?;
-        let rx = spawn_driver(self.rtc, self.socket, open_timeout);
+        let rx = spawn_driver(self.rtc, self.net, open_timeout);
         Ok((answer.to_sdp_string(), rx))
     }
 }
@@ -217,20 +144,16 @@ impl PendingOffer {
         rtc.sdp_api()
             .accept_answer(self.pending, answer)
             .map_err(|e| rtc_err("accept answer", e))?;
-        Ok(spawn_driver(rtc, self.setup.socket, open_timeout))
+        Ok(spawn_driver(rtc, self.setup.net, open_timeout))
     }
 }
 
-fn spawn_driver(
-    rtc: Rtc,
-    socket: UdpSocket,
-    open_timeout: Duration,
-) -> oneshot::Receiver<Result<Channel>> {
+fn spawn_driver(rtc: Rtc, net: Net, open_timeout: Duration) -> oneshot::Receiver<Result<Channel>> {
     let (open_tx, open_rx) = oneshot::channel();
     tokio::spawn(async move {
         let mut d = Driver {
             rtc,
-            socket,
+            net,
             open_tx: Some(open_tx),
             in_tx: None,
             inbound: VecDeque::new(),
@@ -254,7 +177,7 @@ fn spawn_driver(
 
 struct Driver {
     rtc: Rtc,
-    socket: UdpSocket,
+    net: Net,
     open_tx: Option<oneshot::Sender<Result<Channel>>>,
     in_tx: Option<mpsc::Sender<Vec<u8>>>,
     /// Received messages the protocol layer has not taken yet.
@@ -273,7 +196,6 @@ enum Step {
 
 impl Driver {
     async fn run(&mut self, open_timeout: Duration) -> Result<()> {
-        let local = self.socket.local_addr()?;
         let open_deadline = tokio::time::Instant::now() + open_timeout;
         let mut cmd_rx: Option<mpsc::Receiver<Vec<u8>>> = None;
         let mut buf = vec![0u8; 65_536];
@@ -326,6 +248,10 @@ impl Driver {
                     }
                 }
             }
+            let timeout = match self.net.tick().await {
+                Some(t) => timeout.min(t),
+                None => timeout,
+            };
             let wait = timeout
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(500));
@@ -353,9 +279,26 @@ impl Driver {
                         }
                     }
                 }
-                r = self.socket.recv_from(&mut buf), if want_input => {
-                    let (n, source) = r?;
-                    let Ok(rx) = Receive::new(Protocol::Udp, source, local, &buf[..n]) else {
+                r = self.net.recv(&mut buf), if want_input => {
+                    let d = r?;
+                    let bytes = &buf[..d.len];
+                    let rx = match self.net.classify(&d, bytes) {
+                        Inbound::Handled => continue,
+                        Inbound::Packet(source, dest, b) => Receive::new(Protocol::Udp, source, dest, b),
+                        Inbound::Relayed(p, relayed) => {
+                            // Through the relay: str0m sees it arrive at
+                            // the relayed candidate, from the peer.
+                            let Ok(rx) = Receive::new(Protocol::Udp, p.peer, relayed, p.data()) else {
+                                trace!("ignoring an unparseable relayed datagram");
+                                continue;
+                            };
+                            self.rtc
+                                .handle_input(Input::Receive(Instant::now(), rx))
+                                .map_err(|e| rtc_err("input", e))?;
+                            continue;
+                        }
+                    };
+                    let Ok(rx) = rx else {
                         trace!("ignoring an unparseable datagram");
                         continue;
                     };
@@ -435,9 +378,7 @@ impl Driver {
                 Output::Timeout(t) => return Ok((Step::Continue, t)),
                 Output::Transmit(t) => {
                     self.last_path = Some((t.source, t.destination));
-                    if let Err(e) = self.socket.send_to(&t.contents, t.destination).await {
-                        debug!(error = %e, to = %t.destination, "send failed");
-                    }
+                    self.net.send(t.source, t.destination, &t.contents).await;
                 }
                 Output::Event(e) => {
                     if let Step::Stop = self.event(e, cmd_rx) {
@@ -513,8 +454,9 @@ impl RawChannel {
     /// Open a channel between two new peer connections on `ip` (offer,
     /// answer, ICE, DTLS, SCTP), as the manual pairing does.
     pub async fn pair(ip: IpAddr, timeout: Duration) -> Result<(RawChannel, RawChannel)> {
-        let (offer, pending) = Setup::new(ip, &[]).await?.offer()?;
-        let (answer, b) = Setup::new(ip, &[]).await?.answer(&offer, timeout)?;
+        let cfg = IceConfig::host(ip);
+        let (offer, pending) = Setup::new(&cfg).await?.offer()?;
+        let (answer, b) = Setup::new(&cfg).await?.answer(&offer, timeout)?;
         let a = pending.accept(&answer, timeout)?;
         let a = a.await.map_err(|_| Error::Closed)??;
         let b = b.await.map_err(|_| Error::Closed)??;
@@ -531,7 +473,9 @@ impl RawChannel {
         offer: &str,
         timeout: Duration,
     ) -> Result<(String, impl Future<Output = Result<RawChannel>> + use<>)> {
-        let (answer, rx) = Setup::new(ip, &[]).await?.answer(offer, timeout)?;
+        let (answer, rx) = Setup::new(&IceConfig::host(ip))
+            .await?
+            .answer(offer, timeout)?;
         Ok((answer, async move {
             let ch = rx.await.map_err(|_| Error::Closed)??;
             Ok(RawChannel { inner: ch })

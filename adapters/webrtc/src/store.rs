@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{ROLE_CALLS, ROLE_SERVES, RoomKey};
 use crate::conn::{Conn, ConnConfig};
+use crate::ice::{IceConfig, TurnServer};
 use crate::rtc::{Channel, PendingOffer, Setup};
 
 /// Settings of a [`WebRtcStore`].
@@ -30,17 +31,31 @@ pub struct WebRtcStoreOptions {
     pub max_frame: u32,
     /// Largest reassembled message accepted (default 1 GiB).
     pub max_message: u64,
-    /// Address the UDP socket of each peer connection binds, announced as
-    /// the host ICE candidate (default 127.0.0.1; use a LAN address to pair
-    /// across machines).
+    /// Where each peer connection binds its UDP sockets, each announced as
+    /// a host ICE candidate. The default, `0.0.0.0`, binds one socket on
+    /// every up interface's address (IPv4, at most 8; `::` adds global
+    /// IPv6 ones), as browsers do; one address binds only that one
+    /// ([`loopback`](Self::loopback) for tests and same-machine pairs).
     pub bind_ip: IpAddr,
     /// STUN servers (`HOST:PORT`, UDP) to learn this side's public address
     /// from, announced as a server-reflexive ICE candidate beside the host
     /// one, so that peers behind NATs with endpoint-independent mapping
     /// can connect directly (default none). Each is asked once per peer
-    /// connection, at most 1.5 s; one that does not answer is skipped. TURN
-    /// relays are not supported yet (see the crate README).
+    /// connection, at most 1.5 s; one that does not answer is skipped.
     pub stun_servers: Vec<SocketAddr>,
+    /// TURN servers (UDP, long-term credentials) to allocate a relayed
+    /// address on, announced as a relay ICE candidate: the path of last
+    /// resort when both sides sit behind symmetric NATs or firewalls that
+    /// only let replies in (default none). At most 2 are used per
+    /// connection, each given 3 s to allocate; the allocation is released
+    /// when the connection ends. A TURN server also answers STUN, so its
+    /// address can go in `stun_servers` too.
+    pub turn_servers: Vec<TurnServer>,
+    /// Announce only relayed candidates (browsers' `iceTransportPolicy:
+    /// "relay"`): every packet goes through a TURN server, and the peer
+    /// never learns this side's addresses, only the relay's (default
+    /// false). Pairing fails when no TURN server grants an allocation.
+    pub relay_only: bool,
     /// How long ICE, DTLS and SCTP may take to open the channel (default 20 s).
     pub open_timeout: Duration,
     /// How long authentication and hellos may take (default 10 s).
@@ -90,8 +105,10 @@ impl Default for WebRtcStoreOptions {
         WebRtcStoreOptions {
             max_frame: DEFAULT_MAX_FRAME,
             max_message: DEFAULT_MAX_MESSAGE,
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
             stun_servers: Vec::new(),
+            turn_servers: Vec::new(),
+            relay_only: false,
             open_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
@@ -109,6 +126,25 @@ impl Default for WebRtcStoreOptions {
 }
 
 impl WebRtcStoreOptions {
+    /// The defaults, but bound to 127.0.0.1 only: for tests, and for peers
+    /// on one machine.
+    pub fn loopback() -> Self {
+        WebRtcStoreOptions {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            ..Self::default()
+        }
+    }
+
+    /// What a peer connection gathers its candidates from.
+    pub(crate) fn ice(&self) -> IceConfig {
+        IceConfig {
+            bind_ip: self.bind_ip,
+            stun: self.stun_servers.clone(),
+            turn: self.turn_servers.clone(),
+            relay_only: self.relay_only,
+        }
+    }
+
     /// Use `verifier` at the cache's door.
     pub fn verifier(mut self, verifier: impl Verifier + 'static) -> Self {
         self.verifier = Arc::new(verifier);
@@ -355,9 +391,7 @@ impl WebRtcStore {
     /// Make an offer to pair by hand: give the string to the peer, feed its
     /// answer to [`ManualOffer::accept`].
     pub async fn offer(&self) -> Result<(String, ManualOffer)> {
-        let (sdp, pending) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
-            .await?
-            .offer()?;
+        let (sdp, pending) = Setup::new(&self.inner.opts.ice()).await?.offer()?;
         Ok((
             encode_sdp(&sdp),
             ManualOffer {
@@ -372,7 +406,7 @@ impl WebRtcStore {
     /// completes in the background (watch [`peers`](Self::peers)).
     pub async fn answer(&self, offer: &str) -> Result<String> {
         let sdp = decode_sdp(offer)?;
-        let (answer, rx) = Setup::new(self.inner.opts.bind_ip, &self.inner.opts.stun_servers)
+        let (answer, rx) = Setup::new(&self.inner.opts.ice())
             .await?
             .answer(&sdp, self.inner.opts.open_timeout)?;
         let inner = self.inner.clone();

@@ -148,7 +148,7 @@ fn store(key: &Keypair) -> WebRtcStore {
         Arc::new(MemoryStore::new(sid())),
         key,
         Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
+        WebRtcStoreOptions::loopback(),
     )
 }
 
@@ -359,7 +359,7 @@ async fn a_failed_served_subscription_reaches_the_subscriber() {
         Arc::new(BrokenFeed(MemoryStore::new(sid()))),
         &Keypair::generate(),
         Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
+        WebRtcStoreOptions::loopback(),
     );
     let mut h = Hostile::pair(&victim, &Keypair::generate()).await;
     h.request(5, Request::Subscribe).await;

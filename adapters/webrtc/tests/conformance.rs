@@ -36,13 +36,13 @@ impl StoreFactory for Factory {
             Arc::new(MemoryStore::new(store_id.clone())),
             &server_key,
             Arc::new(Acl::new().allow(store_id, client_key.author(), Permission::ReadWrite)),
-            WebRtcStoreOptions::default(),
+            WebRtcStoreOptions::loopback(),
         );
         let store = WebRtcStore::new(
             Arc::new(MemoryStore::new(store_id.clone())),
             &client_key,
             Arc::new(Acl::new().allow(store_id, server_key.author(), Permission::ReadWrite)),
-            WebRtcStoreOptions::default(),
+            WebRtcStoreOptions::loopback(),
         );
         let (offer, pending) = store.offer().await?;
         let answer = backing.answer(&offer).await?;

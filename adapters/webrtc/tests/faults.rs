@@ -34,7 +34,7 @@ async fn wait_holds(store: &dyn AppendOnlyStore, want: &BTreeSet<ChangeId>) {
 }
 
 fn peer(cache: Arc<MemoryStore>, key: &Keypair, acl: Acl) -> WebRtcStore {
-    WebRtcStore::new(cache, key, Arc::new(acl), WebRtcStoreOptions::default())
+    WebRtcStore::new(cache, key, Arc::new(acl), WebRtcStoreOptions::loopback())
 }
 
 async fn joined(

@@ -1,4 +1,5 @@
-//! Two peers, each behind its own NAT, pair through STUN.
+//! Two peers, each behind its own NAT, pair: directly through STUN when
+//! the NATs keep ports, through a TURN relay when they are symmetric.
 //!
 //! Topology (network namespaces this test builds; documentation addresses;
 //! nothing routed to the host):
@@ -6,20 +7,34 @@
 //! ```text
 //!  peerA 192.0.2.2/25 ── 192.0.2.1 natA 198.51.100.2 ──┐
 //!                                  (masquerade)        198.51.100.1
-//!                                                      pub: coturn (STUN, UDP 3478),
-//!                                                      the signaling server
-//!                                                      203.0.113.1
-//!  peerB 192.0.2.130/25 ─ 192.0.2.129 natB 203.0.113.2 ┘
-//!                                  (masquerade)
+//!                                                      pub: coturn (STUN and TURN,
+//!                                                      UDP 3478; relays from
+//!                                                      198.51.100.1), the signaling
+//!                                                      server
+//!                                                      203.0.113.1        203.0.113.129
+//!  peerB 192.0.2.130/25 ─ 192.0.2.129 natB 203.0.113.2 ┘                  │ default route
+//!                                  (masquerade)             sink 203.0.113.130
+//!                                                           (forwards nothing)
 //! ```
 //!
 //! The peers' host candidates are private and unroutable from each other,
 //! so only the server-reflexive ones (the NATs' public mappings, learned
-//! from coturn) can work. nftables `masquerade` keeps the source port (an
-//! endpoint-independent mapping, as most home routers have), and each NAT
-//! drops unsolicited inbound packets, as home routers do. The test
-//! asserts the path ICE chose is between the two NATs' public addresses,
-//! and that without a STUN server the peers cannot pair at all.
+//! from coturn) or relayed ones (allocated on coturn) can work. Each NAT
+//! drops unsolicited inbound packets, as home routers do. Each peer binds
+//! the default, every interface of its namespace (so `eth0`'s address).
+//!
+//! - `peers_behind_two_nats_pair_directly_through_stun`: nftables
+//!   `masquerade` keeps the source port (an endpoint-independent mapping,
+//!   as most home routers have). Asserts the path ICE chose is between the
+//!   two NATs' public addresses, and that without a STUN server the peers
+//!   cannot pair at all.
+//! - `peers_behind_two_symmetric_nats_pair_through_turn`: `masquerade
+//!   fully-random` maps every flow to a new random port (a symmetric NAT),
+//!   so the mapping STUN reports is useless to the other peer. Asserts that
+//!   with STUN alone the peers cannot pair, and that with coturn as a TURN
+//!   server (long-term credentials) they pair through it: the chosen path
+//!   runs to or from coturn's relayed address on at least one side, and
+//!   never straight between the NATs.
 //!
 //! Needs root, `ip`, `nft` and `turnserver` (Debian packages iproute2,
 //! nftables, coturn), as `cargo xtask test` installs in CI; fails naming
@@ -39,21 +54,24 @@ use std::time::Duration;
 use cairn::{AppendOnlyStore, ChangeBuilder, ChangeKind, DocId, Keypair, StoreId};
 use cairn_memory::MemoryStore;
 use cairn_webrtc::{
-    Acl, RoomCode, SignalingOptions, SignalingServer, WebRtcStore, WebRtcStoreOptions, WsSignaling,
+    Acl, RoomCode, SignalingOptions, SignalingServer, TurnServer, WebRtcStore, WebRtcStoreOptions,
+    WsSignaling,
 };
 use futures::StreamExt;
 use netns::{in_ns, ip, nft};
 
 const T: Duration = Duration::from_secs(30);
 
-/// The five namespaces, and coturn; removed on drop.
+/// The six namespaces, and coturn; removed on drop.
 struct Topology {
     ns: Vec<String>,
     coturn: Option<Child>,
 }
 
 impl Topology {
-    fn new() -> Topology {
+    /// The namespaces, named after `tag` and this process; each NAT
+    /// translates with `masq` (`masquerade` or `masquerade fully-random`).
+    fn new(tag: &str, masq: &[&str]) -> Topology {
         let euid = Command::new("id").arg("-u").output().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&euid.stdout).trim(),
@@ -61,15 +79,17 @@ impl Topology {
             "this test builds network namespaces and needs root (run it as `cargo xtask test` does in CI)"
         );
         let pid = std::process::id();
-        let names: Vec<String> = ["pub", "nata", "natb", "pa", "pb"]
+        let names: Vec<String> = ["pub", "nata", "natb", "pa", "pb", "sink"]
             .iter()
-            .map(|n| format!("cn{n}{pid}"))
+            .map(|n| format!("cn{n}{tag}{pid}"))
             .collect();
         let t = Topology {
             ns: names.clone(),
             coturn: None,
         };
-        let [pubn, nata, natb, pa, pb] = [&names[0], &names[1], &names[2], &names[3], &names[4]];
+        let [pubn, nata, natb, pa, pb, sink] = [
+            &names[0], &names[1], &names[2], &names[3], &names[4], &names[5],
+        ];
         for n in &names {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
             ip(&["netns", "add", n]);
@@ -92,11 +112,32 @@ impl Topology {
             "wan",
             "198.51.100.2/24",
         );
-        link(pubn, "wb", "203.0.113.1/24", natb, "wan", "203.0.113.2/24");
+        link(pubn, "wb", "203.0.113.1/25", natb, "wan", "203.0.113.2/25");
         link(nata, "lan", "192.0.2.1/25", pa, "eth0", "192.0.2.2/25");
         link(natb, "lan", "192.0.2.129/25", pb, "eth0", "192.0.2.130/25");
         ip(&["-n", pa, "route", "add", "default", "via", "192.0.2.1"]);
         ip(&["-n", pb, "route", "add", "default", "via", "192.0.2.129"]);
+        // The "internet" beyond `pub`: a namespace that forwards nothing
+        // and swallows what is routed to it (a peer's private address a
+        // relay tries, say), as a real server's default route would carry
+        // it off without an error; nothing leaves the namespaces.
+        link(
+            pubn,
+            "inet",
+            "203.0.113.129/25",
+            sink,
+            "eth0",
+            "203.0.113.130/25",
+        );
+        ip(&[
+            "-n",
+            pubn,
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.130",
+        ]);
         ip(&["-n", nata, "route", "add", "default", "via", "198.51.100.1"]);
         ip(&["-n", natb, "route", "add", "default", "via", "203.0.113.1"]);
         for n in [pubn, nata, natb] {
@@ -119,19 +160,9 @@ impl Topology {
                     "{ type nat hook postrouting priority 100 ; policy accept ; }",
                 ],
             );
-            nft(
-                n,
-                &[
-                    "add",
-                    "rule",
-                    "ip",
-                    "nat",
-                    "post",
-                    "oifname",
-                    "wan",
-                    "masquerade",
-                ],
-            );
+            let mut rule = vec!["add", "rule", "ip", "nat", "post", "oifname", "wan"];
+            rule.extend_from_slice(masq);
+            nft(n, &rule);
             // Like a home router: unsolicited packets from outside are
             // dropped before conntrack confirms them, so a peer's early
             // check cannot take the port the next outgoing flow maps to.
@@ -162,18 +193,27 @@ impl Topology {
         &self.ns[i]
     }
 
-    /// Start coturn in `pub` as a STUN server on 198.51.100.1:3478 and wait
-    /// until it listens.
-    fn start_stun(&mut self) {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[0],
-                "turnserver",
-                "-n",
-                "--stun-only",
-            ])
+    /// Start coturn in `pub` on 198.51.100.1:3478 and wait until it
+    /// listens: a STUN server only, or with `turn` also a TURN server that
+    /// takes the long-term credential [`TURN_USER`]:[`TURN_PASS`] and
+    /// relays from 198.51.100.1.
+    fn start_coturn(&mut self, turn: bool) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns[0], "turnserver", "-n"]);
+        if turn {
+            cmd.args([
+                "--lt-cred-mech",
+                &format!("--user={TURN_USER}:{TURN_PASS}"),
+                "--realm=cairn.test",
+                "--relay-ip=198.51.100.1",
+                "--min-port=49152",
+                "--max-port=49407",
+                "--no-tcp-relay",
+            ]);
+        } else {
+            cmd.arg("--stun-only");
+        }
+        let mut child = cmd
             .args([
                 "--listening-ip=198.51.100.1",
                 "--listening-port=3478",
@@ -189,6 +229,9 @@ impl Topology {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if std::env::var_os("CAIRN_COTURN_LOG").is_some() {
+                    eprintln!("coturn: {line}");
+                }
                 if line.contains("UDP") && line.contains("listener opened on") {
                     let _ = tx.send(());
                 }
@@ -217,14 +260,17 @@ fn sid() -> StoreId {
     StoreId::new("friends/album").unwrap()
 }
 
+/// coturn's long-term credential in the TURN test.
+const TURN_USER: &str = "cairn";
+const TURN_PASS: &str = "not-a-secret";
+
 /// Changes each peer writes; each ends up holding both sides'.
 const WRITES: usize = 3;
 
-/// One peer: its namespace, address, key and the other peer's id.
+/// One peer: its namespace, key and the other peer's id.
 #[derive(Clone)]
 struct Peer {
     ns: String,
-    ip: &'static str,
     key: Keypair,
     other: cairn::AuthorId,
 }
@@ -237,14 +283,10 @@ fn peer_side(
     signal: String,
     room: RoomCode,
     stun: Vec<SocketAddr>,
+    turn: Vec<TurnServer>,
     wait: Duration,
 ) -> std::thread::JoinHandle<Result<(SocketAddr, SocketAddr), String>> {
-    let Peer {
-        ns,
-        ip: ip_addr,
-        key,
-        other,
-    } = p;
+    let Peer { ns, key, other, .. } = p;
     let (writes, expect) = (WRITES, 2 * WRITES as u64);
     in_ns(&ns, move || {
         Box::pin(async move {
@@ -261,9 +303,10 @@ fn peer_side(
                 })
                 .collect();
             cache.append(batch).await.unwrap();
+            // The default bind: every interface of the namespace.
             let mut opts = WebRtcStoreOptions::default();
-            opts.bind_ip = ip_addr.parse().unwrap();
             opts.stun_servers = stun;
+            opts.turn_servers = turn;
             opts.open_timeout = Duration::from_secs(10);
             let store = WebRtcStore::new(cache.clone(), &key, Arc::new(Acl::open()), opts);
             let sig = WsSignaling::connect(&signal, &room, None, &key)
@@ -323,21 +366,19 @@ fn peers_behind_two_nats_pair_directly_through_stun() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut topo = Topology::new();
-    topo.start_stun();
+    let mut topo = Topology::new("s", &["masquerade"]);
+    topo.start_coturn(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (sig_thread, url) = signaling(topo.name(0), stop_rx);
     let stun: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
     let pa = Peer {
         ns: topo.name(3).to_owned(),
-        ip: "192.0.2.2",
         key: ka.clone(),
         other: kb.author(),
     };
     let pb = Peer {
         ns: topo.name(4).to_owned(),
-        ip: "192.0.2.130",
         key: kb.clone(),
         other: ka.author(),
     };
@@ -345,8 +386,8 @@ fn peers_behind_two_nats_pair_directly_through_stun() {
     // Without STUN: only private host candidates, no path between them.
     let room = RoomCode::random().unwrap();
     let short = Duration::from_secs(6);
-    let a = peer_side(pa.clone(), url.clone(), room.clone(), vec![], short);
-    let b = peer_side(pb.clone(), url.clone(), room, vec![], short);
+    let a = peer_side(pa.clone(), url.clone(), room.clone(), vec![], vec![], short);
+    let b = peer_side(pb.clone(), url.clone(), room, vec![], vec![], short);
     let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
     assert!(
         ra.is_err() && rb.is_err(),
@@ -355,8 +396,8 @@ fn peers_behind_two_nats_pair_directly_through_stun() {
 
     // With STUN: each side also announces its NAT's public mapping.
     let room = RoomCode::random().unwrap();
-    let a = peer_side(pa.clone(), url.clone(), room.clone(), vec![stun], T);
-    let b = peer_side(pb.clone(), url, room, vec![stun], T);
+    let a = peer_side(pa.clone(), url.clone(), room.clone(), vec![stun], vec![], T);
+    let b = peer_side(pb.clone(), url, room, vec![stun], vec![], T);
     let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
     let _ = stop_tx.send(());
     sig_thread.join().unwrap();
@@ -376,4 +417,81 @@ fn peers_behind_two_nats_pair_directly_through_stun() {
         "198.51.100.2".parse::<IpAddr>().unwrap(),
         "B reaches A through natA"
     );
+}
+
+#[test]
+fn peers_behind_two_symmetric_nats_pair_through_turn() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut topo = Topology::new("t", &["masquerade", "fully-random"]);
+    topo.start_coturn(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (sig_thread, url) = signaling(topo.name(0), stop_rx);
+    let coturn: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let turn = vec![TurnServer::new(coturn, TURN_USER, TURN_PASS)];
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let pa = Peer {
+        ns: topo.name(3).to_owned(),
+        key: ka.clone(),
+        other: kb.author(),
+    };
+    let pb = Peer {
+        ns: topo.name(4).to_owned(),
+        key: kb.clone(),
+        other: ka.author(),
+    };
+
+    // STUN alone: each NAT's mapping towards coturn says nothing about
+    // the port it picks towards the other peer, so nothing pairs.
+    let room = RoomCode::random().unwrap();
+    let short = Duration::from_secs(6);
+    let a = peer_side(
+        pa.clone(),
+        url.clone(),
+        room.clone(),
+        vec![coturn],
+        vec![],
+        short,
+    );
+    let b = peer_side(pb.clone(), url.clone(), room, vec![coturn], vec![], short);
+    let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+    assert!(
+        ra.is_err() && rb.is_err(),
+        "paired through symmetric NATs without TURN: {ra:?} {rb:?}"
+    );
+
+    // With TURN: each side also announces an address relayed by coturn.
+    let room = RoomCode::random().unwrap();
+    let a = peer_side(
+        pa.clone(),
+        url.clone(),
+        room.clone(),
+        vec![coturn],
+        turn.clone(),
+        T,
+    );
+    let b = peer_side(pb.clone(), url, room, vec![coturn], turn, T);
+    let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+    let _ = stop_tx.send(());
+    sig_thread.join().unwrap();
+    let (la, remote_a) = ra.expect("peer A");
+    let (lb, remote_b) = rb.expect("peer B");
+    eprintln!("A: {la} -> {remote_a}; B: {lb} -> {remote_b}");
+    let relay: IpAddr = "198.51.100.1".parse().unwrap();
+    let nats: [IpAddr; 2] = [
+        "198.51.100.2".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    ];
+    for (side, local, remote) in [("A", la, remote_a), ("B", lb, remote_b)] {
+        assert!(
+            local.ip() == relay || remote.ip() == relay,
+            "{side}'s path {local} -> {remote} does not go through coturn's relay"
+        );
+        assert!(
+            !(nats.contains(&local.ip()) && nats.contains(&remote.ip())),
+            "{side} went straight between the NATs: {local} -> {remote}"
+        );
+    }
 }

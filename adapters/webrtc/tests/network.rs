@@ -66,9 +66,9 @@ impl NetworkFactory for WebRtc {
             backing,
             &skey,
             Arc::new(Acl::new().allow(&sid, ckey.author(), Permission::ReadWrite)),
-            WebRtcStoreOptions::default(),
+            WebRtcStoreOptions::loopback(),
         );
-        let mut opts = WebRtcStoreOptions::default();
+        let mut opts = WebRtcStoreOptions::loopback();
         opts.verifier = client.verifier;
         opts.request_timeout = client.request_timeout;
         let store = Arc::new(WebRtcStore::new(

@@ -269,7 +269,7 @@ async fn a_flood_from_one_address_is_capped_and_members_still_pair() {
     let t0 = Instant::now();
     let room = RoomCode::random().unwrap();
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
-    let opts = WebRtcStoreOptions::default();
+    let opts = WebRtcStoreOptions::loopback();
     let a = WebRtcStore::new(
         Arc::new(MemoryStore::new(sid())),
         &ka,
@@ -532,7 +532,7 @@ async fn a_wrong_room_password_is_refused_between_peers_and_the_right_one_accept
     // Each store proves the room key of the password its user typed (the
     // manual offers below travel through the signaling server).
     let store = |k: &Keypair, password: Option<&str>| {
-        let mut opts = WebRtcStoreOptions::default();
+        let mut opts = WebRtcStoreOptions::loopback();
         opts.room_key = password.map(|p| RoomKey::derive(&room, p).unwrap());
         WebRtcStore::new(
             Arc::new(MemoryStore::new(sid())),

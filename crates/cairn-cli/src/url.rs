@@ -57,7 +57,8 @@ Store URLs:
                     PEM certificates in FILE with &ca=
   webrtc://HOST:PORT/ROOM/STORE_ID[?password=PW][&peers=N][&bind=IP]
                     the peers in ROOM (like ABC-DEF) of the signaling server that
-                    `cairn signal` runs at HOST:PORT; waits for N peers (default 1)
+                    `cairn signal` runs at HOST:PORT; waits for N peers (default 1);
+                    binds every interface's address, or only IP with &bind=
   postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?…]
                     a store in a PostgreSQL database (libpq URL); many store ids share
                     one database, so give the store id (--store-id, or ID=postgres://…

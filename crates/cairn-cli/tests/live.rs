@@ -112,12 +112,12 @@ fn webrtc_room_through_cairn_signal() {
         "--listen",
         "127.0.0.1:0",
         "--store",
-        &format!("{}@webrtc://{host}/ABC-DEF", redb(&served)),
+        &format!("{}@webrtc://{host}/ABC-DEF?bind=127.0.0.1", redb(&served)),
         "--allow",
         &me,
     ]);
     srv.err_line(T, |l| l.contains("in room ABC-DEF"));
-    let room = format!("webrtc://{host}/ABC-DEF/acme/notes");
+    let room = format!("webrtc://{host}/ABC-DEF/acme/notes?bind=127.0.0.1");
     let b = redb(&home.join("b.redb"));
     let o = ok(&home.run(&[
         "sync",
@@ -147,7 +147,7 @@ fn webrtc_room_through_cairn_signal() {
     let mut sig = home.spawn(&["signal", "--listen", "127.0.0.1:0"]);
     let ws = sig.out_line(T, |l| l.starts_with("ws://"));
     let empty = format!(
-        "webrtc://{}/XYZ-XYZ/acme/notes",
+        "webrtc://{}/XYZ-XYZ/acme/notes?bind=127.0.0.1",
         ws.trim_start_matches("ws://")
     );
     let e = one_error(&home.run(&["stats", &empty, "--timeout", "1"]), 1);
@@ -159,7 +159,7 @@ fn webrtc_room_through_cairn_signal() {
 fn pair_once(home: &Home) -> Result<(), String> {
     let mut bob = home.spawn(&[
         "watch",
-        "webrtc:answer",
+        "webrtc:answer?bind=127.0.0.1",
         "--store-id",
         "acme/notes",
         "--key",
@@ -172,7 +172,7 @@ fn pair_once(home: &Home) -> Result<(), String> {
     ]);
     let mut alice = home.spawn(&[
         "put",
-        "webrtc:offer",
+        "webrtc:offer?bind=127.0.0.1",
         "--store-id",
         "acme/notes",
         "--doc",

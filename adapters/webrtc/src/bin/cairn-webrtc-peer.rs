@@ -37,6 +37,9 @@ struct Args {
     /// Print `holds N` once the store holds at least this many changes.
     #[arg(long)]
     expect: Option<usize>,
+    /// Address to bind (`0.0.0.0`: every interface's).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
     /// Give up (exit 1) after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -67,12 +70,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     cache.append(batch).await?;
-    let store = WebRtcStore::new(
-        cache.clone(),
-        &key,
-        Arc::new(Acl::open()),
-        WebRtcStoreOptions::default(),
-    );
+    let store = WebRtcStore::new(cache.clone(), &key, Arc::new(Acl::open()), {
+        let mut o = WebRtcStoreOptions::default();
+        o.bind_ip = args.bind;
+        o
+    });
     println!("peer {}", key.author().to_hex());
     let sig =
         WsSignaling::connect(&args.signal, &args.room, args.password.as_deref(), &key).await?;

@@ -657,10 +657,19 @@ async fn join_room(
     key: &cairn::Keypair,
     acl: Arc<Acl>,
 ) -> Result<WebRtcStore> {
-    let full = if text.matches('/').count() <= 3 {
-        format!("{}/{id}", text.trim_end_matches('/'))
+    // The store id goes before the query (`?password=…&bind=…`).
+    let (base, query) = match text.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (text, None),
+    };
+    let full = if base.matches('/').count() <= 3 {
+        format!("{}/{id}", base.trim_end_matches('/'))
     } else {
-        text.to_owned()
+        base.to_owned()
+    };
+    let full = match query {
+        Some(q) => format!("{full}?{q}"),
+        None => full,
     };
     let StoreUrl::WebRtcRoom {
         signal,
