@@ -611,7 +611,7 @@ pub async fn connect(
 
 /// The certificates in the PEM file `path`, as the only roots a `wss://`
 /// connection trusts.
-fn tls_roots(url: &str, path: &Path) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls_roots(url: &str, path: &Path) -> Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let what = format!("{url}: ca={}", path.display());

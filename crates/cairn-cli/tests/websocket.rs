@@ -237,3 +237,20 @@ fn a_config_file_can_serve_websocket_too() {
     );
     assert!(e.contains("ws_cert and ws_key go together"), "{e}");
 }
+
+#[test]
+fn conformance_over_websocket_against_an_ephemeral_server() {
+    let home = Home::new();
+    let (mut srv, _quic, ws) = serve_both(&home, &["--ephemeral"], "ws");
+    let o = home.run(&["conformance", &ws]);
+    let out = ok(&o);
+    assert!(out.contains("conformance suite for ws://"), "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+    let want = format!("{} passed", cairn_conformance::all_cases().len() - 3);
+    assert!(
+        out.contains(&want),
+        "{want} (all but the 3 durability cases):\n{out}"
+    );
+    srv.term();
+    assert!(srv.wait(T).success());
+}

@@ -21,13 +21,15 @@ use crate::{note, outln};
   cairn conformance redb:/tmp/cases --filter durability::
   cairn serve --ephemeral --listen 127.0.0.1:4444 &
   cairn conformance 'quic://127.0.0.1:4444/any?peer=<the server's peer id>'
+  cairn serve --ephemeral --listen 127.0.0.1:4444 --ws 127.0.0.1:8080 &
+  cairn conformance 'ws://127.0.0.1:8080/any?peer=<the server's peer id>'
   cairn conformance memory: --list
 
 A redb:DIR run makes its files in a fresh folder inside DIR and removes it afterwards.")]
 pub struct Args {
     /// `memory:`, `redb:DIR` (a directory for fresh test files), or
-    /// `quic://HOST:PORT/any?peer=PEER_ID` of a server started with
-    /// `cairn serve --ephemeral`.
+    /// `quic://HOST:PORT/any?peer=PEER_ID` (or `ws://`, `wss://`) of a
+    /// server started with `cairn serve --ephemeral`.
     pub url: String,
     /// Only cases whose `group::name` contains this.
     #[arg(long)]
@@ -107,6 +109,35 @@ impl StoreFactory for QuicFactory {
     }
 }
 
+/// The same over WebSocket (`cairn serve --ephemeral --ws`).
+struct WsFactory {
+    /// `ws://HOST:PORT/` or `wss://…/`.
+    base: String,
+    peer: AuthorId,
+    opts: cairn_websocket::WebSocketStoreOptions,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl StoreFactory for WsFactory {
+    fn name(&self) -> String {
+        format!("{} (memory cache)", self.base.trim_end_matches('/'))
+    }
+    async fn create(&self, id: &StoreId) -> cairn::Result<Arc<DynAppendOnlyStore>> {
+        let me = cairn::Keypair::try_generate()?;
+        let cache = Arc::new(cairn_memory::MemoryStore::new(id.clone()));
+        let w = cairn_websocket::WebSocketStore::new(
+            cache,
+            &format!("{}{id}", self.base),
+            self.peer,
+            &me,
+            self.opts.clone(),
+        )?;
+        w.wait_connected(self.timeout).await?;
+        Ok(Arc::new(w))
+    }
+}
+
 /// Run the suite; exit 1 if a case fails.
 pub async fn run(a: Args) -> Result<Exit> {
     let url = StoreUrl::parse(&a.url)?;
@@ -156,9 +187,56 @@ pub async fn run(a: Args) -> Result<Exit> {
                 timeout: a.net.timeout(),
             })
         }
+        StoreUrl::WebSocket {
+            tls,
+            ref host,
+            addr,
+            peer,
+            ref ca,
+            ..
+        } => {
+            let me = cairn::Keypair::try_generate()?;
+            let id = StoreId::new("conformance/probe")?;
+            if let Err(e) = crate::open::connect_ws(
+                tls,
+                host,
+                addr,
+                peer,
+                ca.as_deref(),
+                &me,
+                &id,
+                a.net.timeout(),
+            )
+            .await
+            {
+                note!(
+                    "(the suite needs `cairn serve --ephemeral`, which gives every peer fresh stores)"
+                );
+                return fail(format!(
+                    "{url}: not usable for conformance: a fresh peer was refused or not answered; start a test server with `cairn serve --ephemeral --ws` ({})",
+                    e.msg
+                ));
+            }
+            let scheme = if tls { "wss" } else { "ws" };
+            let base = format!("{scheme}://{host}/");
+            let opts = cairn_websocket::WebSocketStoreOptions {
+                tls: ca
+                    .as_deref()
+                    .map(|p| crate::open::tls_roots(&base, p))
+                    .transpose()?,
+                connect_timeout: a.net.timeout(),
+                ..cairn_websocket::WebSocketStoreOptions::default()
+            };
+            Box::new(WsFactory {
+                base,
+                peer,
+                opts,
+                timeout: a.net.timeout(),
+            })
+        }
         other => {
             return usage(format!(
-                "{other}: conformance runs on memory:, redb:DIR or an ephemeral quic:// server"
+                "{other}: conformance runs on memory:, redb:DIR or an ephemeral quic://, ws:// or wss:// server"
             ));
         }
     };
