@@ -197,6 +197,13 @@ enum Step {
 impl Driver {
     async fn run(&mut self, open_timeout: Duration) -> Result<()> {
         let open_deadline = tokio::time::Instant::now() + open_timeout;
+        // Start ICE now: str0m runs its agent on inputs, and the first
+        // timeout it asks for can be far off, so without this the side
+        // whose peer's checks cannot reach it (behind a NAT) would wait
+        // for that timeout before sending its own.
+        self.rtc
+            .handle_input(Input::Timeout(Instant::now()))
+            .map_err(|e| rtc_err("timeout", e))?;
         let mut cmd_rx: Option<mpsc::Receiver<Vec<u8>>> = None;
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -241,8 +248,7 @@ impl Driver {
                             break;
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
-                            self.rtc.disconnect();
-                            let _ = self.drain(&mut None).await;
+                            self.hang_up().await;
                             return Ok(());
                         }
                     }
@@ -273,8 +279,7 @@ impl Driver {
                             }
                         }
                         Err(_) => {
-                            self.rtc.disconnect();
-                            let _ = self.drain(&mut None).await;
+                            self.hang_up().await;
                             return Ok(());
                         }
                     }
@@ -316,12 +321,7 @@ impl Driver {
                         None => {
                             // Our side dropped the channel: close it politely.
                             debug!("closing the data channel");
-                            if let Some(id) = self.channel.take() {
-                                self.rtc.direct_api().close_data_channel(id);
-                                let _ = self.drain(&mut None).await;
-                            }
-                            self.rtc.disconnect();
-                            let _ = self.drain(&mut None).await;
+                            self.hang_up().await;
                             return Ok(());
                         }
                     }
@@ -333,12 +333,25 @@ impl Driver {
                 }
                 _ = async { match self.in_tx.as_ref() { Some(t) => t.closed().await, None => std::future::pending().await } } => {
                     // Nobody reads any more.
-                    self.rtc.disconnect();
-                    let _ = self.drain(&mut None).await;
+                    self.hang_up().await;
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// End the connection: close the data channel first (an SCTP stream
+    /// reset the peer sees at once, rather than ICE timing out after
+    /// tens of seconds), then the peer connection.
+    async fn hang_up(&mut self) {
+        if let Some(id) = self.channel.take() {
+            self.rtc.direct_api().close_data_channel(id);
+            // SCTP sends the stream reset on its next tick: give it one.
+            let _ = self.rtc.handle_input(Input::Timeout(Instant::now()));
+            let _ = self.drain(&mut None).await;
+        }
+        self.rtc.disconnect();
+        let _ = self.drain(&mut None).await;
     }
 
     /// Write the next chunk if the channel takes it. Returns whether a write

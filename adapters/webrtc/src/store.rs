@@ -603,14 +603,12 @@ impl CloneLossy for Error {
 
 impl Inner {
     fn shutdown(&self) {
-        self.cancel.cancel();
-        let peers: Vec<Arc<Conn>> = self
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, e)| e.conn)
-            .collect();
+        let peers: Vec<Arc<Conn>> = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            // Cancelled under the lock, so `insert` sees it or is drained.
+            self.cancel.cancel();
+            peers.drain().map(|(_, e)| e.conn).collect()
+        };
         for c in peers {
             c.close();
         }
@@ -642,11 +640,17 @@ impl Inner {
     }
 
     fn insert(&self, conn: Arc<Conn>) {
-        let old = self
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.peer(), PeerEntry { conn });
+        let old = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked under the lock `shutdown` drains: a session whose
+            // catch-up finished after `close` must not outlive the store.
+            if self.cancel.is_cancelled() {
+                drop(peers);
+                conn.close();
+                return;
+            }
+            peers.insert(conn.peer(), PeerEntry { conn })
+        };
         if let Some(old) = old {
             old.conn.close();
         }

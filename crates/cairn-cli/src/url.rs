@@ -119,7 +119,7 @@ pub enum StoreUrl {
         password: Option<String>,
         /// Peers to wait for.
         peers: usize,
-        /// Address to announce (default 127.0.0.1).
+        /// The only address to bind and announce (default: every interface's).
         bind: Option<IpAddr>,
     },
     /// A store in a PostgreSQL database (the whole URL, as libpq takes it).
@@ -128,7 +128,7 @@ pub enum StoreUrl {
     WebRtcManual {
         /// `true` for `webrtc:offer`, `false` for `webrtc:answer`.
         offer: bool,
-        /// Address to announce (default 127.0.0.1).
+        /// The only address to bind and announce (default: every interface's).
         bind: Option<IpAddr>,
     },
 }

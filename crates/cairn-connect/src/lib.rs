@@ -6,9 +6,15 @@
 //!
 //! 1. [`Route::Lan`]: the peer found on the local network by mDNS
 //!    (`cairn-lan`), then QUIC straight to it;
-//! 2. [`Route::Quic`]: the relay over QUIC;
-//! 3. [`Route::WebSocket`]: the relay over WebSocket (TCP; `wss://` on 443
+//! 2. [`Route::WebRtc`]: the other devices of a room, paired through a
+//!    signaling server (`cairn-webrtc`), then WebRTC straight to them;
+//! 3. [`Route::Quic`]: the relay over QUIC;
+//! 4. [`Route::WebSocket`]: the relay over WebSocket (TCP; `wss://` on 443
 //!    gets through networks that block UDP).
+//!
+//! The order of preference is the order of the `routes` given to
+//! [`Connector::new`], best first; the list above is the order the
+//! connector is meant for.
 //!
 //! It connects over the first route that works, keeps it, and every
 //! [`probe_every`](ConnectorOptions::probe_every) tries the better ones
@@ -29,16 +35,26 @@
 //! stops on [`close`](Connector::close) or drop.
 //!
 //! ```no_run
-//! # async fn f(relay: cairn_protocol::PeerId, me: cairn::Keypair) -> cairn::Result<()> {
+//! # async fn f(relay: cairn_protocol::PeerId, laptop: cairn_protocol::PeerId, me: cairn::Keypair) -> cairn::Result<()> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use cairn::{AppendOnlyStore, StoreId};
 //! use cairn_connect::{Connector, ConnectorOptions, Route};
-//! let cache = Arc::new(cairn_memory::MemoryStore::new(StoreId::new("family/photos")?));
+//! use cairn_webrtc::{Acl, Permission, WebRtcStoreOptions};
+//! let sid = StoreId::new("family/photos")?;
+//! let cache = Arc::new(cairn_memory::MemoryStore::new(sid.clone()));
 //! let store = Connector::new(
 //!     cache,
 //!     vec![
 //!         Route::Lan { lan: Arc::new(cairn_lan::Lan::new()?), peer: relay },
+//!         Route::WebRtc {
+//!             signaling: "wss://signal.example.org/".into(),
+//!             room: "ABC-DEF".parse()?,
+//!             // Pair with our laptop only.
+//!             policy: Arc::new(Acl::new().allow(&sid, laptop, Permission::ReadWrite)),
+//!             options: WebRtcStoreOptions::default(),
+//!             min_peers: 1,
+//!         },
 //!         Route::Quic { addr: "203.0.113.7:4433".parse().unwrap(), peer: relay },
 //!         Route::WebSocket { url: "wss://relay.example.org/".into(), peer: relay },
 //!     ],
@@ -65,6 +81,7 @@ use cairn::{
 use cairn_lan::Lan;
 use cairn_protocol::{ConnectionState, PeerId};
 use cairn_quic::{QuicStore, QuicStoreOptions};
+use cairn_webrtc::{AccessPolicy, RoomCode, WebRtcStore, WebRtcStoreOptions, WsSignaling};
 use cairn_websocket::{WebSocketStore, WebSocketStoreOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +89,10 @@ use tracing::{debug, info};
 
 /// One way to reach the peer that serves the store.
 #[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a connector holds a handful of routes, built once; boxing the WebRTC options would only cost its callers a Box::new"
+)]
 pub enum Route {
     /// Find `peer` on the LAN by mDNS, then QUIC to the address it
     /// announces (its key pinned).
@@ -80,6 +101,53 @@ pub enum Route {
         lan: Arc<Lan>,
         /// The peer to find.
         peer: PeerId,
+    },
+    /// WebRTC straight to the other devices of a signaling room: the
+    /// connector joins `room` on the `cairn-webrtc` signaling server at
+    /// `signaling` as its own key, pairs with every member (each side
+    /// proves its key inside DTLS, and the room key if `options` has one),
+    /// and syncs with all of them, a mesh: each side pulls what it lacks
+    /// and pushes its appends.
+    ///
+    /// An attempt builds a fresh [`WebRtcStore`] over the connector's
+    /// cache, with `options` but the connector's
+    /// [`verifier`](ConnectorOptions::verifier), and works once at least
+    /// `min_peers` devices are paired and caught up, all within
+    /// [`connect_timeout`](ConnectorOptions::connect_timeout) (signaling
+    /// included). The path is lost when no device is paired any more (for
+    /// [`failover_after`](ConnectorOptions::failover_after)); while it
+    /// holds, the state counts the devices paired. `cairn-webrtc` notices a
+    /// gone device when its data channel closes or ICE gives up on it; a
+    /// device that closes its store does not close the channel, so that
+    /// takes about 20 s (str0m's consent checks; not configurable yet).
+    ///
+    /// While this path is in use the connector talks to the devices only,
+    /// not to a relay: a relay route's catch-up delivers to the relay when
+    /// the connector falls back to it.
+    WebRtc {
+        /// The `ws://` or `wss://` URL of a `cairn_webrtc::SignalingServer`.
+        signaling: String,
+        /// The room the devices meet in.
+        room: RoomCode,
+        /// Who may pair and what each device may do with the store (the
+        /// counterpart of the pinned peer id of the other routes):
+        /// `cairn_webrtc::Acl::new().allow(&store, device, ReadWrite)` for
+        /// known devices. A device with `Read` only is served but not
+        /// pulled from. `Acl::open()` lets in anyone who knows the room
+        /// code (and the room password, if there is one).
+        policy: Arc<dyn AccessPolicy>,
+        /// Options of the WebRTC store: `bind_ip` (where its UDP sockets
+        /// bind; each bound address is announced to the room as a host
+        /// candidate), the STUN and TURN servers, and `room_key` for a
+        /// password room (`cairn_webrtc::RoomKey::derive(&room, password)`,
+        /// derived once rather than on every attempt). Build it from
+        /// `WebRtcStoreOptions::default()` and set fields, so that new
+        /// fields keep their defaults. Its `verifier` is replaced by the
+        /// connector's.
+        options: WebRtcStoreOptions,
+        /// How many devices must be paired for an attempt to work (at
+        /// least 1; [`Connector::new`] refuses 0).
+        min_peers: usize,
     },
     /// QUIC to a relay.
     Quic {
@@ -102,6 +170,7 @@ impl Route {
     pub fn kind(&self) -> PathKind {
         match self {
             Route::Lan { .. } => PathKind::Lan,
+            Route::WebRtc { .. } => PathKind::WebRtc,
             Route::Quic { .. } => PathKind::Quic,
             Route::WebSocket { .. } => PathKind::WebSocket,
         }
@@ -112,6 +181,9 @@ impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Route::Lan { peer, .. } => write!(f, "Lan({})", peer.short()),
+            Route::WebRtc {
+                signaling, room, ..
+            } => write!(f, "WebRtc({signaling}, {room})"),
             Route::Quic { addr, peer } => write!(f, "Quic({addr}, {})", peer.short()),
             Route::WebSocket { url, peer } => write!(f, "WebSocket({url}, {})", peer.short()),
         }
@@ -123,6 +195,8 @@ impl fmt::Debug for Route {
 pub enum PathKind {
     /// Straight to a peer on the local network.
     Lan,
+    /// Straight to the devices of a room, over WebRTC.
+    WebRtc,
     /// The relay over QUIC.
     Quic,
     /// The relay over WebSocket.
@@ -141,7 +215,10 @@ pub enum PathState {
     Connected {
         /// The path in use.
         path: PathKind,
-        /// Devices reached directly (1 on the LAN, 0 through a relay).
+        /// Devices reached directly: 1 on the LAN, 0 through a relay, and
+        /// over WebRTC the devices paired now (kept up to date as they come
+        /// and go; when the last one goes, the last count stays until the
+        /// path is given up or a device pairs again).
         devices: usize,
     },
 }
@@ -169,6 +246,14 @@ impl fmt::Display for PathState {
             } => write!(
                 f,
                 "connected to {devices} device{} (LAN)",
+                if *devices == 1 { "" } else { "s" }
+            ),
+            PathState::Connected {
+                path: PathKind::WebRtc,
+                devices,
+            } => write!(
+                f,
+                "connected to {devices} device{} (direct)",
                 if *devices == 1 { "" } else { "s" }
             ),
             PathState::Connected {
@@ -247,6 +332,8 @@ impl fmt::Debug for ConnectorOptions {
 enum Up {
     Quic(QuicStore),
     Ws(WebSocketStore),
+    /// The store and how many peers an attempt waits for.
+    WebRtc(WebRtcStore, usize),
 }
 
 impl Up {
@@ -254,13 +341,17 @@ impl Up {
         match self {
             Up::Quic(s) => s,
             Up::Ws(s) => s,
+            Up::WebRtc(s, _) => s,
         }
     }
 
+    /// `Connected` while the path works (over WebRTC: while at least one
+    /// device is paired).
     fn state(&self) -> watch::Receiver<ConnectionState> {
         match self {
             Up::Quic(s) => s.state(),
             Up::Ws(s) => s.state(),
+            Up::WebRtc(s, _) => s.state(),
         }
     }
 
@@ -268,6 +359,7 @@ impl Up {
         match self {
             Up::Quic(s) => s.wait_connected(t).await,
             Up::Ws(s) => s.wait_connected(t).await,
+            Up::WebRtc(s, n) => s.wait_peers(*n, t).await,
         }
     }
 
@@ -275,6 +367,7 @@ impl Up {
         match self {
             Up::Quic(s) => s.flush(t).await,
             Up::Ws(s) => s.flush(t).await,
+            Up::WebRtc(s, _) => s.flush(t).await,
         }
     }
 
@@ -282,6 +375,7 @@ impl Up {
         match self {
             Up::Quic(s) => s.sync().await.map(drop),
             Up::Ws(s) => s.sync().await.map(drop),
+            Up::WebRtc(s, _) => s.sync().await.map(drop),
         }
     }
 
@@ -289,6 +383,18 @@ impl Up {
         match self {
             Up::Quic(s) => s.close().await,
             Up::Ws(s) => s.close().await,
+            Up::WebRtc(s, _) => s.close().await,
+        }
+    }
+
+    /// The state to report for this path, once connected as `kind`.
+    fn connected(&self, kind: PathKind) -> PathState {
+        match self {
+            Up::WebRtc(s, _) => PathState::Connected {
+                path: kind,
+                devices: s.peers().borrow().len().max(1),
+            },
+            _ => connected(kind),
         }
     }
 }
@@ -324,7 +430,45 @@ impl Shared {
         let mut quic = self.opts.quic.clone();
         quic.verifier = self.opts.verifier.clone();
         quic.connect_timeout = t;
+        // How long the store may take to connect and catch up.
+        let mut wait = t;
         let up = match &self.routes[i] {
+            Route::WebRtc {
+                signaling,
+                room,
+                policy,
+                options,
+                min_peers,
+            } => {
+                // One deadline for the whole attempt, signaling included.
+                let deadline = tokio::time::Instant::now() + t;
+                let mut o = options.clone();
+                o.verifier = self.opts.verifier.clone();
+                let store = WebRtcStore::new(self.cache.clone(), &self.keypair, policy.clone(), o);
+                // The room key, if any, is in the options (derived once),
+                // not a password here (derived on every attempt).
+                let joined = tokio::time::timeout_at(
+                    deadline,
+                    WsSignaling::connect(signaling, room, None, &self.keypair),
+                )
+                .await;
+                match joined {
+                    Ok(Ok(sig)) => store.join(sig),
+                    Ok(Err(e)) => {
+                        store.close().await;
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        store.close().await;
+                        return Err(Error::Timeout {
+                            what: format!("the signaling server {signaling}"),
+                            after: t,
+                        });
+                    }
+                }
+                wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                Up::WebRtc(store, *min_peers)
+            }
             Route::Lan { lan, peer } => {
                 let found = lan.find(peer, self.opts.lan_timeout).await?;
                 Up::Quic(QuicStore::new(
@@ -355,7 +499,7 @@ impl Shared {
                 )?)
             }
         };
-        match up.wait_connected(t).await {
+        match up.wait_connected(wait).await {
             Ok(()) => Ok(up),
             Err(e) => {
                 up.close().await;
@@ -391,7 +535,8 @@ impl Drop for Connector {
 impl Connector {
     /// Start a connector over `cache` with `routes`, best first, as
     /// `keypair`. Returns at once and connects in the background; must be
-    /// called inside a tokio runtime. No routes is an
+    /// called inside a tokio runtime. No routes, or a
+    /// [`Route::WebRtc`] with `min_peers: 0`, is an
     /// [`Error::InvalidInput`].
     pub fn new(
         cache: Arc<DynAppendOnlyStore>,
@@ -402,6 +547,14 @@ impl Connector {
         if routes.is_empty() {
             return Err(Error::InvalidInput {
                 reason: "a Connector needs at least one route".into(),
+            });
+        }
+        if routes
+            .iter()
+            .any(|r| matches!(r, Route::WebRtc { min_peers: 0, .. }))
+        {
+            return Err(Error::InvalidInput {
+                reason: "a WebRTC route needs min_peers of at least 1".into(),
             });
         }
         let (tx, rx) = watch::channel(PathState::Offline { last_error: None });
@@ -498,6 +651,44 @@ async fn lost(up: &Up, grace: Duration) {
     }
 }
 
+/// Keep the device count of a WebRTC path in the state while it is the
+/// path in use; ends when it no longer is (it is closed after being
+/// replaced, which wakes this) or the connector stops.
+async fn count_devices(s: Arc<Shared>, up: Arc<Up>) {
+    let Up::WebRtc(store, _) = &*up else { return };
+    let mut peers = store.peers();
+    // Each turn waits for the peer list to change.
+    loop {
+        let n = peers.borrow_and_update().len();
+        {
+            // Checked and sent under the lock that replaces the path, so a
+            // count never overwrites the state of the path after it.
+            let current = s.current.lock().unwrap_or_else(|e| e.into_inner());
+            match &*current {
+                Some((_, c)) if Arc::ptr_eq(c, &up) => {}
+                _ => return,
+            }
+            // No device: keep the last count while the path may come back
+            // (within `failover_after`), rather than "0 devices".
+            if n > 0 {
+                s.state.send_if_modified(|st| {
+                    let next = PathState::Connected {
+                        path: PathKind::WebRtc,
+                        devices: n,
+                    };
+                    let changed = *st != next;
+                    *st = next;
+                    changed
+                });
+            }
+        }
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            r = peers.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// The manager: try the better routes, keep the best that works, fall back
 /// when it is lost; until cancelled.
 async fn manage(s: Arc<Shared>) {
@@ -521,7 +712,10 @@ async fn manage(s: Arc<Shared>) {
                     let up = Arc::new(up);
                     let old = s.set_current(Some((i, up.clone())));
                     info!(route = ?s.routes[i], "connected");
-                    s.state.send_replace(connected(kind));
+                    s.state.send_replace(up.connected(kind));
+                    if let Up::WebRtc(..) = *up {
+                        tokio::spawn(count_devices(s.clone(), up.clone()));
+                    }
                     if let Some((_, old)) = old {
                         // An upgrade: the old path delivers what it holds,
                         // then the new one catches up once more.
@@ -690,6 +884,22 @@ mod tests {
             }
             .to_string(),
             "connected to 2 devices (LAN)"
+        );
+        assert_eq!(
+            PathState::Connected {
+                path: PathKind::WebRtc,
+                devices: 1
+            }
+            .to_string(),
+            "connected to 1 device (direct)"
+        );
+        assert_eq!(
+            PathState::Connected {
+                path: PathKind::WebRtc,
+                devices: 3
+            }
+            .to_string(),
+            "connected to 3 devices (direct)"
         );
         assert_eq!(connected(PathKind::Quic).to_string(), "relay (QUIC)");
         assert_eq!(

@@ -102,7 +102,7 @@ fn blocked_udp_lands_on_websocket_and_upgrades_when_it_returns() {
             .unwrap();
             let lan = Lan::new().unwrap();
             let announced = lan
-                .announce(&Announcement::new(relay_peer, quic.local_addr().port()))
+                .announce(&Announcement::for_server(relay_peer, quic.local_addr()))
                 .unwrap();
             ready_tx
                 .send((quic.local_addr().port(), ws.local_addr().port()))

@@ -95,17 +95,36 @@ pub struct Announcement {
     pub ws_port: Option<u16>,
     /// Stores to announce as tags (default none; see the crate docs).
     pub stores: Vec<StoreId>,
+    /// The addresses to announce (at most [`MAX_ADDRS`]); empty (the
+    /// default) announces every interface's, IPv6 included. A server bound
+    /// to one address should announce just that one
+    /// ([`for_server`](Announcement::for_server) does), so that finders
+    /// never try an address nothing listens on.
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Announcement {
-    /// A peer with a QUIC server on `quic_port`, announcing no stores.
+    /// A peer with a QUIC server on `quic_port`, announcing no stores and
+    /// every interface's addresses.
     pub fn new(peer: PeerId, quic_port: u16) -> Self {
         Announcement {
             peer,
             quic_port,
             ws_port: None,
             stores: Vec::new(),
+            addrs: Vec::new(),
         }
+    }
+
+    /// A peer whose QUIC server is bound to `bound`: its port, and its
+    /// address unless that is unspecified (`0.0.0.0`, `::`: every
+    /// interface's, as [`new`](Announcement::new)).
+    pub fn for_server(peer: PeerId, bound: SocketAddr) -> Self {
+        let mut a = Announcement::new(peer, bound.port());
+        if !bound.ip().is_unspecified() {
+            a.addrs = vec![bound.ip()];
+        }
+        a
     }
 }
 
@@ -115,7 +134,8 @@ impl Announcement {
 pub struct LanPeer {
     /// The announced peer id.
     pub peer: PeerId,
-    /// Its addresses, IPv4 first (at most [`MAX_ADDRS`]).
+    /// Its addresses, IPv4 first, link-local IPv6 last (at most
+    /// [`MAX_ADDRS`]).
     pub addrs: Vec<IpAddr>,
     /// Its QUIC port.
     pub quic_port: u16,
@@ -177,10 +197,10 @@ impl LanPeer {
                 }
             }
         }
-        let mut addrs: Vec<IpAddr> = s.addresses.iter().map(|a| a.to_ip_addr()).collect();
-        addrs.sort_by_key(|a| (a.is_ipv6(), *a));
-        addrs.truncate(MAX_ADDRS);
+        let addrs = usable_addrs(s.addresses.iter().map(|a| a.to_ip_addr()));
         if addrs.is_empty() {
+            // Address records can trail the others: a later update of the
+            // record, with an address, is another event.
             return None;
         }
         Some(LanPeer {
@@ -191,6 +211,25 @@ impl LanPeer {
             tags,
         })
     }
+}
+
+/// The addresses to try, at most [`MAX_ADDRS`]: IPv4 first, then routable
+/// IPv6, link-local IPv6 last (an `IpAddr` cannot say which interface one
+/// belongs to, so connecting to it may fail; announce an explicit address,
+/// as [`Announcement::for_server`] does, to avoid them); unspecified and
+/// multicast ones are left out.
+fn usable_addrs(found: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = found
+        .filter(|a| match a {
+            IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
+        })
+        .collect();
+    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    addrs.sort_by_key(|a| (a.is_ipv6(), link_local(a), *a));
+    addrs.dedup();
+    addrs.truncate(MAX_ADDRS);
+    addrs
 }
 
 /// The TXT properties announcing `a` (`v` first, `peer` second).
@@ -269,16 +308,28 @@ impl Lan {
     pub fn announce(&self, a: &Announcement) -> Result<Announced> {
         let props = txt(a)?;
         let short = &props[1].1[..16];
+        if a.addrs.len() > MAX_ADDRS {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "LAN announcement: {} addresses, at most {MAX_ADDRS}",
+                    a.addrs.len()
+                ),
+            });
+        }
         let info = ServiceInfo::new(
             SERVICE_TYPE,
             &format!("cairn-{short}"),
             &format!("cairn-{short}.local."),
-            "",
+            &a.addrs[..],
             a.quic_port,
             &props[..],
         )
-        .map_err(|e| lan_err("announcement", e))?
-        .enable_addr_auto();
+        .map_err(|e| lan_err("announcement", e))?;
+        let info = if a.addrs.is_empty() {
+            info.enable_addr_auto()
+        } else {
+            info
+        };
         let fullname = info.get_fullname().to_owned();
         self.daemon
             .register(info)
@@ -375,7 +426,10 @@ impl LanBrowser {
             match ev {
                 ServiceEvent::ServiceResolved(s) => {
                     let Some(p) = LanPeer::from_service(&s) else {
-                        debug!("mDNS: ignoring a malformed record {}", s.fullname);
+                        debug!(
+                            "mDNS: ignoring a record that is malformed or has no usable address yet: {}",
+                            s.fullname
+                        );
                         continue;
                     };
                     if !self.peers.contains_key(&s.fullname) && self.peers.len() >= MAX_PEERS {
@@ -411,6 +465,28 @@ impl Drop for LanBrowser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_ipv6_goes_last_and_unusable_addresses_are_left_out() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let found = [
+            ip("fe80::3014:38ff:fe8b:8c01"),
+            ip("2001:db8::7"),
+            ip("0.0.0.0"),
+            ip("224.0.0.251"),
+            ip("192.0.2.1"),
+            ip("192.0.2.1"),
+        ];
+        assert_eq!(
+            usable_addrs(found.into_iter()),
+            vec![
+                ip("192.0.2.1"),
+                ip("2001:db8::7"),
+                ip("fe80::3014:38ff:fe8b:8c01")
+            ]
+        );
+        assert!(usable_addrs([ip("224.0.0.251")].into_iter()).is_empty());
+    }
 
     #[test]
     fn tags_depend_on_peer_and_store() {
