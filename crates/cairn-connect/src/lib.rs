@@ -471,13 +471,23 @@ impl Shared {
             }
             Route::Lan { lan, peer } => {
                 let found = lan.find(peer, self.opts.lan_timeout).await?;
-                Up::Quic(QuicStore::new(
+                let up = Up::Quic(QuicStore::new(
                     self.cache.clone(),
                     found.quic_addr(),
                     *peer,
                     &self.keypair,
                     quic,
-                )?)
+                )?);
+                return match up.wait_connected(wait).await {
+                    Ok(()) => Ok(up),
+                    Err(e) => {
+                        // The address found may be stale: ask mDNS again
+                        // next time.
+                        lan.forget(peer);
+                        up.close().await;
+                        Err(e)
+                    }
+                };
             }
             Route::Quic { addr, peer } => Up::Quic(QuicStore::new(
                 self.cache.clone(),

@@ -267,6 +267,11 @@ fn txt(a: &Announcement) -> Result<Vec<(String, String)>> {
 /// does dropping it.
 pub struct Lan {
     daemon: ServiceDaemon,
+    /// The last record [`find`](Lan::find) returned per peer (at most
+    /// [`MAX_PEERS`]), so that finding a peer again, to reconnect, does
+    /// not wait for a new mDNS exchange; [`forget`](Lan::forget) drops
+    /// one that stopped working.
+    known: std::sync::Mutex<HashMap<PeerId, LanPeer>>,
 }
 
 impl std::fmt::Debug for Lan {
@@ -301,7 +306,10 @@ impl Lan {
     /// Start the mDNS daemon on every interface with an address.
     pub fn new() -> Result<Lan> {
         let daemon = ServiceDaemon::new().map_err(|e| lan_err("cannot start", e))?;
-        Ok(Lan { daemon })
+        Ok(Lan {
+            daemon,
+            known: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Announce `a` on every interface until the returned handle drops.
@@ -354,14 +362,32 @@ impl Lan {
     }
 
     /// Find `peer` on the LAN within `timeout`: [`Error::Timeout`] naming
-    /// the peer if no valid record for it arrives in time.
+    /// the peer if no valid record for it arrives in time. A peer found
+    /// before is returned at once, from memory, until
+    /// [`forget`](Lan::forget) drops it (do so when connecting to it
+    /// fails: it may have moved).
     pub async fn find(&self, peer: &PeerId, timeout: Duration) -> Result<LanPeer> {
+        if let Some(p) = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+        {
+            return Ok(p.clone());
+        }
         let mut b = self.browse()?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Bounded by the deadline.
         loop {
             match tokio::time::timeout_at(deadline, b.next()).await {
-                Ok(Some(p)) if p.peer == *peer => return Ok(p),
+                Ok(Some(p)) if p.peer == *peer => {
+                    let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                    if known.len() >= MAX_PEERS {
+                        known.clear();
+                    }
+                    known.insert(p.peer, p.clone());
+                    return Ok(p);
+                }
                 Ok(Some(_)) => continue,
                 Ok(None) => return Err(lan_err("browsing", "the daemon stopped")),
                 Err(_) => {
@@ -372,6 +398,15 @@ impl Lan {
                 }
             }
         }
+    }
+
+    /// Drop what [`find`](Lan::find) remembers of `peer`: the next find
+    /// asks the network again.
+    pub fn forget(&self, peer: &PeerId) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
     }
 
     /// Find any peer that announces `store` within `timeout`.

@@ -77,6 +77,13 @@ fn a_peer_is_found_by_mdns_and_synced_from_directly() {
             assert_eq!(found.addrs[0], "192.0.2.1".parse::<IpAddr>().unwrap());
             assert!(found.announces(&sid()));
             assert!(!found.announces(&StoreId::new("family/other").unwrap()));
+            // Found again from memory: a 1 ms deadline leaves no time for
+            // an mDNS exchange.
+            let again = lan
+                .find(&server_peer, Duration::from_millis(1))
+                .await
+                .unwrap();
+            assert_eq!(again, found);
             let by_store = lan.find_store(&sid(), T).await.unwrap();
             assert_eq!(by_store.peer, server_peer);
             // Direct: connect to the address found, the key pinned.
