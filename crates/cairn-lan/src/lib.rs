@@ -213,6 +213,14 @@ impl LanPeer {
     }
 }
 
+/// How long a search that found a record with only a link-local address
+/// waits for the same record with a routable one.
+const ROUTABLE_GRACE: Duration = Duration::from_secs(2);
+
+fn is_link_local(a: &IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local())
+}
+
 /// The addresses to try, at most [`MAX_ADDRS`]: IPv4 first, then routable
 /// IPv6, link-local IPv6 last (an `IpAddr` cannot say which interface one
 /// belongs to, so connecting to it may fail; announce an explicit address,
@@ -225,8 +233,7 @@ fn usable_addrs(found: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
             IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
         })
         .collect();
-    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local());
-    addrs.sort_by_key(|a| (a.is_ipv6(), link_local(a), *a));
+    addrs.sort_by_key(|a| (a.is_ipv6(), is_link_local(a), *a));
     addrs.dedup();
     addrs.truncate(MAX_ADDRS);
     addrs
@@ -375,27 +382,50 @@ impl Lan {
         {
             return Ok(p.clone());
         }
+        let p = self
+            .search(|p| p.peer == *peer, timeout)
+            .await?
+            .ok_or_else(|| Error::Timeout {
+                what: format!("peer {} on the LAN (mDNS)", peer.short()),
+                after: timeout,
+            })?;
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_PEERS {
+            known.clear();
+        }
+        known.insert(p.peer, p.clone());
+        Ok(p)
+    }
+
+    /// The first record `wanted` accepts within `timeout`. mDNS sends a
+    /// record's A and AAAA records apart, so one may first arrive with only
+    /// a link-local IPv6 address (which may not be served, and cannot be
+    /// connected to without its interface): such a record is kept while
+    /// up to [`ROUTABLE_GRACE`] more is waited for an update with a
+    /// routable address, and returned if none comes.
+    async fn search(
+        &self,
+        wanted: impl Fn(&LanPeer) -> bool,
+        timeout: Duration,
+    ) -> Result<Option<LanPeer>> {
         let mut b = self.browse()?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut fallback: Option<LanPeer> = None;
         // Bounded by the deadline.
         loop {
             match tokio::time::timeout_at(deadline, b.next()).await {
-                Ok(Some(p)) if p.peer == *peer => {
-                    let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-                    if known.len() >= MAX_PEERS {
-                        known.clear();
+                Ok(Some(p)) if wanted(&p) => {
+                    if p.addrs.first().is_some_and(|a| !is_link_local(a)) {
+                        return Ok(Some(p));
                     }
-                    known.insert(p.peer, p.clone());
-                    return Ok(p);
+                    if fallback.is_none() {
+                        deadline = deadline.min(tokio::time::Instant::now() + ROUTABLE_GRACE);
+                    }
+                    fallback = Some(p);
                 }
                 Ok(Some(_)) => continue,
                 Ok(None) => return Err(lan_err("browsing", "the daemon stopped")),
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        what: format!("peer {} on the LAN (mDNS)", peer.short()),
-                        after: timeout,
-                    });
-                }
+                Err(_) => return Ok(fallback),
             }
         }
     }
@@ -411,22 +441,12 @@ impl Lan {
 
     /// Find any peer that announces `store` within `timeout`.
     pub async fn find_store(&self, store: &StoreId, timeout: Duration) -> Result<LanPeer> {
-        let mut b = self.browse()?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Bounded by the deadline.
-        loop {
-            match tokio::time::timeout_at(deadline, b.next()).await {
-                Ok(Some(p)) if p.announces(store) => return Ok(p),
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err(lan_err("browsing", "the daemon stopped")),
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        what: format!("a LAN peer announcing store {store} (mDNS)"),
-                        after: timeout,
-                    });
-                }
-            }
-        }
+        self.search(|p| p.announces(store), timeout)
+            .await?
+            .ok_or_else(|| Error::Timeout {
+                what: format!("a LAN peer announcing store {store} (mDNS)"),
+                after: timeout,
+            })
     }
 
     /// Stop the daemon (announcements are withdrawn first).
