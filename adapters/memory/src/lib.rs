@@ -142,10 +142,14 @@ impl AppendOnlyStore for MemoryStore {
                 st.by_id.insert(c.id(), seq);
                 st.sorted.insert(c.id());
                 st.buckets.add(&c.id());
-                st.by_doc
-                    .entry(c.meta.doc_id.clone())
-                    .or_default()
-                    .push(seq);
+                // Look the document up before cloning its id: most changes
+                // belong to a document the store already holds.
+                match st.by_doc.get_mut(&c.meta.doc_id) {
+                    Some(seqs) => seqs.push(seq),
+                    None => {
+                        st.by_doc.insert(c.meta.doc_id.clone(), vec![seq]);
+                    }
+                }
                 out.new.push(c.id());
                 st.log.push(c);
             }

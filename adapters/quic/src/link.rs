@@ -97,6 +97,16 @@ pub(crate) async fn write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<
     }
 }
 
+/// Write one encoded frame, handing its buffer to quinn as it is (no copy
+/// into the stream's send buffer).
+pub(crate) async fn write_frame(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<()> {
+    match send.write_chunk(bytes::Bytes::from(frame)).await {
+        Ok(()) => Ok(()),
+        Err(quinn::WriteError::ConnectionLost(e)) => Err(conn_err(e)),
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// Write `msg` as frames of at most `limit` bytes, one frame at a time: the
 /// sender holds the message and one frame, never the whole encoding.
 pub(crate) async fn write_message(
@@ -105,7 +115,7 @@ pub(crate) async fn write_message(
     limit: u32,
 ) -> Result<()> {
     for frame in FrameEncoder::new(msg, limit) {
-        write(send, &frame?).await?;
+        write_frame(send, frame?).await?;
     }
     Ok(())
 }
@@ -121,12 +131,12 @@ pub(crate) async fn write_response(
     let msg = Message::Response { id, body };
     let mut frames = FrameEncoder::new(&msg, limit);
     match frames.next() {
-        Some(Ok(first)) => write(send, &first).await?,
+        Some(Ok(first)) => write_frame(send, first).await?,
         Some(Err(e)) => return write(send, &error_reply(id, &e, limit)).await,
         None => return Ok(()),
     }
     for frame in frames {
-        write(send, &frame?).await?;
+        write_frame(send, frame?).await?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use cairn::encoding::{decode_meta, encode_meta};
+use cairn::encoding::{decode_meta, encode_meta_into, encoded_meta_len};
 use cairn::{
     AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, Digest, DocId, Error, Head, IdRange,
     RangeSummary, Result, ScanItem, StoreId,
@@ -56,6 +56,64 @@ impl<'a> Items<'a> {
         }
     }
 
+    /// The bytes item `i` takes, computed without encoding it (0 past the
+    /// end).
+    fn size(&self, i: usize) -> Result<usize> {
+        Ok(match self {
+            Items::None => 0,
+            Items::Ids(v) => v.get(i).map_or(0, |_| 32),
+            Items::Changes(v) => match v.get(i) {
+                Some(c) => {
+                    payload_len_u32(c)?;
+                    4 + encoded_meta_len(&c.meta) + 4 + c.payload.len()
+                }
+                None => 0,
+            },
+            Items::Metas(v) => v.get(i).map_or(0, |m| 4 + encoded_meta_len(m)),
+            Items::Bools(v) => v.get(i).map_or(0, |_| 1),
+            Items::Scan(v) => v
+                .get(i)
+                .map_or(0, |item| 8 + 4 + encoded_meta_len(&item.meta)),
+        })
+    }
+
+    /// Append item `i`'s encoding ([`size`](Self::size) bytes) to `out`.
+    fn write(&self, i: usize, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Items::None => {}
+            Items::Ids(v) => {
+                if let Some(id) = v.get(i) {
+                    out.extend_from_slice(id.as_bytes());
+                }
+            }
+            Items::Changes(v) => {
+                if let Some(c) = v.get(i) {
+                    let len = payload_len_u32(c)?;
+                    write_meta(&c.meta, out);
+                    put_u32(out, len);
+                    out.extend_from_slice(&c.payload);
+                }
+            }
+            Items::Metas(v) => {
+                if let Some(m) = v.get(i) {
+                    write_meta(m, out);
+                }
+            }
+            Items::Bools(v) => {
+                if let Some(b) = v.get(i) {
+                    out.push(u8::from(*b));
+                }
+            }
+            Items::Scan(v) => {
+                if let Some(item) = v.get(i) {
+                    put_u64(out, item.seq);
+                    write_meta(&item.meta, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Item `i`'s encoding as a head written here and a tail borrowed from
     /// the message (a change's payload), so that a large payload is copied
     /// once per frame, never into an intermediate buffer.
@@ -71,12 +129,8 @@ impl<'a> Items<'a> {
             }
             Items::Changes(v) => match v.get(i) {
                 Some(c) => {
+                    let len = payload_len_u32(c)?;
                     write_meta(&c.meta, &mut out);
-                    let len = u32::try_from(c.payload.len()).map_err(|_| Error::TooLarge {
-                        what: "payload",
-                        limit: u64::from(u32::MAX),
-                        actual: c.payload.len() as u64,
-                    })?;
                     put_u32(&mut out, len);
                     &c.payload[..]
                 }
@@ -118,10 +172,19 @@ fn copy_span(head: &[u8], tail: &[u8], from: usize, n: usize, out: &mut Vec<u8>)
     }
 }
 
+/// A change's payload length as the `u32` the wire carries.
+fn payload_len_u32(c: &Change) -> Result<u32> {
+    u32::try_from(c.payload.len()).map_err(|_| Error::TooLarge {
+        what: "payload",
+        limit: u64::from(u32::MAX),
+        actual: c.payload.len() as u64,
+    })
+}
+
 fn write_meta(meta: &ChangeMeta, out: &mut Vec<u8>) {
-    let rec = encode_meta(meta);
-    put_u32(out, u32::try_from(rec.len()).unwrap_or(u32::MAX));
-    out.extend_from_slice(&rec);
+    let len = encoded_meta_len(meta);
+    put_u32(out, u32::try_from(len).unwrap_or(u32::MAX));
+    encode_meta_into(meta, out);
 }
 
 fn read_meta(r: &mut Reader<'_>) -> Result<ChangeMeta> {
@@ -369,9 +432,10 @@ impl<'a> FrameEncoder<'a> {
 
     /// The next frame of a split item.
     fn cont_frame(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.limit.min(1 << 20) + LEN_PREFIX);
-        self.header(&mut out, 0);
         let room = self.limit - HEADER_LEN;
+        let left = self.split.as_ref().map_or(0, |sp| sp.len() - sp.sent);
+        let mut out = Vec::with_capacity(LEN_PREFIX + HEADER_LEN + room.min(left));
+        self.header(&mut out, 0);
         let mut flags = FLAG_CONT;
         if let Some(sp) = &mut self.split {
             let n = room.min(sp.len() - sp.sent);
@@ -390,8 +454,32 @@ impl<'a> FrameEncoder<'a> {
         out
     }
 
+    /// Bytes the next list frame takes after its first `empty` bytes (what
+    /// `list_frame` will add to them), from the items' sizes, so that the
+    /// frame is allocated once: the whole items that fit, or the rest of
+    /// the frame if it ends with the start of a split item.
+    fn frame_room(&self, empty: usize) -> Result<usize> {
+        let mut bytes = 0usize;
+        let mut n = 0usize;
+        let mut i = self.next;
+        while i < self.total() && n < u32::MAX as usize {
+            let size = self.items.size(i)?;
+            if size <= self.limit - empty - bytes {
+                bytes += size;
+                n += 1;
+                i += 1;
+                continue;
+            }
+            if n > 0 && size <= self.limit - empty {
+                break;
+            }
+            return Ok(self.limit - empty);
+        }
+        Ok(bytes)
+    }
+
     fn list_frame(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.limit.min(1 << 20) + LEN_PREFIX);
+        let mut out = Vec::with_capacity(LEN_PREFIX + HEADER_LEN + self.fixed.len() + 4);
         self.header(&mut out, 0);
         out.extend_from_slice(&self.fixed);
         let count_pos = self.items.len().map(|_| {
@@ -404,15 +492,14 @@ impl<'a> FrameEncoder<'a> {
             self.done = true;
             return Err(too_large("message", self.limit as u32, empty));
         }
+        out.reserve_exact(self.frame_room(empty)?);
         let mut flags = 0u8;
         let mut n: u32 = 0;
         while self.next < self.total() && n < u32::MAX {
-            let (head, tail) = self.items.item(self.next)?;
-            let size = head.len() + tail.len();
+            let size = self.items.size(self.next)?;
             let room = self.limit - (out.len() - LEN_PREFIX);
             if size <= room {
-                out.extend_from_slice(&head);
-                out.extend_from_slice(tail);
+                self.items.write(self.next, &mut out)?;
                 n += 1;
                 self.next += 1;
                 continue;
@@ -426,6 +513,7 @@ impl<'a> FrameEncoder<'a> {
             if room < 8 + 1 {
                 break;
             }
+            let (head, tail) = self.items.item(self.next)?;
             put_u64(&mut out, size as u64);
             let first = room - 8;
             copy_span(&head, tail, 0, first, &mut out);

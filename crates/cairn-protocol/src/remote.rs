@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cairn::encoding::encode_meta;
+use cairn::encoding::encoded_meta_len;
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
     Error, Head, IdRange, RangeSummary, Result, ScanItem, StoreId,
@@ -21,7 +21,7 @@ use crate::message::Hello;
 /// length, payload). A change larger than the frame limit is split across
 /// frames ([`FrameEncoder`](crate::FrameEncoder)).
 pub fn framed_size(change: &Change) -> usize {
-    LEN_PREFIX + HEADER_LEN + 4 + 4 + encode_meta(&change.meta).len() + 4 + change.payload.len()
+    LEN_PREFIX + HEADER_LEN + 4 + 4 + encoded_meta_len(&change.meta) + 4 + change.payload.len()
 }
 
 /// Most ids a [`RemoteStore`] puts in one request.
@@ -86,6 +86,40 @@ impl<C: Call + ?Sized> RemoteStore<C> {
     }
 }
 
+impl<C: Call + ?Sized> RemoteStore<C> {
+    /// `get_changes` of `ids` (`unique` is them without repeats), asking
+    /// again after the last id of each capped answer; `first` is the answer
+    /// already received to the first request (the first chunk of `unique`).
+    async fn get_changes_paged(
+        &self,
+        ids: &[ChangeId],
+        unique: &[ChangeId],
+        mut first: Option<Vec<Change>>,
+    ) -> Result<Vec<Change>> {
+        let mut got: HashMap<ChangeId, Change> = HashMap::with_capacity(unique.len());
+        for chunk in unique.chunks(IDS_PER_REQUEST) {
+            let mut rest = chunk;
+            // Bounded: every answer that is not empty shortens `rest`.
+            while !rest.is_empty() {
+                let answer = match first.take() {
+                    Some(answer) => answer,
+                    None => self.call.remote_get_changes(rest).await?,
+                };
+                let Some(pos) = last_position(rest, answer.iter().map(Change::id))? else {
+                    break;
+                };
+                got.extend(answer.into_iter().map(|c| (c.id(), c)));
+                rest = &rest[pos + 1..];
+            }
+        }
+        if unique.len() == ids.len() {
+            // Each id once: move the changes out instead of copying them.
+            return Ok(ids.iter().filter_map(|id| got.remove(id)).collect());
+        }
+        Ok(ids.iter().filter_map(|id| got.get(id).cloned()).collect())
+    }
+}
+
 impl<C: ?Sized> fmt::Debug for RemoteStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteStore")
@@ -108,20 +142,15 @@ impl<C: Call + ?Sized> AppendOnlyStore for RemoteStore<C> {
     }
     async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
         let unique = coalesce(ids);
-        let mut got: HashMap<ChangeId, Change> = HashMap::with_capacity(unique.len());
-        for chunk in unique.chunks(IDS_PER_REQUEST) {
-            let mut rest = chunk;
-            // Bounded: every answer that is not empty shortens `rest`.
-            while !rest.is_empty() {
-                let answer = self.call.remote_get_changes(rest).await?;
-                let Some(pos) = last_position(rest, answer.iter().map(Change::id))? else {
-                    break;
-                };
-                got.extend(answer.into_iter().map(|c| (c.id(), c)));
-                rest = &rest[pos + 1..];
+        if !ids.is_empty() && unique.len() == ids.len() && ids.len() <= IDS_PER_REQUEST {
+            // The common case: one request, answered whole and in order.
+            let answer = self.call.remote_get_changes(ids).await?;
+            if answer.len() == ids.len() && answer.iter().zip(ids).all(|(c, id)| c.id() == *id) {
+                return Ok(answer);
             }
+            return self.get_changes_paged(ids, &unique, Some(answer)).await;
         }
-        Ok(ids.iter().filter_map(|id| got.get(id).cloned()).collect())
+        self.get_changes_paged(ids, &unique, None).await
     }
     async fn get_metas(&self, ids: &[ChangeId]) -> Result<Vec<ChangeMeta>> {
         let unique = coalesce(ids);
@@ -137,6 +166,9 @@ impl<C: Call + ?Sized> AppendOnlyStore for RemoteStore<C> {
                 got.extend(answer.into_iter().map(|m| (m.id, m)));
                 rest = &rest[pos + 1..];
             }
+        }
+        if unique.len() == ids.len() {
+            return Ok(ids.iter().filter_map(|id| got.remove(id)).collect());
         }
         Ok(ids.iter().filter_map(|id| got.get(id).cloned()).collect())
     }

@@ -61,21 +61,24 @@ pub const MAX_DEPS: usize = 4096;
 /// Write the canonical header of `meta` (everything but `id` and `signature`):
 /// the bytes the author signs, through [`signing_hash`].
 pub fn encode_header(meta: &ChangeMeta) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        1 + 1
-            + 2
-            + meta.doc_id.as_str().len()
-            + 4
-            + 32 * meta.deps.len()
-            + 8
-            + 32
-            + 1
-            + meta.key_id.as_str().len()
-            + 32
-            + 8,
-    );
+    let mut out = Vec::with_capacity(header_len(meta));
     write_header(meta, &mut out);
     out
+}
+
+/// Bytes [`write_header`] writes for `meta`.
+fn header_len(meta: &ChangeMeta) -> usize {
+    1 + 1
+        + 2
+        + meta.doc_id.as_str().len()
+        + 4
+        + 32 * meta.deps.len()
+        + 8
+        + 32
+        + 1
+        + meta.key_id.as_str().len()
+        + 32
+        + 8
 }
 
 fn write_header(meta: &ChangeMeta, out: &mut Vec<u8>) {
@@ -127,10 +130,26 @@ fn write_signature(meta: &ChangeMeta, out: &mut Vec<u8>) {
 /// Encode metadata as a self-checking record: header, then signature
 /// section. Its blake3 hash is the change id.
 pub fn encode_meta(meta: &ChangeMeta) -> Vec<u8> {
-    let mut out = encode_header(meta);
-    out.reserve(65);
-    write_signature(meta, &mut out);
+    let mut out = Vec::with_capacity(encoded_meta_len(meta));
+    encode_meta_into(meta, &mut out);
+    debug_assert_eq!(
+        out.len(),
+        encoded_meta_len(meta),
+        "encoded_meta_len is exact"
+    );
     out
+}
+
+/// [`encode_meta`], appended to `out` (no buffer of its own).
+pub fn encode_meta_into(meta: &ChangeMeta, out: &mut Vec<u8>) {
+    write_header(meta, out);
+    write_signature(meta, out);
+}
+
+/// The length of [`encode_meta`]`(meta)`, computed without encoding it (to
+/// size a frame or a buffer).
+pub fn encoded_meta_len(meta: &ChangeMeta) -> usize {
+    header_len(meta) + 1 + if meta.signature.is_some() { 64 } else { 0 }
 }
 
 /// Decode a record written by [`encode_meta`]. The id is recomputed from the
@@ -415,6 +434,26 @@ mod tests {
             decode_meta(&encode_meta(&unsigned.meta)).unwrap(),
             unsigned.meta
         );
+    }
+
+    #[test]
+    fn encoded_meta_len_and_encode_meta_into_match_encode_meta() {
+        let kp = Keypair::from_seed([7; 32]);
+        let mut many = fixed_meta();
+        many.deps = vec![ChangeId::from_bytes([4; 32]), ChangeId::from_bytes([5; 32])];
+        let signed = ChangeBuilder::new(ChangeKind::Create, DocId::new("a-longer-doc").unwrap())
+            .payload(b"x".to_vec())
+            .sign(&kp)
+            .unwrap()
+            .meta;
+        for meta in [fixed_meta(), many, signed] {
+            let rec = encode_meta(&meta);
+            assert_eq!(encoded_meta_len(&meta), rec.len());
+            let mut out = vec![9u8];
+            encode_meta_into(&meta, &mut out);
+            assert_eq!(out[0], 9);
+            assert_eq!(&out[1..], &rec[..]);
+        }
     }
 
     proptest! {

@@ -4,7 +4,10 @@
 //! page at a time from a saved cursor, asks the target which of the page's
 //! ids it lacks, fetches those in batches bounded by count and bytes,
 //! checks integrity and the [`Verifier`], and appends in dependency order.
-//! Memory is bounded by the batch size, never by the store size. The cursor
+//! While one page is appended, the next is planned and its first batch
+//! fetched, and the one after is scanned, so source and target work at the
+//! same time instead of waiting a round trip per page. Memory is bounded by
+//! a few batches, never by the store size. The cursor
 //! only advances after a batch is appended, so an interrupted sync is
 //! completed by running it again: appends are idempotent, nothing is lost
 //! and nothing is duplicated.
@@ -32,7 +35,7 @@ use crate::graph;
 use crate::ids::ChangeId;
 use crate::reconcile::{self, ReconcileOptions};
 use crate::record::{Change, ChangeMeta};
-use crate::store::{AppendOnlyStore, AppendOutcome, Head, ScanItem};
+use crate::store::{AppendOnlyStore, AppendOutcome, Head};
 use crate::verify::{AcceptAll, RejectReason, Verifier};
 
 /// Which way changes flow.
@@ -606,44 +609,52 @@ async fn transfer(
     let mut rep = TransferReport::default();
     emit(opts, SyncEvent::Started { direction, total });
     tracing::debug!(%direction, from = after, to = head.seq, "transfer start");
-    // Bounded: every round advances `after` by at least one, up to head.seq.
-    let mut prefetched: Option<Vec<ScanItem>> = None;
-    while after < head.seq {
+    // Three pages are in hand at once: one being appended, the next being
+    // planned and fetched, and the one after that scanned.
+    let mut staged = None;
+    let mut ahead = None;
+    if let Some(first) = scan_page(source, after, head.seq, opts).await? {
+        let end = first.end;
+        let (s, a) = futures::future::join(
+            stage_page(source, target, first, opts),
+            scan_page(source, end, head.seq, opts),
+        )
+        .await;
+        staged = Some(s?);
+        ahead = a?;
+    }
+    // Bounded: every round advances `after` by at least one (`scan_page`
+    // checks it), and pages are only scanned while `after < head.seq`.
+    while let Some(page) = staged.take() {
         if opts.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let page = match prefetched.take() {
-            Some(p) => p,
-            None => source.scan(after, opts.batch_changes).await?,
-        };
-        let Some(last) = page.last() else { break };
-        if last.seq <= after {
-            return Err(Error::Protocol {
-                reason: format!("scan after {after} returned sequence {}", last.seq),
-            });
-        }
-        let page_end = last.seq.min(head.seq);
-        let metas: Vec<ChangeMeta> = page
-            .into_iter()
-            .filter(|i| i.seq > after && i.seq <= head.seq)
-            .map(|i| i.meta)
-            .collect();
-        rep.examined += metas.len() as u64;
+        rep.examined += page.examined;
         rep.rounds += 1;
-        // Scan the next page while this one is fetched and appended.
-        let next_scan = async {
-            if page_end < head.seq {
-                source.scan(page_end, opts.batch_changes).await.map(Some)
-            } else {
-                Ok(None)
-            }
+        // While this page is appended, plan the next one (ask the target
+        // which of it are missing, fetch the first group) and scan the one
+        // after: the source works ahead while the target writes.
+        let end = page.end;
+        let scanned = ahead.take();
+        let next = async {
+            let Some(p) = scanned else {
+                return Ok((None, None));
+            };
+            let p_end = p.end;
+            let (s, a) = futures::future::join(
+                stage_page(source, target, p, opts),
+                scan_page(source, p_end, head.seq, opts),
+            )
+            .await;
+            Ok::<_, Error>((Some(s?), a?))
         };
-        let (applied, next) =
-            futures::future::join(apply_page(source, target, metas, opts, &mut rep), next_scan)
+        // `next` is polled first: its requests are on their way before this
+        // page's append, which may not yield until it is done, starts.
+        let (next, applied) =
+            futures::future::join(next, finish_page(source, target, page.plan, opts, &mut rep))
                 .await;
         applied?;
-        prefetched = next?;
-        after = page_end;
+        after = end;
         emit_progress(opts, direction, total, &rep);
         emit(
             opts,
@@ -655,6 +666,7 @@ async fn transfer(
                 },
             },
         );
+        (staged, ahead) = next?;
     }
     emit_finished(opts, direction, &rep);
     Ok((
@@ -666,6 +678,68 @@ async fn transfer(
     ))
 }
 
+/// A page of the source's arrival order, ready to append: examined up to
+/// `end`, its missing changes planned and the first group fetched.
+struct Staged<'a> {
+    end: u64,
+    examined: u64,
+    plan: Plan<'a>,
+}
+
+/// A page of the source's arrival order: its metadata, up to `end`.
+struct Scanned {
+    end: u64,
+    metas: Vec<ChangeMeta>,
+}
+
+/// Scan the page of `source` after `after`, up to `head`; `None` if
+/// `after` is `head` already or the source has nothing after it.
+async fn scan_page(
+    source: &dyn AppendOnlyStore,
+    after: u64,
+    head: u64,
+    opts: &SyncOptions,
+) -> Result<Option<Scanned>> {
+    if after >= head {
+        return Ok(None);
+    }
+    let page = source.scan(after, opts.batch_changes).await?;
+    let Some(last) = page.last() else {
+        return Ok(None);
+    };
+    if last.seq <= after {
+        return Err(Error::Protocol {
+            reason: format!("scan after {after} returned sequence {}", last.seq),
+        });
+    }
+    let end = last.seq.min(head);
+    let metas = page
+        .into_iter()
+        .filter(|i| i.seq > after && i.seq <= head)
+        .map(|i| i.meta)
+        .collect();
+    Ok(Some(Scanned { end, metas }))
+}
+
+/// Plan a scanned page ([`plan_page`]) and fetch its first group.
+async fn stage_page<'a>(
+    source: &'a dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    page: Scanned,
+    opts: &SyncOptions,
+) -> Result<Staged<'a>> {
+    let examined = page.metas.len() as u64;
+    let plan = plan_page(target, page.metas, opts)
+        .await?
+        .start(source)
+        .await;
+    Ok(Staged {
+        end: page.end,
+        examined,
+        plan,
+    })
+}
+
 type Fetch<'a> = futures::future::BoxFuture<'a, Result<(Vec<ChangeId>, Vec<Change>)>>;
 
 fn fetch(source: &dyn AppendOnlyStore, ids: Vec<ChangeId>) -> Fetch<'_> {
@@ -675,17 +749,34 @@ fn fetch(source: &dyn AppendOnlyStore, ids: Vec<ChangeId>) -> Fetch<'_> {
     })
 }
 
-/// Copy the changes of one scanned page that `target` lacks: ask which are
-/// missing, fetch them in byte-bounded groups, screen them, append deps
-/// first. The next group is fetched while the current one is appended, so
-/// at most two groups are in memory.
-async fn apply_page(
-    source: &dyn AppendOnlyStore,
+/// The changes of one page that the target lacks, deps first, in
+/// byte-bounded groups of ids; once started, the first group's fetch.
+struct Plan<'a> {
+    groups: std::vec::IntoIter<Vec<ChangeId>>,
+    first: Option<Fetch<'a>>,
+}
+
+impl<'a> Plan<'a> {
+    /// Fetch the first group now; its result (an error too) is what
+    /// [`finish_page`] starts with.
+    async fn start(mut self, source: &'a dyn AppendOnlyStore) -> Plan<'a> {
+        if self.first.is_none()
+            && let Some(g) = self.groups.next()
+        {
+            let fetched = fetch(source, g).await;
+            self.first = Some(Box::pin(futures::future::ready(fetched)));
+        }
+        self
+    }
+}
+
+/// Ask `target` which of `metas` it lacks; sort those deps first and group
+/// them by bytes.
+async fn plan_page<'a>(
     target: &dyn AppendOnlyStore,
     metas: Vec<ChangeMeta>,
     opts: &SyncOptions,
-    rep: &mut TransferReport,
-) -> Result<()> {
+) -> Result<Plan<'a>> {
     let ids: Vec<ChangeId> = metas.iter().map(|m| m.id).collect();
     let held = target.has_changes(&ids).await?;
     if held.len() != ids.len() {
@@ -699,10 +790,42 @@ async fn apply_page(
         .filter_map(|(m, h)| (!h).then_some(m))
         .collect();
     let missing = graph::topo_sort(missing, |m| m.id, |m| &m.deps);
-    let mut groups = byte_groups(&missing, opts.batch_bytes)
+    let groups: Vec<Vec<ChangeId>> = byte_groups(&missing, opts.batch_bytes)
         .into_iter()
-        .map(|g| g.iter().map(|m| m.id).collect::<Vec<_>>());
-    let mut in_flight = groups.next().map(|g| fetch(source, g));
+        .map(|g| g.iter().map(|m| m.id).collect())
+        .collect();
+    Ok(Plan {
+        groups: groups.into_iter(),
+        first: None,
+    })
+}
+
+/// Copy the changes of one scanned page that `target` lacks: ask which are
+/// missing, fetch them in byte-bounded groups, screen them, append deps
+/// first ([`plan_page`], then [`finish_page`]).
+async fn apply_page(
+    source: &dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    metas: Vec<ChangeMeta>,
+    opts: &SyncOptions,
+    rep: &mut TransferReport,
+) -> Result<()> {
+    let plan = plan_page(target, metas, opts).await?;
+    finish_page(source, target, plan, opts, rep).await
+}
+
+/// Fetch, screen and append the groups of `plan` in order. The next group
+/// is fetched while the current one is appended, so at most two groups of
+/// a page are in memory.
+async fn finish_page<'a>(
+    source: &'a dyn AppendOnlyStore,
+    target: &dyn AppendOnlyStore,
+    plan: Plan<'a>,
+    opts: &SyncOptions,
+    rep: &mut TransferReport,
+) -> Result<()> {
+    let Plan { mut groups, first } = plan;
+    let mut in_flight = first.or_else(|| groups.next().map(|g| fetch(source, g)));
     while let Some(pending) = in_flight.take() {
         let (ids, fetched) = pending.await?;
         let accept = screen(&ids, fetched, opts, rep)?;
@@ -713,8 +836,10 @@ async fn apply_page(
         }
         let out = match next {
             Some(next) => {
-                let (out, prefetched) =
-                    futures::future::join(append_checked(target, accept, rep), next).await;
+                // The fetch first, so that its request is sent before the
+                // append runs.
+                let (prefetched, out) =
+                    futures::future::join(next, append_checked(target, accept, rep)).await;
                 in_flight = Some(Box::pin(futures::future::ready(prefetched)));
                 out?
             }
