@@ -8,6 +8,8 @@
 //! the same author); this module only moves their datagrams.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use cairn::{Error, Result};
@@ -299,6 +301,8 @@ pub(crate) struct Net {
     socks: Vec<(UdpSocket, SocketAddr)>,
     relays: Vec<Relay>,
     epoch: Instant,
+    /// The socket [`recv`](Net::recv) polls first next time.
+    next_sock: AtomicUsize,
 }
 
 impl Net {
@@ -330,6 +334,7 @@ impl Net {
             socks,
             relays: Vec::new(),
             epoch: Instant::now(),
+            next_sock: AtomicUsize::new(0),
         };
         let mut mapped_seen = Vec::new();
         for server in cfg.stun.iter().take(MAX_STUN_SERVERS) {
@@ -383,24 +388,31 @@ impl Net {
         Ok((net, cands))
     }
 
-    /// Wait for a datagram on any socket, read into `buf`. Cancel-safe.
+    /// Wait for a datagram on any socket, read into `buf`. Cancel-safe,
+    /// and allocation-free: every socket is polled in turn, starting one
+    /// further each call so that a busy socket cannot starve the others.
     pub(crate) async fn recv(&self, buf: &mut [u8]) -> std::io::Result<Datagram> {
-        if let [(s, _)] = self.socks.as_slice() {
-            let (len, from) = s.recv_from(buf).await?;
-            return Ok(Datagram { sock: 0, len, from });
-        }
-        // Bounded in practice: each turn waits for readiness; a spurious
-        // one (another reader took the datagram) waits again.
-        loop {
-            let ready = self.socks.iter().map(|(s, _)| Box::pin(s.readable()));
-            let (r, sock, _) = futures::future::select_all(ready).await;
-            r?;
-            match self.socks[sock].0.try_recv_from(buf) {
-                Ok((len, from)) => return Ok(Datagram { sock, len, from }),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+        let n = self.socks.len();
+        let start = self.next_sock.fetch_add(1, Ordering::Relaxed) % n;
+        std::future::poll_fn(|cx| {
+            for k in 0..n {
+                let sock = (start + k) % n;
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                match self.socks[sock].0.poll_recv_from(cx, &mut rb) {
+                    Poll::Ready(Ok(from)) => {
+                        return Poll::Ready(Ok(Datagram {
+                            sock,
+                            len: rb.filled().len(),
+                            from,
+                        }));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
             }
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Make sense of a datagram: TURN traffic goes through its client
@@ -437,19 +449,17 @@ impl Net {
             if !r.client.have_permission(TransportType::Udp, to.ip()) {
                 // The packet is dropped; ICE retransmits once the server
                 // lets the peer's address through.
-                if !r.permitted.contains(&to.ip()) && r.permitted.len() < MAX_PERMISSIONS {
-                    r.permitted.push(to.ip());
-                    if let Err(e) = r.client.create_permission(TransportType::Udp, to.ip(), now) {
-                        debug!(peer = %to, error = %e, "TURN permission not requested");
-                    }
+                if admit(&mut r.permitted, to.ip(), MAX_PERMISSIONS)
+                    && let Err(e) = r.client.create_permission(TransportType::Udp, to.ip(), now)
+                {
+                    debug!(peer = %to, error = %e, "TURN permission not requested");
                 }
             } else {
-                if !r.channels.contains(&to) && r.channels.len() < MAX_PERMISSIONS {
-                    // A channel shrinks the relay header from 36 bytes to 4.
-                    r.channels.push(to);
-                    if let Err(e) = r.client.bind_channel(TransportType::Udp, to, now) {
-                        debug!(peer = %to, error = %e, "TURN channel not requested");
-                    }
+                // A channel shrinks the relay header from 36 bytes to 4.
+                if admit(&mut r.channels, to, MAX_PERMISSIONS)
+                    && let Err(e) = r.client.bind_channel(TransportType::Udp, to, now)
+                {
+                    debug!(peer = %to, error = %e, "TURN channel not requested");
                 }
                 trace!(peer = %to, len = bytes.len(), "packet out through the relay");
                 match r.client.send_to(TransportType::Udp, to, bytes, now) {
@@ -514,6 +524,17 @@ impl Drop for Net {
     }
 }
 
+/// Add `x` to `seen` if it is new and `seen` holds fewer than `cap`:
+/// whether it was added (so the caller acts once per address, and never
+/// for more than `cap` of them).
+fn admit<T: PartialEq>(seen: &mut Vec<T>, x: T, cap: usize) -> bool {
+    if seen.len() >= cap || seen.contains(&x) {
+        return false;
+    }
+    seen.push(x);
+    true
+}
+
 /// Send what a TURN client has queued and log its events.
 async fn flush(client: &mut TurnClientUdp, sock: &UdpSocket, epoch: Instant) {
     // Bounded: the client queues a handful of requests at a time.
@@ -527,5 +548,71 @@ async fn flush(client: &mut TurnClientUdp, sock: &UdpSocket, epoch: Instant) {
     }
     while let Some(ev) = client.poll_event() {
         debug!(?ev, "TURN event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A `Net` over two loopback sockets and no relay.
+    async fn two_sockets() -> Net {
+        let mut socks = Vec::new();
+        for ip in ["127.0.0.1", "127.0.0.2"] {
+            let s = UdpSocket::bind((ip, 0)).await.unwrap();
+            let a = s.local_addr().unwrap();
+            socks.push((s, a));
+        }
+        Net {
+            socks,
+            relays: Vec::new(),
+            epoch: Instant::now(),
+            next_sock: AtomicUsize::new(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn recv_takes_datagrams_from_every_socket_and_none_starves() {
+        let net = two_sockets().await;
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Socket 0 is busy (10 waiting), socket 1 has one.
+        for _ in 0..10 {
+            peer.send_to(b"zero", net.socks[0].1).unwrap();
+        }
+        peer.send_to(b"one", net.socks[1].1).unwrap();
+        let mut buf = [0u8; 64];
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let d = tokio::time::timeout(Duration::from_secs(5), net.recv(&mut buf))
+                .await
+                .expect("a datagram within 5 s")
+                .unwrap();
+            assert_eq!(d.from, peer.local_addr().unwrap());
+            let want: &[u8] = if d.sock == 0 { b"zero" } else { b"one" };
+            assert_eq!(&buf[..d.len], want);
+            seen.push(d.sock);
+        }
+        // Two calls start at different sockets: the quiet one is served
+        // although the busy one always has a datagram ready.
+        seen.sort();
+        assert_eq!(seen, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_peer_announcing_many_addresses_gets_at_most_the_cap() {
+        let mut seen = Vec::new();
+        let admitted = (0..1000u32)
+            .map(|i| IpAddr::from(i.to_be_bytes()))
+            .filter(|ip| admit(&mut seen, *ip, MAX_PERMISSIONS))
+            .count();
+        assert_eq!(admitted, MAX_PERMISSIONS);
+        assert_eq!(seen.len(), MAX_PERMISSIONS);
+        // Asking again for one already admitted does nothing.
+        assert!(!admit(
+            &mut seen,
+            IpAddr::from(0u32.to_be_bytes()),
+            MAX_PERMISSIONS
+        ));
     }
 }

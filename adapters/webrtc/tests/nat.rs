@@ -42,6 +42,8 @@
 //! test ends, passed or failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "support/coturn.rs"]
+mod coturn;
 #[path = "../../../crates/cairn-lan/tests/support/netns.rs"]
 mod netns;
 #[path = "support/nat.rs"]
@@ -53,10 +55,7 @@ use std::time::Duration;
 
 use cairn::{AppendOnlyStore, ChangeBuilder, ChangeKind, DocId, Keypair, StoreId};
 use cairn_memory::MemoryStore;
-use cairn_webrtc::{
-    Acl, RoomCode, SignalingOptions, SignalingServer, TurnServer, WebRtcStore, WebRtcStoreOptions,
-    WsSignaling,
-};
+use cairn_webrtc::{Acl, RoomCode, TurnServer, WebRtcStore, WebRtcStoreOptions, WsSignaling};
 use futures::StreamExt;
 use netns::in_ns;
 use topo::{TURN_PASS, TURN_USER, Topology};
@@ -76,6 +75,22 @@ struct Peer {
     ns: String,
     key: Keypair,
     other: cairn::AuthorId,
+}
+
+/// Peers A and B of `topo`, each knowing the other's id.
+fn peers(topo: &Topology) -> (Peer, Peer) {
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let pa = Peer {
+        ns: topo.name(3).to_owned(),
+        key: ka.clone(),
+        other: kb.author(),
+    };
+    let pb = Peer {
+        ns: topo.name(4).to_owned(),
+        key: kb,
+        other: ka.author(),
+    };
+    (pa, pb)
 }
 
 /// One peer behind its NAT: join `room`, wait `wait` for the other, check
@@ -140,28 +155,6 @@ fn peer_side(
     })
 }
 
-/// The signaling server in `pub`, until `stop` fires; its URL.
-fn signaling(
-    ns: &str,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> (std::thread::JoinHandle<()>, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = in_ns(ns, move || {
-        Box::pin(async move {
-            let srv = SignalingServer::bind(
-                "198.51.100.1:0".parse().unwrap(),
-                SignalingOptions::default(),
-            )
-            .await
-            .unwrap();
-            tx.send(srv.url()).unwrap();
-            let _ = stop.await;
-        })
-    });
-    let url = rx.recv_timeout(T).expect("the signaling server started");
-    (h, url)
-}
-
 #[test]
 fn peers_behind_two_nats_pair_directly_through_stun() {
     // RUST_LOG=cairn_webrtc=debug shows the candidates and ICE's progress.
@@ -172,19 +165,9 @@ fn peers_behind_two_nats_pair_directly_through_stun() {
     let mut topo = Topology::new("s", &["masquerade"]);
     topo.start_coturn(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let (sig_thread, url) = signaling(topo.name(0), stop_rx);
+    let (sig_thread, url) = topo.signaling(stop_rx);
     let stun: SocketAddr = "198.51.100.1:3478".parse().unwrap();
-    let (ka, kb) = (Keypair::generate(), Keypair::generate());
-    let pa = Peer {
-        ns: topo.name(3).to_owned(),
-        key: ka.clone(),
-        other: kb.author(),
-    };
-    let pb = Peer {
-        ns: topo.name(4).to_owned(),
-        key: kb.clone(),
-        other: ka.author(),
-    };
+    let (pa, pb) = peers(&topo);
 
     // Without STUN: only private host candidates, no path between them.
     let room = RoomCode::random().unwrap();
@@ -231,20 +214,10 @@ fn peers_behind_two_symmetric_nats_pair_through_turn() {
     let mut topo = Topology::new("t", &["masquerade", "fully-random"]);
     topo.start_coturn(true);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let (sig_thread, url) = signaling(topo.name(0), stop_rx);
+    let (sig_thread, url) = topo.signaling(stop_rx);
     let coturn: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     let turn = vec![TurnServer::new(coturn, TURN_USER, TURN_PASS)];
-    let (ka, kb) = (Keypair::generate(), Keypair::generate());
-    let pa = Peer {
-        ns: topo.name(3).to_owned(),
-        key: ka.clone(),
-        other: kb.author(),
-    };
-    let pb = Peer {
-        ns: topo.name(4).to_owned(),
-        key: kb.clone(),
-        other: ka.author(),
-    };
+    let (pa, pb) = peers(&topo);
 
     // STUN alone: each NAT's mapping towards coturn says nothing about
     // the port it picks towards the other peer, so nothing pairs.

@@ -12,77 +12,46 @@
 //! test` installs it). coturn is killed when the test ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
+#[path = "support/coturn.rs"]
+mod coturn;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::{AppendOnlyStore, ChangeBuilder, ChangeKind, DocId, Keypair, StoreId};
 use cairn_memory::MemoryStore;
 use cairn_webrtc::{Acl, TurnServer, WebRtcStore, WebRtcStoreOptions};
+use coturn::Coturn;
 use futures::StreamExt;
 
 const T: Duration = Duration::from_secs(30);
 const USER: &str = "cairn";
 const PASS: &str = "loopback-secret";
 
-/// coturn on 127.0.0.1:`port`, killed on drop.
-struct Coturn(Child);
-
-impl Coturn {
-    fn start() -> (Coturn, SocketAddr) {
-        // A free port: bind, read it, release it (coturn binds it next).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new("turnserver")
-            .args(["-n", "--lt-cred-mech", "--realm=cairn.test"])
-            .arg(format!("--user={USER}:{PASS}"))
-            .args([
-                "--listening-ip=127.0.0.1",
-                "--relay-ip=127.0.0.1",
-                &format!("--listening-port={port}"),
-                "--allow-loopback-peers",
-                "--no-tls",
-                "--no-dtls",
-                "--no-tcp-relay",
-                "--no-cli",
-                "--log-file=stdout",
-                "--simple-log",
-                "--verbose",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start turnserver (Debian package coturn): {e}"));
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if std::env::var_os("CAIRN_COTURN_LOG").is_some() {
-                    eprintln!("coturn: {line}");
-                }
-                if line.contains("UDP") && line.contains("listener opened on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let c = Coturn(child);
-        rx.recv_timeout(T).expect(
-            "coturn never opened its UDP listener (is the Debian package coturn installed?)",
-        );
-        (c, SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// coturn on 127.0.0.1 (a free port) with the credential
+/// [`USER`]:[`PASS`]; its address.
+fn start_coturn() -> (Coturn, SocketAddr) {
+    // A free port: bind, read it, release it (coturn binds it next).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("turnserver");
+    cmd.args(["-n", "--lt-cred-mech", "--realm=cairn.test"])
+        .arg(format!("--user={USER}:{PASS}"))
+        .args([
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            &format!("--listening-port={port}"),
+            "--allow-loopback-peers",
+            "--no-tls",
+            "--no-dtls",
+            "--no-tcp-relay",
+        ]);
+    (Coturn::spawn(cmd), SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn sid() -> StoreId {
@@ -124,7 +93,7 @@ async fn relay_only_stores_sync_through_coturn() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let (_coturn, addr) = Coturn::start();
+    let (_coturn, addr) = start_coturn();
     let turn = TurnServer::new(addr, USER, PASS);
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
     let (ca, a) = store(&ka, turn.clone());
@@ -163,7 +132,7 @@ async fn relay_only_stores_sync_through_coturn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_with_a_clear_error() {
-    let (_coturn, addr) = Coturn::start();
+    let (_coturn, addr) = start_coturn();
     let (_, a) = store(&Keypair::generate(), TurnServer::new(addr, USER, "wrong"));
     let started = tokio::time::Instant::now();
     let e = a.offer().await.expect_err("an offer without any candidate");

@@ -23,6 +23,8 @@
 //! `ip`, `nft` and `turnserver` (coturn), like the namespace tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../../../adapters/webrtc/tests/support/coturn.rs"]
+mod coturn;
 #[path = "../../cairn-lan/tests/support/netns.rs"]
 mod netns;
 #[path = "../../../adapters/webrtc/tests/support/nat.rs"]
@@ -38,10 +40,7 @@ use cairn_lan::{Announcement, Lan};
 use cairn_memory::MemoryStore;
 use cairn_protocol::{Acl, Stores};
 use cairn_quic::{QuicServer, QuicStore, QuicStoreOptions, ServerOptions};
-use cairn_webrtc::{
-    RoomCode, SignalingOptions, SignalingServer, TurnServer, WebRtcStore, WebRtcStoreOptions,
-    WsSignaling,
-};
+use cairn_webrtc::{RoomCode, TurnServer, WebRtcStore, WebRtcStoreOptions, WsSignaling};
 use cairn_websocket::{WebSocketStore, WebSocketStoreOptions, WsServer, WsServerOptions};
 use futures::StreamExt;
 use netns::{Link, in_ns};
@@ -163,27 +162,6 @@ fn lan() -> Vec<f64> {
     ms
 }
 
-/// The signaling server in `pub` until `stop`; its URL.
-fn signaling(
-    ns: &str,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> (std::thread::JoinHandle<()>, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = in_ns(ns, move || {
-        Box::pin(async move {
-            let srv = SignalingServer::bind(
-                "198.51.100.1:0".parse().unwrap(),
-                SignalingOptions::default(),
-            )
-            .await
-            .unwrap();
-            tx.send(srv.url()).unwrap();
-            let _ = stop.await;
-        })
-    });
-    (h, rx.recv_timeout(T).expect("the signaling server started"))
-}
-
 /// Peer A holds the changes in a room; peer B, round after round, joins
 /// with a fresh store and catches up. `turn`: symmetric NATs and a TURN
 /// relay; else port-keeping NATs and STUN.
@@ -196,7 +174,7 @@ fn webrtc(turn: bool) -> Vec<f64> {
     let mut topo = Topology::new(tag, masq);
     topo.start_coturn(turn);
     let (sig_stop, sig_rx) = tokio::sync::oneshot::channel();
-    let (sig, url) = signaling(topo.name(0), sig_rx);
+    let (sig, url) = topo.signaling(sig_rx);
     let coturn: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     let opts = move || {
         let mut o = WebRtcStoreOptions::default();

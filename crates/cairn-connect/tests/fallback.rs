@@ -12,11 +12,12 @@
 
 #[path = "../../cairn-lan/tests/support/netns.rs"]
 mod netns;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::{AppendOnlyStore, Change, ChangeBuilder, ChangeKind, DocId, Keypair, StoreId};
+use cairn::{AppendOnlyStore, Keypair};
 use cairn_connect::{Connector, ConnectorOptions, PathKind, Route};
 use cairn_lan::{Announcement, Lan};
 use cairn_memory::MemoryStore;
@@ -24,31 +25,9 @@ use cairn_quic::{Acl, Permission, QuicServer, ServerOptions, Stores};
 use cairn_websocket::{WsServer, WsServerOptions};
 use futures::StreamExt;
 use netns::{Link, block_udp, in_ns, unblock_udp};
+use support::{change, sid};
 
 const T: Duration = Duration::from_secs(30);
-
-fn sid() -> StoreId {
-    StoreId::new("team/notes").unwrap()
-}
-
-fn change(kp: &Keypair, n: usize) -> Change {
-    ChangeBuilder::new(ChangeKind::Create, DocId::new(format!("n{n}")).unwrap())
-        .payload(vec![n as u8; 32])
-        .sign(kp)
-        .unwrap()
-}
-
-/// Wait until the connector's path is `kind` (bounded by T); returns the
-/// state's words.
-async fn path_becomes(c: &Connector, kind: PathKind) -> String {
-    let mut rx = c.state();
-    let state = tokio::time::timeout(T, rx.wait_for(|s| s.path() == Some(kind)))
-        .await
-        .unwrap_or_else(|_| panic!("never on {kind:?}: {}", *c.state().borrow()))
-        .unwrap()
-        .clone();
-    state.to_string()
-}
 
 /// Wait until `store` (shared with the relay's thread) holds `seq`
 /// changes, bounded by T.
@@ -150,7 +129,7 @@ fn blocked_udp_lands_on_websocket_and_upgrades_when_it_returns() {
             let c = Connector::new(cache.clone(), routes, &me, opts).unwrap();
             // UDP blocked: neither mDNS nor QUIC gets out; WebSocket does.
             assert_eq!(
-                path_becomes(&c, PathKind::WebSocket).await,
+                support::path_becomes(&c, PathKind::WebSocket, T).await,
                 "relay (websocket)"
             );
             assert_eq!(
@@ -164,7 +143,7 @@ fn blocked_udp_lands_on_websocket_and_upgrades_when_it_returns() {
             // UDP back: the connector finds the relay on the LAN and moves up.
             unblock_udp(&client_ns);
             assert_eq!(
-                path_becomes(&c, PathKind::Lan).await,
+                support::path_becomes(&c, PathKind::Lan, T).await,
                 "connected to 1 device (LAN)"
             );
             c.append(vec![change(&me, 101)]).await.unwrap();
@@ -175,7 +154,7 @@ fn blocked_udp_lands_on_websocket_and_upgrades_when_it_returns() {
             block_udp(&client_ns);
             c.append(vec![change(&me, 102)]).await.unwrap();
             assert_eq!(
-                path_becomes(&c, PathKind::WebSocket).await,
+                support::path_becomes(&c, PathKind::WebSocket, T).await,
                 "relay (websocket)"
             );
             holds(&rs, 8).await;

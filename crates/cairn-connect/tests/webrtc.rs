@@ -12,12 +12,12 @@
 //! for a lost device allow for that ([`PEER_LOSS`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::{
-    AppendOnlyStore, Change, ChangeBuilder, ChangeId, ChangeKind, DocId, Keypair, StoreId,
-};
+use cairn::{AppendOnlyStore, ChangeId, Keypair};
 use cairn_connect::{Connector, ConnectorOptions, PathKind, PathState, Route};
 use cairn_memory::MemoryStore;
 use cairn_quic::{QuicServer, ServerOptions, Stores};
@@ -26,6 +26,7 @@ use cairn_webrtc::{
     WsSignaling,
 };
 use futures::StreamExt;
+use support::{change, path_becomes, sid};
 use tokio::time::{Instant, timeout, timeout_at};
 
 /// The longest any one wait may take.
@@ -38,24 +39,6 @@ const FAILOVER: Duration = Duration::from_secs(1);
 /// How long a device that closed may take to be noticed as gone (ICE
 /// consent; about 21 s observed on loopback), with room to spare.
 const PEER_LOSS: Duration = Duration::from_secs(40);
-
-fn sid() -> StoreId {
-    StoreId::new("team/notes").unwrap()
-}
-
-fn change(kp: &Keypair, n: usize) -> Change {
-    ChangeBuilder::new(ChangeKind::Create, DocId::new(format!("n{n}")).unwrap())
-        .payload(vec![n as u8; 32])
-        .sign(kp)
-        .unwrap()
-}
-
-/// WebRTC options bound to loopback only.
-fn loopback() -> WebRtcStoreOptions {
-    let mut o = WebRtcStoreOptions::default();
-    o.bind_ip = "127.0.0.1".parse().unwrap();
-    o
-}
 
 fn connector_options() -> ConnectorOptions {
     ConnectorOptions {
@@ -82,7 +65,12 @@ async fn device(
     let acl = allowed.iter().fold(Acl::new(), |acl, k| {
         acl.allow(&sid(), k.author(), Permission::ReadWrite)
     });
-    let store = WebRtcStore::new(cache.clone(), key, Arc::new(acl), loopback());
+    let store = WebRtcStore::new(
+        cache.clone(),
+        key,
+        Arc::new(acl),
+        WebRtcStoreOptions::loopback(),
+    );
     let sig = timeout(T, WsSignaling::connect(signaling, room, None, key))
         .await
         .expect("joined the room in time")
@@ -100,7 +88,7 @@ fn webrtc_route(signaling: &str, room: &RoomCode, devices: &[&Keypair], min: usi
         signaling: signaling.to_owned(),
         room: room.clone(),
         policy: Arc::new(acl),
-        options: loopback(),
+        options: WebRtcStoreOptions::loopback(),
         min_peers: min,
     }
 }
@@ -120,13 +108,6 @@ async fn state_becomes(
         .unwrap()
         .clone();
     s.to_string()
-}
-
-async fn path_becomes(c: &Connector, kind: PathKind, within: Duration) -> String {
-    state_becomes(c, within, &format!("on {kind:?}"), |s| {
-        s.path() == Some(kind)
-    })
-    .await
 }
 
 /// Wait until `store` holds every one of `ids`, bounded by T.

@@ -1,7 +1,8 @@
 //! Two peers behind two NATs and a "public" namespace between them, for
 //! the NAT tests (`tests/nat.rs`) and the path benchmark
 //! (`cairn-connect`'s `benches/first_sync.rs`), included with `#[path]`
-//! after a `mod netns` (`crates/cairn-lan/tests/support/netns.rs`).
+//! after a `mod netns` (`crates/cairn-lan/tests/support/netns.rs`) and a
+//! `mod coturn` (`support/coturn.rs`).
 //!
 //! Network namespaces (documentation addresses;
 //! nothing routed to the host):
@@ -23,11 +24,11 @@
 //! sink. Each NAT drops unsolicited inbound packets, as home routers do.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::netns::{ip, nft};
+use super::coturn::Coturn;
+use super::netns::{in_ns, ip, nft};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -38,7 +39,7 @@ pub const TURN_PASS: &str = "not-a-secret";
 /// The six namespaces, and coturn; removed on drop.
 pub struct Topology {
     ns: Vec<String>,
-    coturn: Option<Child>,
+    coturn: Option<Coturn>,
 }
 
 impl Topology {
@@ -186,43 +187,43 @@ impl Topology {
         } else {
             cmd.arg("--stun-only");
         }
-        let mut child = cmd
-            .args([
-                "--listening-ip=198.51.100.1",
-                "--listening-port=3478",
-                "--no-tls",
-                "--no-dtls",
-            ])
-            .args(["--no-cli", "--log-file=stdout", "--simple-log", "--verbose"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start coturn (Debian package coturn): {e}"));
-        let out = child.stdout.take().unwrap();
+        cmd.args([
+            "--listening-ip=198.51.100.1",
+            "--listening-port=3478",
+            "--no-tls",
+            "--no-dtls",
+        ]);
+        self.coturn = Some(Coturn::spawn(cmd));
+    }
+
+    /// A signaling server in `pub` (198.51.100.1, a free port) until `stop`
+    /// fires: its thread, and its URL.
+    pub fn signaling(
+        &self,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> (std::thread::JoinHandle<()>, String) {
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if std::env::var_os("CAIRN_COTURN_LOG").is_some() {
-                    eprintln!("coturn: {line}");
-                }
-                if line.contains("UDP") && line.contains("listener opened on") {
-                    let _ = tx.send(());
-                }
-            }
+        let h = in_ns(&self.ns[0], move || {
+            Box::pin(async move {
+                let srv = cairn_webrtc::SignalingServer::bind(
+                    "198.51.100.1:0".parse().unwrap(),
+                    cairn_webrtc::SignalingOptions::default(),
+                )
+                .await
+                .unwrap();
+                tx.send(srv.url()).unwrap();
+                let _ = stop.await;
+            })
         });
-        self.coturn = Some(child);
-        rx.recv_timeout(T).expect(
-            "coturn never opened its UDP listener (is the Debian package coturn installed?)",
-        );
+        let url = rx.recv_timeout(T).expect("the signaling server started");
+        (h, url)
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(mut c) = self.coturn.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // coturn first, then the namespace it runs in.
+        drop(self.coturn.take());
         for n in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
