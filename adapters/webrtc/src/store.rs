@@ -511,6 +511,10 @@ pub(crate) async fn start(
     }
 }
 
+/// How often a session's catch-up, or applying one live notification, is
+/// retried after a transient failure before the session ends.
+const CATCH_UP_ATTEMPTS: u32 = 8;
+
 async fn session(
     inner: &Arc<Inner>,
     conn: &Arc<Conn>,
@@ -521,7 +525,27 @@ async fn session(
     if pulls {
         let setup = async {
             let s = conn.subscribe().await?;
-            let report = inner.sync_with(conn, false).await?;
+            // A transient failure (our cache busy for a moment, a request
+            // timing out) is retried on this connection with backoff:
+            // ending the session would leave the peer on a dead connection
+            // until ICE gives up. Bounded by the attempts.
+            let backoff = Backoff {
+                min: inner.opts.backoff_min,
+                max: inner.opts.backoff_max,
+            };
+            let mut attempt = 0;
+            let report = loop {
+                match inner.sync_with(conn, false).await {
+                    Ok(r) => break r,
+                    Err(e) if e.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
+                        attempt += 1;
+                        let delay = backoff.delay(attempt);
+                        debug!(peer = %conn.peer(), error = %e, ?delay, "catching up failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             Ok::<_, Error>((s, report))
         };
         let r = tokio::select! {
@@ -567,7 +591,13 @@ async fn session(
             let metas = item?;
             inner
                 .node
-                .follow(conn.peer(), &remote, &metas, &delivery.backoff, 8)
+                .follow(
+                    conn.peer(),
+                    &remote,
+                    &metas,
+                    &delivery.backoff,
+                    CATCH_UP_ATTEMPTS,
+                )
                 .await?;
         }
         // The subscription ended (we fell behind, or the peer stopped it):

@@ -330,3 +330,50 @@ fn manual_strings_round_trip() {
     );
     assert!(decode_sdp("nonsense").is_err());
 }
+
+/// A cache that fails for a moment while a session catches up (a busy
+/// disk, a lock held elsewhere) does not end the session: the catch-up is
+/// retried on the same connection, everything arrives, and live updates
+/// keep flowing. (Ending it instead left the peer believing in a dead
+/// connection for 20 s, until ICE gave up: the peer does not see a close.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_cache_failure_during_catch_up_keeps_the_session() {
+    use cairn_conformance::faults::FlakyAppends;
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let inner = mem();
+    let flaky = Arc::new(FlakyAppends::new(inner.clone(), 2));
+    let a = WebRtcStore::new(
+        flaky.clone(),
+        &ka,
+        Arc::new(Acl::open()),
+        WebRtcStoreOptions::loopback(),
+    );
+    let cb = mem();
+    let held = chain(&doc("b"), 10, 100);
+    cb.append(held.clone()).await.unwrap();
+    let b = peer(cb, &kb, Acl::open());
+    let (offer, pending) = a.offer().await.unwrap();
+    let answer = b.answer(&offer).await.unwrap();
+    assert_eq!(
+        pending.accept(&answer).await.unwrap(),
+        kb.author(),
+        "the pairing survives the failed appends"
+    );
+    assert_eq!(
+        flaky.refused.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the catch-up met both failures"
+    );
+    let want: BTreeSet<ChangeId> = held.iter().map(Change::id).collect();
+    assert_eq!(ids(&*inner).await, want, "the retried catch-up got all");
+    // Still connected both ways: a new change on B arrives live, and one
+    // on A is delivered to B.
+    let y = change(&doc("y"), ChangeKind::Create, &[], 10);
+    b.append(vec![y.clone()]).await.unwrap();
+    wait_holds(&*inner, &[y.id()].into()).await;
+    let z = change(&doc("z"), ChangeKind::Create, &[], 10);
+    a.append(vec![z.clone()]).await.unwrap();
+    a.flush(T).await.unwrap();
+    assert!(b.cache().has_changes(&[z.id()]).await.unwrap()[0]);
+    assert_eq!(*a.peers().borrow(), vec![kb.author()]);
+}
