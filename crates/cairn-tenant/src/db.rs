@@ -1,12 +1,12 @@
 //! A database of Automerge documents over any Cairn store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash};
 use cairn::{
     AppendOnlyStore, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeMeta, DocId,
-    DynAppendOnlyStore, KeyId, Keypair, RejectReason, Rejected,
+    DynAppendOnlyStore, Head, KeyId, Keypair, RejectReason, Rejected,
 };
 
 use crate::Tenant;
@@ -21,6 +21,13 @@ pub struct DbOptions {
     pub snapshot_every: usize,
     /// The key that encrypts new payloads (default: the tenant key).
     pub key_id: KeyId,
+    /// How many documents [`Database::update`] keeps open in memory between
+    /// edits (default 16; 0 loads every document afresh for every edit).
+    /// An open document is dropped as soon as a change to it arrives from
+    /// elsewhere (a sync, another `Database` on the same store) or the
+    /// directory changes, and loaded again on its next edit; the least
+    /// recently edited goes first when the limit is reached.
+    pub open_docs: usize,
 }
 
 impl Default for DbOptions {
@@ -28,6 +35,7 @@ impl Default for DbOptions {
         DbOptions {
             snapshot_every: 50,
             key_id: KeyId::default(),
+            open_docs: 16,
         }
     }
 }
@@ -52,6 +60,10 @@ pub struct LoadedDoc {
     hash_ids: HashMap<ChangeHash, ChangeId>,
     /// Changes applied after the snapshot loading started from.
     since_snapshot: usize,
+    /// Every Cairn change of the document this load considered (applied or
+    /// not): a change arriving later that is not among them makes an open
+    /// copy stale.
+    known: HashSet<ChangeId>,
 }
 
 impl LoadedDoc {
@@ -75,6 +87,7 @@ pub struct Database {
     user: Keypair,
     actor: ActorId,
     options: DbOptions,
+    open: Arc<Mutex<OpenDocs>>,
 }
 
 impl Database {
@@ -90,6 +103,7 @@ impl Database {
             user,
             actor: ActorId::random(),
             options,
+            open: Arc::new(Mutex::new(OpenDocs::default())),
         }
     }
 
@@ -130,13 +144,23 @@ impl Database {
 
     /// Change a document; `edit` modifies it. Returns the new Cairn change ids
     /// (plus a snapshot's, if one was due).
+    ///
+    /// The document stays open in memory afterwards (up to
+    /// [`DbOptions::open_docs`] of them), so the next edit costs what the
+    /// edit costs, not a load of the whole history. Before each edit the
+    /// changes the store took since the last one are checked (metadata
+    /// only): one to an open document from anywhere but this `Database`
+    /// closes it, and so does a change of the directory, so an edit always
+    /// builds on everything the store holds.
     pub async fn update(
         &self,
         doc_id: &DocId,
         edit: impl FnOnce(&mut AutoCommit) -> std::result::Result<(), AutomergeError> + Send,
     ) -> Result<Vec<ChangeId>> {
-        let mut loaded = self.load(doc_id).await?;
+        let (mut loaded, ticket) = self.checkout(doc_id).await?;
         let before = loaded.doc.get_heads();
+        // On any error below the ticket is dropped unreturned, and the
+        // document (perhaps half edited) is closed.
         edit(&mut loaded.doc)?;
         loaded.doc.commit();
         let new = loaded.doc.get_changes(&before);
@@ -147,17 +171,156 @@ impl Database {
             batch.push(change);
         }
         let mut ids: Vec<ChangeId> = batch.iter().map(Change::id).collect();
+        // Known before they are stored, so that a concurrent check of the
+        // store does not take our own changes for someone else's.
+        ticket.know(&ids);
         self.store.append(batch).await?;
         loaded.since_snapshot += new.len();
         let every = self.options.snapshot_every;
         if every > 0 && loaded.since_snapshot >= every {
-            ids.push(self.snapshot(doc_id, &mut loaded).await?);
+            ids.push(self.snapshot(doc_id, &mut loaded, &ticket).await?);
         }
+        ticket.put_back(loaded, self.options.open_docs);
         Ok(ids)
     }
 
+    /// The document to edit: the open copy if it is current, else a fresh
+    /// load (kept open afterwards if the ticket is put back).
+    async fn checkout(&self, doc_id: &DocId) -> Result<(LoadedDoc, Ticket)> {
+        self.tenant.ensure_fresh().await?;
+        let directory = self.tenant.directory_head();
+        self.check_open(directory).await?;
+        let token = {
+            let mut open = lock(&self.open);
+            open.tick += 1;
+            let tick = open.tick;
+            match open.docs.get_mut(doc_id) {
+                Some(e) if e.doc.is_some() => {
+                    e.used = tick;
+                    e.token = tick;
+                    if let Some(doc) = e.doc.take() {
+                        drop(open);
+                        if doc.deleted || doc.applied == 0 {
+                            // Cannot be edited; not kept either.
+                            lock(&self.open).docs.remove(doc_id);
+                            return Err(TenantError::NotFound(doc_id.clone()));
+                        }
+                        return Ok((doc, Ticket::new(self.open.clone(), doc_id, tick)));
+                    }
+                    None
+                }
+                // Being edited by another call: that one keeps it open;
+                // this one works on a fresh load of its own.
+                Some(_) => None,
+                None if self.options.open_docs == 0 => None,
+                None => {
+                    // A placeholder from now on: a change arriving while
+                    // the load runs is checked against it (and, as nothing
+                    // is known yet, makes it stale).
+                    open.docs.insert(
+                        doc_id.clone(),
+                        OpenDoc {
+                            known: HashSet::new(),
+                            doc: None,
+                            stale: false,
+                            used: tick,
+                            token: tick,
+                        },
+                    );
+                    Some(tick)
+                }
+            }
+        };
+        // Made before the load, so that a failed or cancelled load drops
+        // the placeholder.
+        let ticket = Ticket::new(self.open.clone(), doc_id, token.unwrap_or(0));
+        let mut loaded = self.load(doc_id).await?;
+        if !loaded.rejected.is_empty() {
+            // Some of this actor's own changes may be among those not
+            // applied (a revocation dropped what they built on): a new
+            // change under the same actor would reuse their sequence
+            // numbers, and Automerge would never apply it. A fresh actor
+            // for this document cannot collide.
+            loaded.doc.set_actor(ActorId::random());
+        }
+        ticket.know_all(std::mem::take(&mut loaded.known));
+        Ok((loaded, ticket))
+    }
+
+    /// Close every open document a change stored since the last check
+    /// makes stale (one from anywhere but this `Database`), or all of them
+    /// if the directory or the store's epoch changed, or the store took
+    /// more than [`RECHECK_LIMIT`] changes since.
+    async fn check_open(&self, directory: Option<Head>) -> Result<()> {
+        let seen = {
+            let mut open = lock(&self.open);
+            if open.docs.is_empty() {
+                // Nothing to check: just move the mark (below).
+                None
+            } else if open.directory != directory {
+                open.docs.clear();
+                None
+            } else {
+                open.seen
+            }
+        };
+        let head = self.store.head().await?;
+        let Some(seen) = seen.filter(|s| s.epoch == head.epoch && s.seq <= head.seq) else {
+            let mut open = lock(&self.open);
+            open.docs.clear();
+            open.seen = Some(head);
+            open.directory = directory;
+            return Ok(());
+        };
+        if head.seq - seen.seq > RECHECK_LIMIT {
+            let mut open = lock(&self.open);
+            open.docs.clear();
+            open.seen = Some(head);
+            return Ok(());
+        }
+        let mut after = seen.seq;
+        // Bounded: at most RECHECK_LIMIT changes, a page at a time, and
+        // every page moves `after` on.
+        while after < head.seq {
+            let page = self
+                .store
+                .scan(after, (head.seq - after).min(1000) as usize)
+                .await?;
+            let Some(last) = page.last().map(|i| i.seq) else {
+                break;
+            };
+            let mut open = lock(&self.open);
+            for item in &page {
+                let m = &item.meta;
+                let stale = match open.docs.get_mut(&m.doc_id) {
+                    Some(e) if !e.known.contains(&m.id) => {
+                        e.stale = true;
+                        e.doc.is_some()
+                    }
+                    _ => false,
+                };
+                if stale {
+                    open.docs.remove(&m.doc_id);
+                }
+            }
+            if open.seen.is_some_and(|s| s.seq < last) {
+                open.seen = Some(Head {
+                    epoch: head.epoch,
+                    seq: last,
+                });
+            }
+            after = last;
+        }
+        Ok(())
+    }
+
     /// Write a snapshot of `loaded` now; returns its id.
-    async fn snapshot(&self, doc_id: &DocId, loaded: &mut LoadedDoc) -> Result<ChangeId> {
+    async fn snapshot(
+        &self,
+        doc_id: &DocId,
+        loaded: &mut LoadedDoc,
+        ticket: &Ticket,
+    ) -> Result<ChangeId> {
         let deps = loaded.cairn_heads();
         let bytes = loaded.doc.save();
         let payload = self.tenant.keys().seal(
@@ -173,7 +336,9 @@ impl Database {
             .payload(payload)
             .sign(&self.user)?;
         let id = change.id();
+        ticket.know(&[id]);
         self.store.append(vec![change]).await?;
+        loaded.since_snapshot = 0;
         tracing::debug!(doc = %doc_id, %id, "snapshot written");
         Ok(id)
     }
@@ -195,6 +360,7 @@ impl Database {
             .payload(payload)
             .sign(&self.user)?;
         let id = change.id();
+        lock(&self.open).docs.remove(doc_id);
         self.store.append(vec![change]).await?;
         Ok(id)
     }
@@ -253,6 +419,7 @@ impl Database {
                 loaded.rejected.insert(0, r);
             }
         }
+        loaded.known = all.iter().map(|m| m.id).collect();
         for m in &all {
             if unusable.contains(&m.id) && !refused.contains_key(&m.id) {
                 loaded.rejected.push(Rejected {
@@ -298,6 +465,7 @@ impl Database {
             applied: 0,
             hash_ids: HashMap::new(),
             since_snapshot: 0,
+            known: HashSet::new(),
         };
         // Changes handed to Automerge one by one, by hash: checked at the
         // end against what the document holds.
@@ -461,6 +629,144 @@ impl Database {
             .key_id(self.options.key_id.clone())
             .payload(payload)
             .sign(&self.user)?)
+    }
+}
+
+/// Changes a store may take between two edits before the open documents are
+/// all closed rather than checked one change at a time (a big sync).
+const RECHECK_LIMIT: u64 = 10_000;
+
+fn lock(m: &Mutex<OpenDocs>) -> MutexGuard<'_, OpenDocs> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The documents a [`Database`] keeps open between edits.
+#[derive(Debug, Default)]
+struct OpenDocs {
+    /// The store's head up to which stored changes were checked against
+    /// the open documents.
+    seen: Option<Head>,
+    /// The directory's head the open documents were loaded under.
+    directory: Option<Head>,
+    docs: HashMap<DocId, OpenDoc>,
+    /// A counter: recency of use, and checkout tokens.
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct OpenDoc {
+    /// Every change of the document the open copy accounts for.
+    known: HashSet<ChangeId>,
+    /// `None` while an edit has it checked out.
+    doc: Option<LoadedDoc>,
+    /// A change it does not account for arrived while checked out.
+    stale: bool,
+    used: u64,
+    /// The checkout that may put it back.
+    token: u64,
+}
+
+/// One edit's hold on an open document. Dropped without
+/// [`Ticket::put_back`] (an error, a cancelled future), it closes the
+/// document.
+struct Ticket {
+    open: Arc<Mutex<OpenDocs>>,
+    doc: DocId,
+    /// 0: the edit works on a copy that is not kept.
+    token: u64,
+    returned: bool,
+}
+
+impl Ticket {
+    fn new(open: Arc<Mutex<OpenDocs>>, doc: &DocId, token: u64) -> Self {
+        Ticket {
+            open,
+            doc: doc.clone(),
+            token,
+            returned: false,
+        }
+    }
+
+    fn with_entry(&self, f: impl FnOnce(&mut OpenDoc)) {
+        if self.token == 0 {
+            return;
+        }
+        let mut open = lock(&self.open);
+        if let Some(e) = open.docs.get_mut(&self.doc)
+            && e.token == self.token
+        {
+            f(e);
+        }
+    }
+
+    fn know(&self, ids: &[ChangeId]) {
+        self.with_entry(|e| e.known.extend(ids.iter().copied()));
+    }
+
+    fn know_all(&self, ids: HashSet<ChangeId>) {
+        self.with_entry(|e| {
+            if e.known.is_empty() {
+                e.known = ids;
+            } else {
+                e.known.extend(ids);
+            }
+        });
+    }
+
+    /// Keep `doc` open, unless it went stale meanwhile; then close the
+    /// least recently used documents beyond `limit`.
+    fn put_back(mut self, doc: LoadedDoc, limit: usize) {
+        self.returned = true;
+        if self.token == 0 {
+            return;
+        }
+        let mut open = lock(&self.open);
+        let keep = match open.docs.get_mut(&self.doc) {
+            Some(e) if e.token == self.token && !e.stale => {
+                e.doc = Some(doc);
+                true
+            }
+            _ => false,
+        };
+        if !keep {
+            if open
+                .docs
+                .get(&self.doc)
+                .is_some_and(|e| e.token == self.token)
+            {
+                open.docs.remove(&self.doc);
+            }
+            return;
+        }
+        // Bounded: each pass removes one.
+        while open.docs.values().filter(|e| e.doc.is_some()).count() > limit {
+            let Some(oldest) = open
+                .docs
+                .iter()
+                .filter(|(_, e)| e.doc.is_some())
+                .min_by_key(|(_, e)| e.used)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            open.docs.remove(&oldest);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.returned || self.token == 0 {
+            return;
+        }
+        let mut open = lock(&self.open);
+        if open
+            .docs
+            .get(&self.doc)
+            .is_some_and(|e| e.token == self.token)
+        {
+            open.docs.remove(&self.doc);
+        }
     }
 }
 

@@ -175,6 +175,15 @@ impl Tenant {
         Ok(())
     }
 
+    /// The directory store's head when the directory was last loaded.
+    pub(crate) fn directory_head(&self) -> Option<Head> {
+        *self
+            .inner
+            .directory_head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Add a new version of a named key (or create it). New payloads use
     /// it; old ones keep opening. Share [`Tenant::config`] again afterwards.
     pub fn rotate_key(&self, key_id: &KeyId) -> Result<KeyVersion> {

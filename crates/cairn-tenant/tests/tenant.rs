@@ -7,7 +7,8 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT, ReadDoc};
 use cairn::sync::sync;
 use cairn::{
-    AppendOnlyStore, ChangeKind, DynAppendOnlyStore, KeyId, Keypair, RejectReason, SyncOptions,
+    AppendOnlyStore, ChangeId, ChangeKind, DynAppendOnlyStore, KeyId, Keypair, RejectReason,
+    SyncOptions,
 };
 use cairn_memory::MemoryStore;
 use cairn_tenant::{DbOptions, Tenant, TenantConfig, TenantError, db_store_id, directory_store_id};
@@ -778,4 +779,158 @@ async fn a_sealed_change_replayed_into_another_database_does_not_open() {
         "{:?}",
         loaded.rejected
     );
+}
+
+/// The deps of the first change an `update` returned.
+async fn deps_of(d: &Device, ids: &[ChangeId]) -> Vec<ChangeId> {
+    let metas = d.db.store().get_metas(&ids[..1]).await.unwrap();
+    metas[0].deps.clone()
+}
+
+#[tokio::test]
+async fn an_edit_of_an_open_document_builds_on_what_a_sync_brought() {
+    let t = team().await;
+    let doc =
+        t.b.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // Alice edits twice: the document stays open on her device.
+    for v in ["a1", "a2"] {
+        t.a.db
+            .update(&doc, move |d| d.put(ROOT, "alice", v).map(|_| ()))
+            .await
+            .unwrap();
+    }
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    let bobs =
+        t.b.db
+            .update(&doc, |d| d.put(ROOT, "bob", "b1").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // Her next edit sees Bob's, which arrived by sync: it depends on it
+    // (an edit on the stale open copy would be concurrent with it; Automerge
+    // also names the actor's own previous change).
+    let hers =
+        t.a.db
+            .update(&doc, |d| d.put(ROOT, "alice", "a3").map(|_| ()))
+            .await
+            .unwrap();
+    assert!(deps_of(&t.a, &hers).await.contains(&bobs[0]));
+    // And another Database on the same store is "elsewhere" too.
+    let other =
+        t.a.tenant
+            .open_db(
+                "contacts",
+                t.a.db.store().clone(),
+                t.alice.clone(),
+                DbOptions::default(),
+            )
+            .await
+            .unwrap();
+    let theirs = other
+        .update(&doc, |d| d.put(ROOT, "other", "o1").map(|_| ()))
+        .await
+        .unwrap();
+    let again =
+        t.a.db
+            .update(&doc, |d| d.put(ROOT, "alice", "a4").map(|_| ()))
+            .await
+            .unwrap();
+    assert!(deps_of(&t.a, &again).await.contains(&theirs[0]));
+    let loaded = t.a.db.load(&doc).await.unwrap();
+    assert_eq!(get_str(&loaded.doc, "alice").as_deref(), Some("a4"));
+    assert_eq!(get_str(&loaded.doc, "bob").as_deref(), Some("b1"));
+    assert_eq!(get_str(&loaded.doc, "other").as_deref(), Some("o1"));
+}
+
+#[tokio::test]
+async fn a_revocation_closes_open_documents() {
+    let t = team().await;
+    let doc =
+        t.a.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    let created = t.a.db.store().changes_for_doc(&doc, false).await.unwrap()[0].id;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    let bobs =
+        t.b.db
+            .update(&doc, |d| d.put(ROOT, "bob", "b1").map(|_| ()))
+            .await
+            .unwrap();
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.b).await;
+    sync_via(&*t.relay_dir, &*t.relay_db, &t.a).await;
+    // Open on Alice's device, with Bob's edit in it.
+    let first =
+        t.a.db
+            .update(&doc, |d| d.put(ROOT, "alice", "a1").map(|_| ()))
+            .await
+            .unwrap();
+    assert!(deps_of(&t.a, &first).await.contains(&bobs[0]));
+    // The admin revokes Bob, keeping none of his changes; only the
+    // directory reaches Alice.
+    t.b.tenant
+        .revoke_user(&t.admin, t.bob.author(), &[])
+        .await
+        .unwrap();
+    for dir in [t.b.tenant.directory_store(), t.a.tenant.directory_store()] {
+        sync(dir.as_ref(), &*t.relay_dir, &SyncOptions::default())
+            .await
+            .unwrap();
+    }
+    // Her next edit is made on the document as the new directory reads it:
+    // Bob's edit is refused, and her edit on top of it is not counted, so
+    // it builds on her create (the stale open copy would build on `a1`).
+    let next =
+        t.a.db
+            .update(&doc, |d| d.put(ROOT, "alice", "a2").map(|_| ()))
+            .await
+            .unwrap();
+    assert_eq!(deps_of(&t.a, &next).await, vec![created]);
+    let loaded = t.a.db.load(&doc).await.unwrap();
+    assert_eq!(get_str(&loaded.doc, "bob"), None);
+    assert_eq!(get_str(&loaded.doc, "alice").as_deref(), Some("a2"));
+}
+
+#[tokio::test]
+async fn a_failed_edit_leaves_nothing_behind_in_the_open_document() {
+    let t = team().await;
+    let doc =
+        t.a.db
+            .create(|d| d.put(ROOT, "name", "Ada").map(|_| ()))
+            .await
+            .unwrap();
+    t.a.db
+        .update(&doc, |d| d.put(ROOT, "n", "1").map(|_| ()))
+        .await
+        .unwrap();
+    let e =
+        t.a.db
+            .update(&doc, |d| {
+                d.put(ROOT, "half", "done")?;
+                Err(automerge::AutomergeError::Fail)
+            })
+            .await
+            .unwrap_err();
+    assert!(matches!(e, TenantError::Automerge(_)), "{e}");
+    let ids =
+        t.a.db
+            .update(&doc, |d| d.put(ROOT, "n", "2").map(|_| ()))
+            .await
+            .unwrap();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one commit, carrying nothing of the failed edit"
+    );
+    let loaded = t.a.db.load(&doc).await.unwrap();
+    assert_eq!(get_str(&loaded.doc, "half"), None);
+    assert_eq!(get_str(&loaded.doc, "n").as_deref(), Some("2"));
 }
