@@ -370,7 +370,12 @@ export class CairnChannel {
     this.decoder = new Decoder();
     this.nextId = 1;
     this.pending = new Map();
-    this.ch.onmessage = (e) => this.onRaw(new Uint8Array(e.data));
+    // Protocol bytes are binary messages; a text message is the peer's
+    // goodbye (the Rust side hangs up so, as its close is not signalled).
+    this.ch.onmessage = (e) => {
+      if (typeof e.data === 'string') { this.ch.close(); return; }
+      this.onRaw(new Uint8Array(e.data));
+    };
     this.closed = false;
     this.ch.onclose = () => {
       this.closed = true;

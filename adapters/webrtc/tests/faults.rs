@@ -377,3 +377,25 @@ async fn a_transient_cache_failure_during_catch_up_keeps_the_session() {
     assert!(b.cache().has_changes(&[z.id()]).await.unwrap()[0]);
     assert_eq!(*a.peers().borrow(), vec![kb.author()]);
 }
+
+/// A peer that hangs up is noticed at once, not when ICE gives up about
+/// 20 s later (str0m does not signal a closed channel; the store says
+/// goodbye in-band): the other side's peer list empties, and its outbox
+/// stops counting on the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_hangs_up_is_noticed_at_once() {
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let a = peer(mem(), &ka, Acl::open());
+    let b = peer(mem(), &kb, Acl::open());
+    let (offer, pending) = a.offer().await.unwrap();
+    let answer = b.answer(&offer).await.unwrap();
+    pending.accept(&answer).await.unwrap();
+    b.wait_peers(1, T).await.unwrap();
+    a.close().await;
+    let mut peers = b.peers();
+    // Far below ICE's 20 s, far above a loopback round trip.
+    tokio::time::timeout(Duration::from_secs(5), peers.wait_for(|p| p.is_empty()))
+        .await
+        .expect("b still lists the peer that hung up")
+        .unwrap();
+}
