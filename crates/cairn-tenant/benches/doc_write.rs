@@ -6,7 +6,8 @@
 //! timed for at least `CAIRN_BENCH_SECS` seconds (default 2) and 200
 //! commits. Histories: `CAIRN_BENCH_HISTORIES` (comma-separated, default
 //! `100,1000,10000`). Default `DbOptions` (a snapshot every 50 commits),
-//! a memory store.
+//! a memory store; `CAIRN_BENCH_OPEN_DOCS=0` keeps no document open, so
+//! every edit loads it (the cold path).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -33,15 +34,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let open_docs: usize = std::env::var("CAIRN_BENCH_OPEN_DOCS")
+        .ok()
+        .map(|s| s.parse().expect("CAIRN_BENCH_OPEN_DOCS: a number"))
+        .unwrap_or(DbOptions::default().open_docs);
     rt.block_on(async {
         for n in histories {
-            let rate = run(n, Duration::from_secs_f64(secs)).await;
-            println!("doc_write history={n} commits_per_s={rate:.0}");
+            let rate = run(n, open_docs, Duration::from_secs_f64(secs)).await;
+            println!("doc_write history={n} open_docs={open_docs} commits_per_s={rate:.0}");
         }
     });
 }
 
-async fn run(history: usize, min: Duration) -> f64 {
+async fn run(history: usize, open_docs: usize, min: Duration) -> f64 {
     let (config, admin) = TenantConfig::create("bench").unwrap();
     let dir: Arc<DynAppendOnlyStore> =
         Arc::new(MemoryStore::new(directory_store_id("bench").unwrap()));
@@ -49,7 +54,15 @@ async fn run(history: usize, min: Duration) -> f64 {
     let store: Arc<DynAppendOnlyStore> =
         Arc::new(MemoryStore::new(db_store_id("bench", "docs").unwrap()));
     let db = tenant
-        .open_db("docs", store, admin, DbOptions::default())
+        .open_db(
+            "docs",
+            store,
+            admin,
+            DbOptions {
+                open_docs,
+                ..DbOptions::default()
+            },
+        )
         .await
         .unwrap();
     let doc = db

@@ -389,7 +389,7 @@ impl Database {
         self.tenant.ensure_fresh().await?;
         let dir = self.tenant.directory();
         let all = self.store.changes_for_doc(doc_id, false).await?;
-        let refused = refused_by_directory(&dir, &all);
+        let refused = refused_by_directory(&self.tenant, &dir, &all);
         // Snapshots that cover a refused change are not usable.
         let unusable = unusable_snapshots(&all, &refused);
         let candidates: Vec<ChangeMeta> = all
@@ -575,9 +575,10 @@ impl Database {
         self.tenant.ensure_fresh().await?;
         let dir = self.tenant.directory();
         let mut docs: BTreeMap<DocId, (bool, bool)> = BTreeMap::new();
+        let tenant = &self.tenant;
         // A page at a time: memory holds the document list, not every change.
         cairn::scan_all(self.store.as_ref(), |m| {
-            if !m.signature_valid() {
+            if !tenant.signature_valid(&m) {
                 return;
             }
             let counts = match dir.standing(&m.author) {
@@ -773,7 +774,11 @@ impl Drop for Ticket {
 /// The changes of one document the directory refuses, with reasons:
 /// missing or bad signatures, unknown authors, and a revoked author's
 /// changes outside the causal past of what the revocation kept.
-fn refused_by_directory(dir: &Directory, all: &[ChangeMeta]) -> HashMap<ChangeId, RejectReason> {
+fn refused_by_directory(
+    tenant: &Tenant,
+    dir: &Directory,
+    all: &[ChangeMeta],
+) -> HashMap<ChangeId, RejectReason> {
     let mut refused = HashMap::new();
     // The causal past (within the document) of every revoked author's kept
     // changes: walked once, over the document's dependency graph.
@@ -799,7 +804,7 @@ fn refused_by_directory(dir: &Directory, all: &[ChangeMeta]) -> HashMap<ChangeId
     for m in all {
         let reason = if m.signature.is_none() {
             Some(RejectReason::MissingSignature)
-        } else if !m.signature_valid() {
+        } else if !tenant.signature_valid(m) {
             Some(RejectReason::BadSignature)
         } else {
             match dir.standing(&m.author) {

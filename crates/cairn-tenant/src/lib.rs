@@ -5,6 +5,7 @@ mod crypto;
 mod db;
 mod directory;
 mod error;
+mod verified;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -91,6 +92,8 @@ struct TenantInner {
     directory: RwLock<Directory>,
     /// The directory store's head when the directory was last loaded.
     directory_head: Mutex<Option<Head>>,
+    /// Signatures already found valid (shared by the tenant's databases).
+    verified: verified::Verified,
 }
 
 impl Tenant {
@@ -116,6 +119,7 @@ impl Tenant {
                 directory_store,
                 directory: RwLock::new(Directory::new(config.admin)),
                 directory_head: Mutex::new(None),
+                verified: verified::Verified::default(),
             }),
         };
         tenant.refresh_directory().await?;
@@ -173,6 +177,11 @@ impl Tenant {
             self.refresh_directory().await?;
         }
         Ok(())
+    }
+
+    /// [`ChangeMeta::signature_valid`], remembering valid signatures.
+    pub(crate) fn signature_valid(&self, m: &ChangeMeta) -> bool {
+        self.inner.verified.check(m)
     }
 
     /// The directory store's head when the directory was last loaded.
@@ -281,7 +290,7 @@ impl Tenant {
                     });
                     continue;
                 }
-                if !c.meta.signature_valid() {
+                if !self.signature_valid(&c.meta) {
                     rejected.push(Rejected {
                         id: c.id(),
                         reason: RejectReason::BadSignature,
