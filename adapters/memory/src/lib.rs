@@ -126,7 +126,15 @@ impl AppendOnlyStore for MemoryStore {
     }
 
     async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        let (batch, repeats) = cairn::prepare_batch(changes, &self.inner.limits)?;
+        let (mut batch, repeats) = cairn::prepare_batch(changes, &self.inner.limits)?;
+        // Give each payload its shared form now, outside the lock: a
+        // `Bytes` built from a `Vec` allocates its reference count on its
+        // first clone, so otherwise the first read of each change (every
+        // `get_changes` clones) would grow the store by 24 bytes a change,
+        // and a pull of the whole store would look like it grew with it.
+        for c in &mut batch {
+            c.payload = c.payload.clone();
+        }
         let mut out = AppendOutcome {
             new: Vec::with_capacity(batch.len()),
             duplicates: repeats,

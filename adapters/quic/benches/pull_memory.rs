@@ -6,7 +6,10 @@
 //! `QuicClient` into a sink that keeps only ids, and reports the peak heap
 //! growth during the pull (client and server sides together, since both are
 //! in this process; the served store itself is allocated before the
-//! baseline). `cargo bench -p cairn-quic --bench pull_memory`.
+//! baseline). `cargo bench -p cairn-quic --bench pull_memory`
+//! (`CAIRN_BENCH_SIZES=100000,1000000,2000000` picks the store sizes; the
+//! default is 25k to 200k; `CAIRN_BENCH_DIRECT=1` pulls from the store
+//! itself, in process, for the sync engine's share without the wire).
 
 #![allow(
     clippy::unwrap_used,
@@ -128,7 +131,12 @@ async fn main() {
     let sid = StoreId::new("bench/db").unwrap();
     println!("| changes in store | store size | peak heap growth during the pull | per change |");
     println!("|---:|---:|---:|---:|");
-    for n in [25_000usize, 50_000, 100_000, 200_000] {
+    let sizes: Vec<usize> = std::env::var("CAIRN_BENCH_SIZES")
+        .unwrap_or_else(|_| "25000,50000,100000,200000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("CAIRN_BENCH_SIZES: numbers"))
+        .collect();
+    for n in sizes {
         let backing = Arc::new(MemoryStore::new(sid.clone()));
         for start in (0..n).step_by(10_000) {
             let batch: Vec<Change> = (start..(start + 10_000).min(n))
@@ -161,7 +169,14 @@ async fn main() {
         let sink = Sink(sid.clone(), Mutex::new(HashSet::with_capacity(n)));
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
-        let r = pull(&sink, &remote, &SyncOptions::default()).await.unwrap();
+        // CAIRN_BENCH_DIRECT=1: the same pull from the store itself, in
+        // process (the sync engine's share of the peak, without the wire).
+        let r = if std::env::var_os("CAIRN_BENCH_DIRECT").is_some() {
+            pull(&sink, &*backing, &SyncOptions::default()).await
+        } else {
+            pull(&sink, &remote, &SyncOptions::default()).await
+        }
+        .unwrap();
         assert_eq!(r.pulled.changes as usize, n);
         let peak = PEAK.load(Ordering::Relaxed) - base;
         // The sink's id set was pre-sized, so it is not part of the growth.
