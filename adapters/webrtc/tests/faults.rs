@@ -53,6 +53,13 @@ fn mem() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new(sid()))
 }
 
+/// Pair `a` and `b` by hand (a offers, b answers); returns b's peer id.
+async fn pair(a: &WebRtcStore, b: &WebRtcStore) -> PeerId {
+    let (offer, pending) = a.offer().await.unwrap();
+    let answer = b.answer(&offer).await.unwrap();
+    pending.accept(&answer).await.unwrap()
+}
+
 async fn signaling() -> SignalingServer {
     SignalingServer::bind("127.0.0.1:0".parse().unwrap(), SignalingOptions::default())
         .await
@@ -99,9 +106,7 @@ async fn ten_mib_payload_arrives_in_chunks() {
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
     let a = peer(mem(), &ka, Acl::open());
     let b = peer(mem(), &kb, Acl::open());
-    let (offer, pending) = a.offer().await.unwrap();
-    let answer = b.answer(&offer).await.unwrap();
-    pending.accept(&answer).await.unwrap();
+    pair(&a, &b).await;
     b.wait_connected(T).await.unwrap();
     let big = change(&doc("big"), ChangeKind::Create, &[], 10 << 20);
     a.append(vec![big.clone()]).await.unwrap();
@@ -352,10 +357,8 @@ async fn a_transient_cache_failure_during_catch_up_keeps_the_session() {
     let held = chain(&doc("b"), 10, 100);
     cb.append(held.clone()).await.unwrap();
     let b = peer(cb, &kb, Acl::open());
-    let (offer, pending) = a.offer().await.unwrap();
-    let answer = b.answer(&offer).await.unwrap();
     assert_eq!(
-        pending.accept(&answer).await.unwrap(),
+        pair(&a, &b).await,
         kb.author(),
         "the pairing survives the failed appends"
     );
@@ -387,9 +390,7 @@ async fn a_peer_that_hangs_up_is_noticed_at_once() {
     let (ka, kb) = (Keypair::generate(), Keypair::generate());
     let a = peer(mem(), &ka, Acl::open());
     let b = peer(mem(), &kb, Acl::open());
-    let (offer, pending) = a.offer().await.unwrap();
-    let answer = b.answer(&offer).await.unwrap();
-    pending.accept(&answer).await.unwrap();
+    pair(&a, &b).await;
     b.wait_peers(1, T).await.unwrap();
     a.close().await;
     let mut peers = b.peers();

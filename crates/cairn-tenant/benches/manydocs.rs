@@ -210,27 +210,27 @@ fn am_sync(
     sa: &mut automerge::sync::State,
     sb: &mut automerge::sync::State,
 ) -> (u64, u64) {
+    /// One message from `from` to `to`, if `from` has one: its bytes.
+    fn send(
+        from: &mut AutoCommit,
+        sf: &mut automerge::sync::State,
+        to: &mut AutoCommit,
+        st: &mut automerge::sync::State,
+    ) -> Option<u64> {
+        let enc = from.sync().generate_sync_message(sf)?.encode();
+        let m = automerge::sync::Message::decode(&enc).unwrap();
+        to.sync().receive_sync_message(st, m).unwrap();
+        Some(enc.len() as u64)
+    }
     let (mut bytes, mut msgs) = (0u64, 0u64);
     for _ in 0..1000 {
-        let mut quiet = true;
-        if let Some(m) = a.sync().generate_sync_message(sa) {
-            let enc = m.encode();
-            bytes += enc.len() as u64;
-            msgs += 1;
-            let m = automerge::sync::Message::decode(&enc).unwrap();
-            b.sync().receive_sync_message(sb, m).unwrap();
-            quiet = false;
-        }
-        if let Some(m) = b.sync().generate_sync_message(sb) {
-            let enc = m.encode();
-            bytes += enc.len() as u64;
-            msgs += 1;
-            let m = automerge::sync::Message::decode(&enc).unwrap();
-            a.sync().receive_sync_message(sa, m).unwrap();
-            quiet = false;
-        }
-        if quiet {
+        let sent = [send(a, sa, b, sb), send(b, sb, a, sa)];
+        if sent.iter().all(Option::is_none) {
             return (bytes, msgs);
+        }
+        for n in sent.into_iter().flatten() {
+            bytes += n;
+            msgs += 1;
         }
     }
     panic!("automerge sync did not settle");

@@ -198,13 +198,9 @@ impl Database {
                 Some(e) if e.doc.is_some() => {
                     e.used = tick;
                     e.token = tick;
+                    // An open copy is never deleted or empty: the change
+                    // that made it so would have closed it.
                     if let Some(doc) = e.doc.take() {
-                        drop(open);
-                        if doc.deleted || doc.applied == 0 {
-                            // Cannot be edited; not kept either.
-                            lock(&self.open).docs.remove(doc_id);
-                            return Err(TenantError::NotFound(doc_id.clone()));
-                        }
                         return Ok((doc, Ticket::new(self.open.clone(), doc_id, tick)));
                     }
                     None
