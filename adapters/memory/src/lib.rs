@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use async_trait::async_trait;
+use cairn::riblt::{self, Encoder, SymbolReply, SymbolRequest};
 use cairn::tail::{SeqWatch, tail};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
@@ -39,7 +40,13 @@ struct State {
     by_doc: HashMap<DocId, Vec<u64>>,
     /// Fingerprints per id bucket, for reconciliation.
     buckets: FingerprintBuckets,
+    /// Coded symbols, kept from [`ENCODER_FROM`] changes on (below that,
+    /// walking every id is cheaper than the encoder's 1.25 MiB).
+    riblt: Option<Encoder>,
 }
+
+/// The size from which a store keeps its coded symbols up to date.
+const ENCODER_FROM: usize = 1024;
 
 impl State {
     fn get(&self, id: &ChangeId) -> Option<&Change> {
@@ -150,6 +157,11 @@ impl AppendOnlyStore for MemoryStore {
                 st.by_id.insert(c.id(), seq);
                 st.sorted.insert(c.id());
                 st.buckets.add(&c.id());
+                if let Some(e) = st.riblt.as_mut() {
+                    e.add(&c.id());
+                } else if st.sorted.len() >= ENCODER_FROM {
+                    st.riblt = Some(Encoder::from_ids(&st.sorted));
+                }
                 // Look the document up before cloning its id: most changes
                 // belong to a document the store already holds.
                 match st.by_doc.get_mut(&c.meta.doc_id) {
@@ -259,6 +271,14 @@ impl AppendOnlyStore for MemoryStore {
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
         let st = self.inner.read();
         Ok(range_iter(&st.sorted, range).take(limit).copied().collect())
+    }
+
+    async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        let st = self.inner.read();
+        match &st.riblt {
+            Some(e) => e.answer(request, || Box::new(st.sorted.iter())),
+            None => riblt::answer(&st.sorted, request),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `cairn::reconcile::difference` between memory stores: the differences
+//! `cairn::reconcile::difference_by_ranges` between memory stores: the differences
 //! it finds, and the work it does (rounds, summaries, ids listed), checked
 //! against a plain count of ids by prefix. The conformance case
 //! `reconciliation_sync_transfers_only_the_difference` checks the result
@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
-use cairn::reconcile::{ReconcileOptions, difference};
+use cairn::reconcile::{RangeOptions, difference_by_ranges as difference};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeStream,
     Digest, DocId, Head, IdRange, RangeSummary, Result, ScanItem, StoreId,
@@ -53,7 +53,7 @@ async fn one_extra_id_is_found_down_one_path_of_the_prefix_tree() {
     let local_ids: Vec<ChangeId> = with.iter().map(Change::id).collect();
     let remote_ids: Vec<ChangeId> = common.iter().map(Change::id).collect();
     for leaf_size in [0u64, 1, 8, 64, 500] {
-        let opts = ReconcileOptions { leaf_size };
+        let opts = RangeOptions { leaf_size };
         let d = difference(&local, &remote, &opts).await.unwrap();
         assert_eq!(d.local_only, vec![extra.id()], "leaf_size {leaf_size}");
         assert!(d.remote_only.is_empty());
@@ -90,9 +90,7 @@ async fn one_extra_id_is_found_down_one_path_of_the_prefix_tree() {
 async fn equal_stores_settle_in_one_round_without_listing() {
     let cs = changes(500, 3);
     let (a, b) = (store(&cs).await, store(&cs).await);
-    let d = difference(&a, &b, &ReconcileOptions::default())
-        .await
-        .unwrap();
+    let d = difference(&a, &b, &RangeOptions::default()).await.unwrap();
     assert!(d.local_only.is_empty() && d.remote_only.is_empty());
     assert_eq!((d.rounds, d.summaries, d.ids_listed), (1, 1, 0));
 }
@@ -103,7 +101,7 @@ async fn a_leaf_of_more_than_one_page_is_listed_in_full() {
     // lists its 5,000 ids in pages of 4,096.
     let cs = changes(5000, 4);
     let (local, remote) = (store(&cs).await, store(&[]).await);
-    let d = difference(&local, &remote, &ReconcileOptions::default())
+    let d = difference(&local, &remote, &RangeOptions::default())
         .await
         .unwrap();
     let mut want: Vec<ChangeId> = cs.iter().map(Change::id).collect();
@@ -165,7 +163,7 @@ async fn a_range_that_never_matches_is_listed_at_the_deepest_level() {
         lie_about: cs[7].id(),
     };
     // leaf_size 0: only an empty side, or the deepest level, ends the walk.
-    let d = difference(&local, &remote, &ReconcileOptions { leaf_size: 0 })
+    let d = difference(&local, &remote, &RangeOptions { leaf_size: 0 })
         .await
         .unwrap();
     assert!(d.local_only.is_empty() && d.remote_only.is_empty());

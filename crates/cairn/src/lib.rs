@@ -7,6 +7,7 @@ pub mod graph;
 mod ids;
 pub mod reconcile;
 mod record;
+pub mod riblt;
 mod store;
 pub mod sync;
 pub mod tail;

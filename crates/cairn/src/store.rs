@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph;
 use crate::ids::{ChangeId, Digest, DocId, StoreId};
 use crate::record::{Change, ChangeMeta};
+use crate::riblt::{self, SymbolReply, SymbolRequest};
 
 /// A live stream of newly appended metadata, from [`AppendOnlyStore::subscribe`].
 pub type ChangeStream = BoxStream<'static, Result<ChangeMeta>>;
@@ -585,6 +586,23 @@ pub trait AppendOnlyStore: Send + Sync + fmt::Debug {
             .take(limit)
             .collect())
     }
+
+    /// Coded symbols of the held ids, for one-message set reconciliation
+    /// ([`crate::reconcile::difference`]; the encoding is [`crate::riblt`]).
+    ///
+    /// # Behavior
+    /// - Must refuse a request past [`riblt::MAX_SYMBOLS_PER_REQUEST`] or
+    ///   [`riblt::MAX_SYMBOL_INDEX`] with [`Error::InvalidInput`]
+    ///   ([`SymbolRequest::check`]).
+    /// - Must equal [`riblt::answer`] over exactly the held ids: the same
+    ///   total, digest, sketch (if asked) and symbols.
+    /// - A store with `native_reconciliation` keeps an [`riblt::Encoder`]
+    ///   up to date on append instead of walking every id.
+    async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        request.check()?;
+        let ids = self.all_change_ids().await?;
+        riblt::answer(ids.iter(), request)
+    }
 }
 
 /// Visit every change's metadata in arrival order, one bounded page at a
@@ -651,6 +669,9 @@ macro_rules! forward_store {
             }
             async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
                 (**self).ids_in_range(range, limit).await
+            }
+            async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+                (**self).coded_symbols(request).await
             }
         }
     )*};
