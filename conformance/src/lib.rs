@@ -117,6 +117,7 @@ macro_rules! __for_each_case {
             contract::head_counts_changes_and_keeps_epoch,
             contract::range_summary_matches_fingerprint,
             contract::ids_in_range_is_sorted_and_limited,
+            contract::coded_symbols_encode_exactly_the_held_ids,
             contract::works_as_dyn_store_in_arc_and_box,
             subscribe::subscribe_delivers_every_append_once,
             subscribe::subscribe_skips_changes_before_it,

@@ -70,6 +70,12 @@ impl AppendOnlyStore for Local {
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
         block_on(self.get().ids_in_range(range, limit))
     }
+    async fn coded_symbols(
+        &self,
+        request: &cairn::riblt::SymbolRequest,
+    ) -> Result<cairn::riblt::SymbolReply> {
+        block_on(self.get().coded_symbols(request))
+    }
 }
 
 /// A hostile store: lists its changes but never serves them.

@@ -11,6 +11,7 @@ use crate::{present, root, run};
 const TARGETS: &[(&str, &[&str])] = &[
     ("decode_frame", &[]),
     ("decode_change", &[]),
+    ("riblt_decode", &[]),
     ("signal_message", &["webrtc"]),
     ("webrtc_chunks", &["webrtc"]),
     ("store_url", &["webrtc"]),

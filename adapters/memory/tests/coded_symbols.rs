@@ -155,7 +155,11 @@ async fn small_differences_take_one_round_trip_and_larger_ones_two() {
     let d = difference(&local, &more, &ReconcileOptions::default())
         .await
         .unwrap();
-    assert!(d.remote_only == ids(n..n + 1000), "{} remote-only ids", d.remote_only.len());
+    assert!(
+        d.remote_only == ids(n..n + 1000),
+        "{} remote-only ids",
+        d.remote_only.len()
+    );
     assert!(d.rounds <= 2, "{} rounds", d.rounds);
     assert!(d.symbols <= 1600, "{} symbols for 1,000 ids", d.symbols);
 }
@@ -208,7 +212,11 @@ async fn a_remote_that_changes_between_requests_is_reconciled_as_it_is_now() {
         .unwrap();
     let mut want: Vec<u32> = (3000..3100).collect();
     want.push(1_000_000);
-    assert!(d.remote_only == ids(want), "{} remote-only ids", d.remote_only.len());
+    assert!(
+        d.remote_only == ids(want),
+        "{} remote-only ids",
+        d.remote_only.len()
+    );
     assert!(d.local_only.is_empty());
     assert!(remote.calls.load(Ordering::SeqCst) >= 3, "it started again");
 }

@@ -250,6 +250,7 @@ impl PostgresDb {
                 epoch,
                 watch,
                 writer,
+                riblt: cairn::riblt::LazyEncoder::default(),
             }),
         })
     }

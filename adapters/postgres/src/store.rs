@@ -35,6 +35,8 @@ pub(crate) struct StoreInner {
     pub(crate) watch: Arc<SeqWatch>,
     /// The writer task's queue (group commit).
     pub(crate) writer: mpsc::UnboundedSender<Job>,
+    /// Coded symbols for reconciliation, folded in from `scan` on demand.
+    pub(crate) riblt: cairn::riblt::LazyEncoder,
 }
 
 /// Metadata from a row, checked against the row's id column.
@@ -575,6 +577,13 @@ impl AppendOnlyStore for PostgresStore {
             .walk_ids(range, usize::MAX, |id| fp.add(&id))
             .await?;
         Ok(fp.summary())
+    }
+
+    async fn coded_symbols(
+        &self,
+        request: &cairn::riblt::SymbolRequest,
+    ) -> Result<cairn::riblt::SymbolReply> {
+        self.inner.riblt.answer(self, request).await
     }
 
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {

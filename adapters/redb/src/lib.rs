@@ -156,6 +156,8 @@ struct Inner {
     /// Fingerprints per id bucket of everything committed, kept by the
     /// writer (checkpointed to the `buckets` table).
     buckets: Arc<RwLock<FingerprintBuckets>>,
+    /// Coded symbols for reconciliation, folded in from `scan` on demand.
+    riblt: cairn::riblt::LazyEncoder,
 }
 
 /// The open database: shared with the writer thread, or read-only.
@@ -361,6 +363,7 @@ impl RedbStore {
                 watch: Arc::new(SeqWatch::new(found.opened.head)),
                 counters: Arc::new(Counters::default()),
                 buckets: Arc::new(RwLock::new(loaded.buckets)),
+                riblt: cairn::riblt::LazyEncoder::default(),
             }),
         })
     }
@@ -513,6 +516,7 @@ impl RedbStore {
                 watch,
                 counters,
                 buckets,
+                riblt: cairn::riblt::LazyEncoder::default(),
             }),
         })
     }
@@ -850,6 +854,13 @@ impl AppendOnlyStore for RedbStore {
             Ok(fp.summary())
         })
         .await
+    }
+
+    async fn coded_symbols(
+        &self,
+        request: &cairn::riblt::SymbolRequest,
+    ) -> Result<cairn::riblt::SymbolReply> {
+        self.inner.riblt.answer(self, request).await
     }
 
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {

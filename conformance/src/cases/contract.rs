@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cairn::{AppendOnlyStore, ChangeId, ChangeKind, DynAppendOnlyStore, Fingerprint, IdRange};
+use cairn::{
+    AppendOnlyStore, ChangeId, ChangeKind, DynAppendOnlyStore, Error, Fingerprint, IdRange,
+};
 
 use crate::util::{chain, change, doc, id_set, ids, sid};
 use crate::{CaseResult, Outcome, StoreFactory, ensure, ensure_eq};
@@ -466,6 +468,71 @@ pub async fn ids_in_range_is_sorted_and_limited(f: &dyn StoreFactory) -> CaseRes
     );
     ensure_eq!(s.ids_in_range(&r, 4).await?, all[5..9].to_vec(), "limited");
     ensure!(s.ids_in_range(&r, 0).await?.is_empty(), "limit 0");
+    Ok(Outcome::Passed)
+}
+
+/// `coded_symbols` answers exactly what `cairn::riblt::answer` computes
+/// over the held ids (native encoders included, before and after more
+/// appends, inside and past the cached symbols), and refuses requests past
+/// its bounds with `InvalidInput`, storing nothing.
+pub async fn coded_symbols_encode_exactly_the_held_ids(f: &dyn StoreFactory) -> CaseResult {
+    use cairn::riblt::{MAX_SYMBOL_INDEX, MAX_SYMBOLS_PER_REQUEST, SymbolRequest, answer};
+    let s = f.create(&sid()).await?;
+    let requests = [
+        SymbolRequest {
+            start: 0,
+            count: 64,
+            sketch: true,
+        },
+        SymbolRequest {
+            start: 1000,
+            count: 16,
+            sketch: false,
+        },
+        SymbolRequest {
+            start: 32_760,
+            count: 16,
+            sketch: true,
+        },
+    ];
+    for (round, n) in [(0, 0usize), (1, 40), (2, 1100)] {
+        if n > 0 {
+            s.append(chain(&doc(&format!("r{round}")), n, 8)).await?;
+        }
+        let all = s.all_change_ids().await?;
+        for req in &requests {
+            ensure_eq!(
+                s.coded_symbols(req).await?,
+                answer(all.iter(), req)?,
+                "symbols of {} ids for {req:?}",
+                all.len()
+            );
+        }
+    }
+    let head = s.head().await?;
+    for bad in [
+        SymbolRequest {
+            start: 0,
+            count: MAX_SYMBOLS_PER_REQUEST + 1,
+            sketch: false,
+        },
+        SymbolRequest {
+            start: MAX_SYMBOL_INDEX,
+            count: 1,
+            sketch: false,
+        },
+        SymbolRequest {
+            start: u64::MAX,
+            count: u32::MAX,
+            sketch: true,
+        },
+    ] {
+        ensure!(
+            matches!(s.coded_symbols(&bad).await, Err(Error::InvalidInput { .. })),
+            "{bad:?} is refused as invalid input"
+        );
+    }
+    ensure_eq!(s.head().await?, head, "refusals change nothing");
     Ok(Outcome::Passed)
 }
 

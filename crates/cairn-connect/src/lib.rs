@@ -875,6 +875,13 @@ impl AppendOnlyStore for Connector {
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
         self.shared.cache.ids_in_range(range, limit).await
     }
+
+    async fn coded_symbols(
+        &self,
+        request: &cairn::riblt::SymbolRequest,
+    ) -> Result<cairn::riblt::SymbolReply> {
+        self.shared.cache.coded_symbols(request).await
+    }
 }
 
 #[cfg(test)]

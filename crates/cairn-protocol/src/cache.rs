@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cairn::riblt::{SymbolReply, SymbolRequest};
 use cairn::sync::{Direction, SyncEvent, SyncOptions, SyncReport, SyncState};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
@@ -627,6 +628,10 @@ impl<T: Transport + ?Sized> AppendOnlyStore for CacheFirst<T> {
         self.node.cache.range_summary(range).await
     }
 
+    async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        self.node.cache.coded_symbols(request).await
+    }
+
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
         self.node.cache.ids_in_range(range, limit).await
     }
@@ -711,6 +716,12 @@ macro_rules! forward_store {
                     limit: usize,
                 ) -> Result<Vec<ChangeId>> {
                     self.$field.ids_in_range(range, limit).await
+                }
+                async fn coded_symbols(
+                    &self,
+                    request: &cairn::riblt::SymbolRequest,
+                ) -> Result<cairn::riblt::SymbolReply> {
+                    self.$field.coded_symbols(request).await
                 }
             }
         };

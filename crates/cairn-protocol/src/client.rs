@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use cairn::riblt::{SymbolReply, SymbolRequest};
 use cairn::{
     AppendOutcome, Change, ChangeId, ChangeMeta, DocId, Error, Head, IdRange, RangeSummary, Result,
     ScanItem,
@@ -242,6 +243,24 @@ pub trait RemoteCalls: Call {
     /// Remote `range_summary`.
     async fn remote_range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
         expect!(self.call(Request::RangeSummary(*range)).await?, "summary", Response::Summary(s) => s)
+    }
+    /// Remote `coded_symbols`.
+    async fn remote_coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        let reply = expect!(
+            self.call(Request::CodedSymbols(*request)).await?,
+            "symbols",
+            Response::Symbols(r) => r
+        )?;
+        if reply.symbols.len() != request.count as usize {
+            return Err(Error::Protocol {
+                reason: format!(
+                    "coded_symbols answered {} symbols for a request of {}",
+                    reply.symbols.len(),
+                    request.count
+                ),
+            });
+        }
+        Ok(reply)
     }
     /// Remote `ids_in_range`.
     async fn remote_ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {

@@ -4,6 +4,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use cairn::encoding::{decode_meta, encode_meta_into, encoded_meta_len};
+use cairn::riblt::{
+    CodedSymbol, STRATA, STRATUM_BUCKETS, SYMBOL_BYTES, Sketch, SymbolReply, SymbolRequest,
+};
 use cairn::{
     AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, Digest, DocId, Error, Head, IdRange,
     RangeSummary, Result, ScanItem, StoreId,
@@ -42,6 +45,7 @@ enum Items<'a> {
     Metas(&'a [ChangeMeta]),
     Bools(&'a [bool]),
     Scan(&'a [ScanItem]),
+    Symbols(&'a [CodedSymbol]),
 }
 
 impl<'a> Items<'a> {
@@ -52,6 +56,7 @@ impl<'a> Items<'a> {
             Items::Changes(v) => Some(v.len()),
             Items::Metas(v) => Some(v.len()),
             Items::Bools(v) => Some(v.len()),
+            Items::Symbols(v) => Some(v.len()),
             Items::Scan(v) => Some(v.len()),
         }
     }
@@ -71,6 +76,7 @@ impl<'a> Items<'a> {
             },
             Items::Metas(v) => v.get(i).map_or(0, |m| 4 + encoded_meta_len(m)),
             Items::Bools(v) => v.get(i).map_or(0, |_| 1),
+            Items::Symbols(v) => v.get(i).map_or(0, |_| SYMBOL_BYTES),
             Items::Scan(v) => v
                 .get(i)
                 .map_or(0, |item| 8 + 4 + encoded_meta_len(&item.meta)),
@@ -108,6 +114,11 @@ impl<'a> Items<'a> {
                 if let Some(item) = v.get(i) {
                     put_u64(out, item.seq);
                     write_meta(&item.meta, out);
+                }
+            }
+            Items::Symbols(v) => {
+                if let Some(s) = v.get(i) {
+                    out.extend_from_slice(&s.to_bytes());
                 }
             }
         }
@@ -152,6 +163,12 @@ impl<'a> Items<'a> {
                 if let Some(item) = v.get(i) {
                     put_u64(&mut out, item.seq);
                     write_meta(&item.meta, &mut out);
+                }
+                &[]
+            }
+            Items::Symbols(v) => {
+                if let Some(s) = v.get(i) {
+                    out.extend_from_slice(&s.to_bytes());
                 }
                 &[]
             }
@@ -248,6 +265,55 @@ fn read_range(r: &mut Reader<'_>) -> Result<IdRange> {
     Ok(IdRange { start, end })
 }
 
+fn read_symbol(r: &mut Reader<'_>) -> Result<CodedSymbol> {
+    let mut b = [0u8; SYMBOL_BYTES];
+    b.copy_from_slice(r.take(SYMBOL_BYTES)?);
+    Ok(CodedSymbol::from_bytes(&b))
+}
+
+/// `total:u64 digest:u64 strata:u8` then `strata` x 16 sketch bytes
+/// (`strata` is 0xFF for no sketch).
+fn put_reply_fields(out: &mut Vec<u8>, reply: &SymbolReply) {
+    put_u64(out, reply.total);
+    put_u64(out, reply.digest);
+    match &reply.sketch {
+        None => out.push(0xFF),
+        Some(sk) => {
+            let used = sk.used();
+            out.push(used as u8);
+            for s in &sk.strata[..used] {
+                out.extend_from_slice(s);
+            }
+        }
+    }
+}
+
+fn read_reply_fields(r: &mut Reader<'_>) -> Result<SymbolReply> {
+    let total = r.u64()?;
+    let digest = r.u64()?;
+    let sketch = match r.u8()? {
+        0xFF => None,
+        used if usize::from(used) <= STRATA => {
+            let mut sk = Sketch::default();
+            for s in sk.strata.iter_mut().take(usize::from(used)) {
+                s.copy_from_slice(r.take(STRATUM_BUCKETS)?);
+            }
+            Some(sk)
+        }
+        used => {
+            return Err(proto(format!(
+                "a sketch of {used} strata (at most {STRATA})"
+            )));
+        }
+    };
+    Ok(SymbolReply {
+        total,
+        digest,
+        sketch,
+        symbols: Vec::new(),
+    })
+}
+
 fn read_doc(r: &mut Reader<'_>) -> Result<DocId> {
     DocId::new(r.str16()?).map_err(|e| proto(format!("bad document id: {e}")))
 }
@@ -303,6 +369,12 @@ fn parts(msg: &Message) -> (Vec<u8>, Items<'_>) {
                 put_u32(&mut f, *subscription);
                 Items::None
             }
+            Request::CodedSymbols(q) => {
+                put_u64(&mut f, q.start);
+                put_u32(&mut f, q.count);
+                f.push(u8::from(q.sketch));
+                Items::None
+            }
         },
         Message::Response { body, .. } => match body {
             Response::Appended(o) => {
@@ -325,6 +397,10 @@ fn parts(msg: &Message) -> (Vec<u8>, Items<'_>) {
                 Items::None
             }
             Response::Done => Items::None,
+            Response::Symbols(reply) => {
+                put_reply_fields(&mut f, reply);
+                Items::Symbols(&reply.symbols)
+            }
             Response::Error(e) => {
                 e.write(&mut f);
                 Items::None
@@ -768,6 +844,12 @@ fn decode_frame(body: &[u8]) -> Result<Frame<'_>> {
             resp(Response::ScanItems(v))
         }
         t::IDS => resp(Response::Ids(ids(&mut r)?)),
+        t::SYMBOLS => {
+            let mut reply = read_reply_fields(&mut r)?;
+            let n = r.count(SYMBOL_BYTES)?;
+            reply.symbols = (0..n).map(|_| read_symbol(&mut r)).collect::<Result<_>>()?;
+            resp(Response::Symbols(reply))
+        }
         t::NOTIFY => Message::Notify {
             subscription: id,
             metas: metas(&mut r)?,
@@ -800,6 +882,11 @@ fn decode_frame(body: &[u8]) -> Result<Frame<'_>> {
                 t::UNSUBSCRIBE => req(Request::Unsubscribe {
                     subscription: r.u32()?,
                 }),
+                t::CODED_SYMBOLS => req(Request::CodedSymbols(SymbolRequest {
+                    start: r.u64()?,
+                    count: r.u32()?,
+                    sketch: r.bool()?,
+                })),
                 t::HEAD_IS => resp(Response::Head(Head {
                     epoch: r.u64()?,
                     seq: r.u64()?,
@@ -892,6 +979,10 @@ fn push_item(msg: &mut Message, item: Bytes) -> Result<()> {
         M::Response {
             body: R::Bools(v), ..
         } => v.push(r.bool()?),
+        M::Response {
+            body: R::Symbols(reply),
+            ..
+        } => reply.symbols.push(read_symbol(&mut r)?),
         M::Response {
             body: R::ScanItems(v),
             ..
@@ -1016,6 +1107,16 @@ fn merge(acc: &mut Message, chunk: Message) -> Result<()> {
                 body: R::Bools(b), ..
             },
         ) => a.extend(b),
+        (
+            M::Response {
+                body: R::Symbols(a),
+                ..
+            },
+            M::Response {
+                body: R::Symbols(b),
+                ..
+            },
+        ) => a.symbols.extend(b.symbols),
         (
             M::Response {
                 body: R::ScanItems(a),

@@ -211,6 +211,10 @@ async fn run(
             Response::Metas(v)
         }
         Request::RangeSummary(range) => Response::Summary(store.range_summary(&range).await?),
+        Request::CodedSymbols(q) => {
+            q.check()?;
+            Response::Symbols(store.coded_symbols(&q).await?)
+        }
         Request::IdsInRange { range, limit } => Response::Ids(
             store
                 .ids_in_range(&range, clamp(limit).min(max_items))

@@ -1,5 +1,6 @@
 //! The messages: hello, requests, responses, notifications.
 
+use cairn::riblt::{SymbolReply, SymbolRequest};
 use cairn::{
     AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, DocId, Head, IdRange, RangeSummary,
     ScanItem, StoreId,
@@ -57,6 +58,8 @@ pub mod msg_type {
     pub const SUBSCRIBE: u8 = 0x1C;
     /// Request: unsubscribe.
     pub const UNSUBSCRIBE: u8 = 0x1D;
+    /// Request: coded_symbols.
+    pub const CODED_SYMBOLS: u8 = 0x1E;
     /// Response: append outcome.
     pub const APPENDED: u8 = 0x20;
     /// Response: full changes.
@@ -75,6 +78,8 @@ pub mod msg_type {
     pub const SUMMARY: u8 = 0x27;
     /// Response: done (subscribe, unsubscribe).
     pub const DONE: u8 = 0x28;
+    /// Response: coded symbols.
+    pub const SYMBOLS: u8 = 0x29;
     /// Response: error.
     pub const ERROR: u8 = 0x2F;
     /// Server push: new change metadata.
@@ -110,7 +115,7 @@ pub fn request_access(ty: u8) -> Option<Access> {
     use msg_type as t;
     match ty {
         t::APPEND => Some(Access::Write),
-        t::GET_CHANGES..=t::UNSUBSCRIBE => Some(Access::Read),
+        t::GET_CHANGES..=t::CODED_SYMBOLS => Some(Access::Read),
         _ => None,
     }
 }
@@ -170,6 +175,8 @@ pub enum Request {
         /// The id of the `Subscribe` request.
         subscription: u32,
     },
+    /// `coded_symbols(request)`.
+    CodedSymbols(SymbolRequest),
 }
 
 impl Request {
@@ -198,6 +205,7 @@ impl Request {
             Request::IdsInRange { .. } => "ids_in_range",
             Request::Subscribe => "subscribe",
             Request::Unsubscribe { .. } => "unsubscribe",
+            Request::CodedSymbols(_) => "coded_symbols",
         }
     }
 
@@ -217,6 +225,7 @@ impl Request {
             Request::AllChangeIds | Request::IdsInRange { .. } => t::IDS,
             Request::RangeSummary(_) => t::SUMMARY,
             Request::Subscribe | Request::Unsubscribe { .. } => t::DONE,
+            Request::CodedSymbols(_) => t::SYMBOLS,
         }
     }
 }
@@ -243,6 +252,8 @@ pub enum Response {
     Summary(RangeSummary),
     /// Answer to `subscribe` and `unsubscribe`.
     Done,
+    /// Answer to `coded_symbols`.
+    Symbols(SymbolReply),
     /// The request failed.
     Error(WireError),
 }
@@ -261,6 +272,7 @@ impl Response {
             Response::Ids(_) => t::IDS,
             Response::Summary(_) => t::SUMMARY,
             Response::Done => t::DONE,
+            Response::Symbols(_) => t::SYMBOLS,
             Response::Error(_) => t::ERROR,
         }
     }
@@ -325,6 +337,7 @@ impl Message {
                 Request::IdsInRange { .. } => t::IDS_IN_RANGE,
                 Request::Subscribe => t::SUBSCRIBE,
                 Request::Unsubscribe { .. } => t::UNSUBSCRIBE,
+                Request::CodedSymbols(_) => t::CODED_SYMBOLS,
             },
             Message::Response { body, .. } => body.type_byte(),
             Message::Notify { .. } => t::NOTIFY,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn::encoding::encoded_meta_len;
+use cairn::riblt::{SymbolReply, SymbolRequest};
 use cairn::{
     AppendOnlyStore, AppendOutcome, Capabilities, Change, ChangeId, ChangeMeta, ChangeStream,
     Error, Head, IdRange, RangeSummary, Result, ScanItem, StoreId,
@@ -220,6 +221,9 @@ impl<C: Call + ?Sized> AppendOnlyStore for RemoteStore<C> {
     }
     async fn range_summary(&self, range: &IdRange) -> Result<RangeSummary> {
         self.call.remote_range_summary(range).await
+    }
+    async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        self.call.remote_coded_symbols(request).await
     }
     async fn ids_in_range(&self, range: &IdRange, limit: usize) -> Result<Vec<ChangeId>> {
         let mut out: Vec<ChangeId> = Vec::new();

@@ -2,6 +2,7 @@
 //! Round trips for every message type, chunking, limits and robustness.
 
 use bytes::Bytes;
+use cairn::riblt::{CodedSymbol, STRATA, STRATUM_BUCKETS, Sketch, SymbolReply, SymbolRequest};
 use cairn::{
     AppendOutcome, Capabilities, Change, ChangeBuilder, ChangeId, ChangeKind, ChangeMeta, Digest,
     DocId, Error, Head, IdRange, KeyId, Keypair, RangeSummary, RejectReason, ScanItem, StoreId,
@@ -194,6 +195,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (arb_range(), any::<u64>()).prop_map(|(range, limit)| Request::IdsInRange { range, limit }),
         Just(Request::Subscribe),
         any::<u32>().prop_map(|subscription| Request::Unsubscribe { subscription }),
+        (any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(start, count, sketch)| {
+            Request::CodedSymbols(SymbolRequest {
+                start,
+                count,
+                sketch,
+            })
+        }),
     ]
 }
 
@@ -220,6 +228,32 @@ fn arb_response() -> impl Strategy<Value = Response> {
             fingerprint: Digest::from_bytes(fp)
         })),
         Just(Response::Done),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of(prop::collection::vec(
+                any::<[u8; STRATUM_BUCKETS]>(),
+                0..=STRATA
+            )),
+            prop::collection::vec((any::<[u8; 32]>(), any::<u64>()), 0..200),
+        )
+            .prop_map(|(total, digest, strata, symbols)| {
+                Response::Symbols(SymbolReply {
+                    total,
+                    digest,
+                    sketch: strata.map(|v| {
+                        let mut sk = Sketch::default();
+                        for (s, b) in sk.strata.iter_mut().zip(v) {
+                            *s = b;
+                        }
+                        sk
+                    }),
+                    symbols: symbols
+                        .into_iter()
+                        .map(|(sum, check)| CodedSymbol { sum, check })
+                        .collect(),
+                })
+            }),
         arb_error().prop_map(Response::Error),
     ]
 }

@@ -436,6 +436,89 @@ impl Encoder {
     }
 }
 
+/// An [`Encoder`] folded in from a store's `scan` when asked, for stores
+/// that cannot update one inside their append path (redb's writer thread,
+/// PostgreSQL): each [`answer`](Self::answer) first adds the changes
+/// appended since the last one, so the first costs a walk of the store and
+/// later ones only what is new. Append-only sequence numbers make this
+/// exact: the encoder covers exactly the changes `1..=covered`.
+#[derive(Debug, Default)]
+pub struct LazyEncoder {
+    state: tokio::sync::Mutex<Option<Folded>>,
+}
+
+#[derive(Debug)]
+struct Folded {
+    epoch: u64,
+    covered: u64,
+    encoder: Encoder,
+}
+
+/// Changes asked of `scan` per page while folding.
+const FOLD_PAGE: usize = 4096;
+
+impl LazyEncoder {
+    /// Answer `request` for `store` (the store this encoder belongs to).
+    pub async fn answer<S: crate::AppendOnlyStore + ?Sized>(
+        &self,
+        store: &S,
+        request: &SymbolRequest,
+    ) -> Result<SymbolReply> {
+        request.check()?;
+        let mut guard = self.state.lock().await;
+        let head = store.head().await?;
+        let folded = match guard.as_mut() {
+            Some(f) if f.epoch == head.epoch && f.covered <= head.seq => f,
+            _ => guard.insert(Folded {
+                epoch: head.epoch,
+                covered: 0,
+                encoder: Encoder::default(),
+            }),
+        };
+        // Bounded: every page moves `covered` forward, up to the head.
+        while folded.covered < head.seq {
+            let page = store.scan(folded.covered, FOLD_PAGE).await?;
+            let Some(last) = page.last().map(|i| i.seq) else {
+                break;
+            };
+            if last <= folded.covered {
+                break;
+            }
+            for item in page.iter().filter(|i| i.seq > folded.covered) {
+                folded.encoder.add(&item.meta.id);
+            }
+            folded.covered = last;
+        }
+        let end = request.start + u64::from(request.count);
+        let beyond: Vec<ChangeId> = if end > CACHED_SYMBOLS as u64 {
+            // Symbols past the cache walk exactly the covered changes.
+            let mut ids = Vec::new();
+            let mut after = 0;
+            while after < folded.covered {
+                let page = store
+                    .scan(after, FOLD_PAGE.min((folded.covered - after) as usize))
+                    .await?;
+                let Some(last) = page.last().map(|i| i.seq) else {
+                    break;
+                };
+                if last <= after {
+                    break;
+                }
+                ids.extend(
+                    page.iter()
+                        .filter(|i| i.seq <= folded.covered)
+                        .map(|i| i.meta.id),
+                );
+                after = last;
+            }
+            ids
+        } else {
+            Vec::new()
+        };
+        folded.encoder.answer(request, || Box::new(beyond.iter()))
+    }
+}
+
 /// Peels the difference of two symbol sequences, received a prefix at a
 /// time, into the ids of the symmetric difference.
 #[derive(Debug, Default)]
