@@ -370,6 +370,14 @@ impl AppendOnlyStore for Odd {
         }
         Ok(ids)
     }
+    async fn coded_symbols(
+        &self,
+        request: &cairn::riblt::SymbolRequest,
+    ) -> Result<cairn::riblt::SymbolReply> {
+        let mut ids = self.inner.all_change_ids().await?;
+        ids.extend(self.phantom);
+        cairn::riblt::answer(ids.iter(), request)
+    }
 }
 
 #[tokio::test]
