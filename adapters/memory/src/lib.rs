@@ -2,7 +2,7 @@
 #![deny(missing_docs)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use async_trait::async_trait;
 use cairn::riblt::{self, Encoder, SymbolReply, SymbolRequest};
@@ -40,12 +40,14 @@ struct State {
     by_doc: HashMap<DocId, Vec<u64>>,
     /// Fingerprints per id bucket, for reconciliation.
     buckets: FingerprintBuckets,
-    /// Coded symbols, kept from [`ENCODER_FROM`] changes on (below that,
-    /// walking every id is cheaper than the encoder's 1.25 MiB).
-    riblt: Option<Encoder>,
+    /// Coded symbols of `log[..covered]`, folded in when asked (so that
+    /// appends pay nothing for them), from [`ENCODER_FROM`] changes on
+    /// (below that, walking every id is cheaper than the encoder's 1.25
+    /// MiB).
+    riblt: Mutex<Option<(usize, Encoder)>>,
 }
 
-/// The size from which a store keeps its coded symbols up to date.
+/// The size from which a store keeps an encoder.
 const ENCODER_FROM: usize = 1024;
 
 impl State {
@@ -157,11 +159,6 @@ impl AppendOnlyStore for MemoryStore {
                 st.by_id.insert(c.id(), seq);
                 st.sorted.insert(c.id());
                 st.buckets.add(&c.id());
-                if let Some(e) = st.riblt.as_mut() {
-                    e.add(&c.id());
-                } else if st.sorted.len() >= ENCODER_FROM {
-                    st.riblt = Some(Encoder::from_ids(&st.sorted));
-                }
                 // Look the document up before cloning its id: most changes
                 // belong to a document the store already holds.
                 match st.by_doc.get_mut(&c.meta.doc_id) {
@@ -274,11 +271,20 @@ impl AppendOnlyStore for MemoryStore {
     }
 
     async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
+        request.check()?;
         let st = self.inner.read();
-        match &st.riblt {
-            Some(e) => e.answer(request, || Box::new(st.sorted.iter())),
-            None => riblt::answer(&st.sorted, request),
+        if st.log.len() < ENCODER_FROM {
+            return riblt::answer(&st.sorted, request);
         }
+        // Readers hold the state's read lock, so `log` cannot grow while
+        // the encoder catches up with it.
+        let mut guard = st.riblt.lock().unwrap_or_else(|e| e.into_inner());
+        let (covered, encoder) = guard.get_or_insert_with(|| (0, Encoder::default()));
+        for c in &st.log[(*covered).min(st.log.len())..] {
+            encoder.add(&c.id());
+        }
+        *covered = st.log.len();
+        encoder.answer(request, || Box::new(st.sorted.iter()))
     }
 }
 

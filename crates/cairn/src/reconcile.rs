@@ -45,6 +45,10 @@ impl Default for ReconcileOptions {
     }
 }
 
+/// From this estimated difference on (both ways), [`difference`] favours
+/// bytes over round trips.
+const LARGE: u64 = 2000;
+
 /// Symbols to have after the sketch estimated a difference of `d`: RIBLT's
 /// expected `1.35 d`, with a margin that shrinks as `d` grows (measured:
 /// `d` = 100 needs 134-159, 1,000 needs 1,330-1,430, 10,000 needs
@@ -152,12 +156,16 @@ async fn decode(
                 let apart = r.total.abs_diff(l.total);
                 // A difference about as large as the counts' gap is most
                 // likely one-way, and then the gap is exact.
-                let d = if apart > 0 && apart * 10 >= sketched * 7 {
-                    apart
+                if apart > 0 && apart * 10 >= sketched * 7 {
+                    symbols_for(apart).max(have + 1)
+                } else if sketched > LARGE {
+                    // A large difference both ways: the sketch is good to
+                    // about 30%, so ask for what the low end needs and grow
+                    // from there; bytes matter more than round trips here.
+                    ((sketched as f64 * 0.75 * 1.35) as u64).max(have + 1)
                 } else {
-                    sketched.max(apart)
-                };
-                symbols_for(d).max(have + 1)
+                    symbols_for(sketched.max(apart)).max(have + 1)
+                }
             }
             // Past the estimate: grow by an eighth (bytes over round trips).
             _ => have + (have / 8).max(8),

@@ -247,15 +247,24 @@ pub fn estimate_difference(a: &Sketch, b: &Sketch) -> u64 {
         }
         ll
     };
-    // A geometric grid from 1 to 2^36, then the best point.
+    // A geometric grid from 1 to 2^27 (past what MAX_SYMBOL_INDEX can
+    // decode), then refined around the best point.
     let mut best = (1.0, f64::NEG_INFINITY);
     let mut d = 1.0f64;
-    while d < 6.9e10 {
+    while d < 1.35e8 {
         let ll = log_likelihood(d);
         if ll > best.1 {
             best = (d, ll);
         }
-        d *= 1.02;
+        d *= 1.1;
+    }
+    let (lo, mut d) = (best.0 / 1.1, best.0 / 1.1);
+    while d < lo * 1.21 {
+        let ll = log_likelihood(d);
+        if ll > best.1 {
+            best = (d, ll);
+        }
+        d *= 1.01;
     }
     best.0.round().max(1.0) as u64
 }

@@ -597,7 +597,9 @@ pub trait AppendOnlyStore: Send + Sync + fmt::Debug {
     /// - Must equal [`riblt::answer`] over exactly the held ids: the same
     ///   total, digest, sketch (if asked) and symbols.
     /// - A store with `native_reconciliation` keeps an [`riblt::Encoder`]
-    ///   up to date on append instead of walking every id.
+    ///   instead of walking every id: updated on append, or folded in from
+    ///   the changes appended since the last call (as the memory store and
+    ///   [`riblt::LazyEncoder`] do, so that appends pay nothing).
     async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
         request.check()?;
         let ids = self.all_change_ids().await?;
