@@ -171,14 +171,14 @@ async fn main() -> cairn::Result<()> {
         scanned.pulled.examined + scanned.pushed.examined
     );
     println!(
-        "| same, by set reconciliation | {rec_time:.1?} | {} ids examined, {} summary rounds | {:.1}× |",
+        "| same, by set reconciliation | {rec_time:.1?} | {} ids examined, {} round trips | {:.1}× |",
         reconciled.pulled.examined + reconciled.pushed.examined,
         reconciled.pulled.reconcile_rounds,
         scan_time.as_secs_f64() / rec_time.as_secs_f64()
     );
     println!(
-        "| (of which the reconciliation: {} range summaries per side, {} ids listed) | {diff_time:.1?} | | |",
-        d.summaries, d.ids_listed
+        "| the first `difference` of the two stores, folding each one's ids into its coded symbols | {diff_time:.1?} | {} symbols, {} round trips | |",
+        d.symbols, d.rounds
     );
     Ok(())
 }

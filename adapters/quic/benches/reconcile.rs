@@ -252,7 +252,11 @@ fn negentropy_case(base: &[ChangeId], local_extra: &[ChangeId], remote_extra: &[
     }
     let ms = start.elapsed().as_secs_f64() * 1e3;
     assert_eq!(have.len(), local_extra.len(), "negentropy: local-only ids");
-    assert_eq!(need.len(), remote_extra.len(), "negentropy: remote-only ids");
+    assert_eq!(
+        need.len(),
+        remote_extra.len(),
+        "negentropy: remote-only ids"
+    );
     println!(
         "reconcile impl=negentropy N={} d_local={} d_remote={} bytes={bytes} round_trips={round_trips} ms={ms:.1} server_ms={:.1}",
         base.len(),

@@ -298,7 +298,7 @@ fn read_reply_fields(r: &mut Reader<'_>) -> Result<SymbolReply> {
             for s in sk.strata.iter_mut().take(usize::from(used)) {
                 s.copy_from_slice(r.take(STRATUM_BUCKETS)?);
             }
-            Some(sk)
+            Some(Box::new(sk))
         }
         used => {
             return Err(proto(format!(

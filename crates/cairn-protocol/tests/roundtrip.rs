@@ -246,7 +246,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
                         for (s, b) in sk.strata.iter_mut().zip(v) {
                             *s = b;
                         }
-                        sk
+                        Box::new(sk)
                     }),
                     symbols: symbols
                         .into_iter()

@@ -19,8 +19,8 @@
 //!
 //! Everything here is deterministic and platform-independent (IEEE-754 square
 //! roots are exact), because both sides must map every id to the same
-//! symbols. [`docs/protocol.md`](https://github.com/cairn-rs/cairn) gives the
-//! mapping byte by byte.
+//! symbols. The repository's `docs/protocol.md` (section "Set
+//! reconciliation") gives the mapping byte by byte.
 //!
 //! ```
 //! use cairn::ChangeId;
@@ -313,8 +313,8 @@ pub struct SymbolReply {
     /// version of the set, so that a receiver notices a set that changed
     /// between two requests.
     pub digest: u64,
-    /// The sketch, if asked for.
-    pub sketch: Option<Sketch>,
+    /// The sketch, if asked for (boxed: 512 bytes).
+    pub sketch: Option<Box<Sketch>>,
     /// The symbols `start .. start + count`.
     pub symbols: Vec<CodedSymbol>,
 }
@@ -361,7 +361,7 @@ pub fn answer<'a>(
     Ok(SymbolReply {
         total,
         digest,
-        sketch: request.sketch.then_some(sketch),
+        sketch: request.sketch.then(|| Box::new(sketch)),
         symbols: encode(ids, request.start, request.count),
     })
 }
@@ -439,7 +439,7 @@ impl Encoder {
         Ok(SymbolReply {
             total: self.total,
             digest: self.digest,
-            sketch: request.sketch.then(|| self.sketch.clone()),
+            sketch: request.sketch.then(|| Box::new(self.sketch.clone())),
             symbols,
         })
     }
