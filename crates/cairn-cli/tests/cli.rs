@@ -693,7 +693,7 @@ fn p10_conformance_filter_and_cleanup() {
     );
     assert!(e.contains("no case matches"), "{e}");
     let out = ok(&home.run(&["conformance", "memory:", "--filter", "contract::"]));
-    assert!(out.contains("21 passed, 0 failed"), "{out}");
+    assert!(out.contains("22 passed, 0 failed"), "{out}");
     let dir = home.join("cases");
     let out = ok(&home.run(&["conformance", &redb(&dir), "--filter", "durability::"]));
     assert!(out.contains("3 passed, 0 failed"), "{out}");
