@@ -17,6 +17,9 @@ use cairn::{
     DocId, Error, Head, Result, ScanItem, StoreId,
 };
 use cairn_memory::MemoryStore;
+
+mod common;
+use common::RequiredOnly;
 use proptest::prelude::*;
 
 fn change(n: u32) -> Change {
@@ -40,33 +43,6 @@ fn ids(ns: impl IntoIterator<Item = u32>) -> Vec<ChangeId> {
     set.into_iter().collect()
 }
 
-/// A store with only the required methods: every reconciliation answer
-/// comes from the trait's defaults, built on `scan`.
-#[derive(Debug)]
-struct Plain(MemoryStore);
-
-#[async_trait]
-impl AppendOnlyStore for Plain {
-    fn store_id(&self) -> &StoreId {
-        self.0.store_id()
-    }
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        self.0.append(changes).await
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.0.get_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.0.scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.0.head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.0.subscribe().await
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -82,7 +58,7 @@ proptest! {
         rt.block_on(async {
             let local = store(a..a + alen).await;
             let remote = store(b..b + blen).await;
-            let plain = Plain(remote.clone());
+            let plain = RequiredOnly(remote.clone());
             let remote: &dyn AppendOnlyStore = if plain_remote { &plain } else { &remote };
             let d = difference(&local, remote, &ReconcileOptions::default()).await.unwrap();
             let (la, lb) = ((a..a + alen).collect::<BTreeSet<_>>(), (b..b + blen).collect::<BTreeSet<_>>());
@@ -96,7 +72,7 @@ proptest! {
 #[tokio::test]
 async fn the_native_encoder_answers_like_the_default() {
     let s = store(0..5000).await;
-    let plain = Plain(s.clone());
+    let plain = RequiredOnly(s.clone());
     for req in [
         SymbolRequest {
             start: 0,
@@ -164,15 +140,35 @@ async fn small_differences_take_one_round_trip_and_larger_ones_two() {
     assert!(d.symbols <= 1600, "{} symbols for 1,000 ids", d.symbols);
 }
 
-/// A remote that appends a change after answering its first request.
+/// What [`Hooked`] does to the answers of the store it wraps.
 #[derive(Debug)]
-struct Moving {
+enum Hook {
+    /// Append a change after answering the first request.
+    AppendAfterFirst,
+    /// Replace every symbol with noise.
+    Noise,
+}
+
+/// A remote whose `coded_symbols` misbehaves as its [`Hook`] says.
+#[derive(Debug)]
+struct Hooked {
     inner: MemoryStore,
+    hook: Hook,
     calls: AtomicU32,
 }
 
+impl Hooked {
+    fn new(inner: MemoryStore, hook: Hook) -> Self {
+        Hooked {
+            inner,
+            hook,
+            calls: AtomicU32::new(0),
+        }
+    }
+}
+
 #[async_trait]
-impl AppendOnlyStore for Moving {
+impl AppendOnlyStore for Hooked {
     fn store_id(&self) -> &StoreId {
         self.inner.store_id()
     }
@@ -192,9 +188,23 @@ impl AppendOnlyStore for Moving {
         self.inner.subscribe().await
     }
     async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
-        let reply = self.inner.coded_symbols(request).await?;
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.inner.append(vec![change(1_000_000)]).await?;
+        let mut reply = self.inner.coded_symbols(request).await?;
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        match self.hook {
+            Hook::AppendAfterFirst if first => {
+                self.inner.append(vec![change(1_000_000)]).await?;
+            }
+            Hook::AppendAfterFirst => {}
+            Hook::Noise => {
+                for (i, s) in reply.symbols.iter_mut().enumerate() {
+                    let k = request.start + i as u64;
+                    let h = blake3::hash(&k.to_le_bytes());
+                    *s = CodedSymbol {
+                        sum: *h.as_bytes(),
+                        check: k,
+                    };
+                }
+            }
         }
         Ok(reply)
     }
@@ -203,10 +213,7 @@ impl AppendOnlyStore for Moving {
 #[tokio::test]
 async fn a_remote_that_changes_between_requests_is_reconciled_as_it_is_now() {
     let local = store(0..3000).await;
-    let remote = Moving {
-        inner: store(0..3100).await,
-        calls: AtomicU32::new(0),
-    };
+    let remote = Hooked::new(store(0..3100).await, Hook::AppendAfterFirst);
     let d = difference(&local, &remote, &ReconcileOptions::default())
         .await
         .unwrap();
@@ -221,47 +228,10 @@ async fn a_remote_that_changes_between_requests_is_reconciled_as_it_is_now() {
     assert!(remote.calls.load(Ordering::SeqCst) >= 3, "it started again");
 }
 
-/// A remote whose symbols are noise.
-#[derive(Debug)]
-struct Noise(MemoryStore);
-
-#[async_trait]
-impl AppendOnlyStore for Noise {
-    fn store_id(&self) -> &StoreId {
-        self.0.store_id()
-    }
-    async fn append(&self, changes: Vec<Change>) -> Result<AppendOutcome> {
-        self.0.append(changes).await
-    }
-    async fn get_changes(&self, ids: &[ChangeId]) -> Result<Vec<Change>> {
-        self.0.get_changes(ids).await
-    }
-    async fn scan(&self, after: u64, limit: usize) -> Result<Vec<ScanItem>> {
-        self.0.scan(after, limit).await
-    }
-    async fn head(&self) -> Result<Head> {
-        self.0.head().await
-    }
-    async fn subscribe(&self) -> Result<ChangeStream> {
-        self.0.subscribe().await
-    }
-    async fn coded_symbols(&self, request: &SymbolRequest) -> Result<SymbolReply> {
-        let mut reply = self.0.coded_symbols(request).await?;
-        for (i, s) in reply.symbols.iter_mut().enumerate() {
-            let h = blake3::hash(&(request.start + i as u64).to_le_bytes());
-            *s = CodedSymbol {
-                sum: *h.as_bytes(),
-                check: request.start + i as u64,
-            };
-        }
-        Ok(reply)
-    }
-}
-
 #[tokio::test]
 async fn noise_for_symbols_is_a_protocol_error_within_the_round_limit() {
     let local = store(0..100).await;
-    let remote = Noise(store(0..100).await);
+    let remote = Hooked::new(store(0..100).await, Hook::Noise);
     let opts = ReconcileOptions {
         max_rounds: 6,
         ..ReconcileOptions::default()
